@@ -1,0 +1,284 @@
+//! Accounts and tokens: login, refresh, logout, device revocation and the check
+//! of an access token. [`AuthService`] holds the rules; the HTTP layer only
+//! extracts the input and maps the errors.
+
+pub mod passwords;
+pub mod tokens;
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    num::NonZeroU32,
+    path::Path,
+    sync::{Arc, RwLock},
+};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use handover_shared::{
+    api::{LoginRequest, LoginResponse},
+    DeviceId, Username,
+};
+use rand::RngCore;
+use secrecy::ExposeSecret;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::{
+    config::AuthSettings,
+    domain::{
+        access::Principal,
+        network::MAX_PASSWORD_LEN,
+        sessions::{RefreshRefusal, RefreshToken, Session},
+    },
+    store::{Account, RefreshOutcome, Store, StoreError},
+};
+use tokens::{hash_refresh_token, new_refresh_token, TokenError, TokenKeys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("wrong username or password")]
+    InvalidCredentials,
+    #[error("too many login attempts; try again in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the refresh token is unknown, expired or revoked; log in again")]
+    InvalidRefreshToken,
+    #[error("this refresh token was already used; the session is revoked, log in again")]
+    RefreshTokenReused,
+    #[error("no bearer token; log in first")]
+    MissingToken,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("this session has been revoked; log in again")]
+    SessionRevoked,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Login attempts allowed per minute, per username and per client address.
+type Limiter<K> = DefaultKeyedRateLimiter<K>;
+
+pub struct AuthService {
+    store: Arc<dyn Store>,
+    keys: TokenKeys,
+    refresh_ttl: Duration,
+    by_username: Limiter<String>,
+    by_address: Limiter<IpAddr>,
+    /// Revoked sessions, checked on every request so that revocation is
+    /// immediate and costs no storage read.
+    revoked: RwLock<HashSet<Uuid>>,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+}
+
+impl AuthService {
+    /// Builds the service and loads the revoked sessions.
+    pub async fn new(store: Arc<dyn Store>, settings: &AuthSettings, secret: &[u8]) -> Result<Self, StoreError> {
+        let revoked = store.revoked_sessions().await?.into_iter().collect();
+        Ok(Self {
+            store,
+            keys: TokenKeys::new(secret, &settings.issuer, &settings.audience, settings.access_ttl_secs),
+            refresh_ttl: Duration::seconds(i64::try_from(settings.refresh_ttl_secs).unwrap_or(i64::MAX)),
+            by_username: RateLimiter::keyed(per_minute(settings.login_attempts_per_minute_per_username)),
+            by_address: RateLimiter::keyed(per_minute(settings.login_attempts_per_minute_per_address)),
+            revoked: RwLock::new(revoked),
+        })
+    }
+
+    fn check_rate(&self, username: &str, address: Option<IpAddr>) -> Result<(), AuthError> {
+        let clock = governor::clock::DefaultClock::default();
+        let retry = |not_until: governor::NotUntil<_>| AuthError::RateLimited {
+            retry_after_secs: not_until.wait_time_from(clock.now()).as_secs().max(1),
+        };
+        if let Some(address) = address {
+            self.by_address.check_key(&address).map_err(retry)?;
+        }
+        // Bounded: the key is cut to the longest valid username.
+        let key: String = username.chars().take(handover_shared::ids::MAX_ID_LEN + 1).collect();
+        self.by_username.check_key(&key).map_err(retry)?;
+        Ok(())
+    }
+
+    /// Forgets rate-limit entries that have recovered, so memory stays bounded.
+    pub fn prune_rate_limits(&self) {
+        self.by_username.retain_recent();
+        self.by_address.retain_recent();
+    }
+
+    /// Checks the password and opens a session on the device.
+    pub async fn login(&self, request: LoginRequest, address: Option<IpAddr>) -> Result<LoginResponse, AuthError> {
+        self.check_rate(&request.username, address)?;
+        let account = match Username::parse(request.username.as_str()) {
+            Ok(username) if request.password.len() <= MAX_PASSWORD_LEN => self.store.account(&username).await?,
+            _ => None,
+        };
+        let password = request.password;
+        let verified = tokio::task::spawn_blocking(move || match account {
+            Some(account) if passwords::verify(&password, &account.password_hash) => Some(account),
+            Some(_) => None,
+            None => {
+                passwords::verify_against_dummy(&password);
+                None
+            }
+        })
+        .await
+        .map_err(|err| AuthError::Internal(format!("password check failed: {err}")))?;
+        let account = verified.ok_or(AuthError::InvalidCredentials)?;
+
+        let now = OffsetDateTime::now_utc();
+        let device_id = match request.device_id {
+            Some(device_id) => device_id,
+            None => DeviceId::parse(format!("dev-{}", Uuid::new_v4().simple()))
+                .map_err(|err| AuthError::Internal(err.to_string()))?,
+        };
+        let session = Session {
+            id: Uuid::now_v7(),
+            username: account.username.clone(),
+            device_id,
+            created_at: now,
+            revoked_at: None,
+            revoke_reason: None,
+        };
+        let (refresh_token, refresh_hash) = new_refresh_token();
+        let refresh = RefreshToken { session_id: session.id, expires_at: now + self.refresh_ttl, retired_at: None };
+        self.store.open_session(session.clone(), refresh_hash, refresh).await?;
+        tracing::info!(username = %account.username, device_id = %session.device_id, session_id = %session.id, "login");
+        self.token_pair(&account, &session, refresh_token, now)
+    }
+
+    fn token_pair(
+        &self,
+        account: &Account,
+        session: &Session,
+        refresh_token: String,
+        now: OffsetDateTime,
+    ) -> Result<LoginResponse, AuthError> {
+        let principal = Principal {
+            username: account.username.clone(),
+            role: account.membership.role(),
+            device_id: session.device_id.clone(),
+            session_id: session.id,
+            node_id: account.membership.node_id().cloned(),
+            customer_id: account.membership.customer_id().cloned(),
+        };
+        let access_token = self
+            .keys
+            .issue(&principal, now)
+            .map_err(|err| AuthError::Internal(format!("cannot sign a token: {err}")))?;
+        Ok(LoginResponse {
+            access_token,
+            refresh_token,
+            expires_in: self.keys.access_ttl_secs,
+            role: principal.role,
+            username: principal.username,
+            device_id: principal.device_id,
+        })
+    }
+
+    /// Trades a refresh token for a new pair, retiring it.
+    pub async fn refresh(&self, presented: &str) -> Result<LoginResponse, AuthError> {
+        let now = OffsetDateTime::now_utc();
+        let (successor, successor_hash) = new_refresh_token();
+        let outcome = self
+            .store
+            .rotate_refresh(hash_refresh_token(presented), successor_hash, now + self.refresh_ttl, now)
+            .await?;
+        match outcome {
+            RefreshOutcome::Rotated(session) => {
+                // The account is read again: a re-import may have changed its role.
+                let account = self.store.account(&session.username).await?.ok_or(AuthError::InvalidRefreshToken)?;
+                self.token_pair(&account, &session, successor, now)
+            }
+            RefreshOutcome::ReuseDetected(session) => {
+                tracing::warn!(username = %session.username, device_id = %session.device_id, session_id = %session.id, "refresh token reused; session revoked");
+                self.mark_revoked([session.id]);
+                Err(AuthError::RefreshTokenReused)
+            }
+            RefreshOutcome::Refused(
+                RefreshRefusal::Unknown | RefreshRefusal::Expired | RefreshRefusal::SessionRevoked,
+            ) => Err(AuthError::InvalidRefreshToken),
+        }
+    }
+
+    /// Ends the session a refresh token belongs to.
+    pub async fn logout(&self, presented: &str) -> Result<(), AuthError> {
+        let now = OffsetDateTime::now_utc();
+        let session = self
+            .store
+            .close_session(hash_refresh_token(presented), now)
+            .await?
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        self.mark_revoked([session.id]);
+        Ok(())
+    }
+
+    /// Cuts a device off: its refresh tokens stop working and its access tokens
+    /// are refused from now on.
+    pub async fn revoke_device(&self, device: &DeviceId) -> Result<u64, AuthError> {
+        let revoked = self.store.revoke_device(device, OffsetDateTime::now_utc()).await?;
+        tracing::warn!(device_id = %device, sessions = revoked.len(), "device revoked");
+        let count = revoked.len() as u64;
+        self.mark_revoked(revoked);
+        Ok(count)
+    }
+
+    fn mark_revoked(&self, sessions: impl IntoIterator<Item = Uuid>) {
+        let mut revoked = self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked.extend(sessions);
+    }
+
+    /// The check behind every authenticated endpoint.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+        let token = bearer.ok_or(AuthError::MissingToken)?;
+        let claims = self.keys.verify(token)?;
+        let revoked = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if revoked.contains(&claims.sid) {
+            return Err(AuthError::SessionRevoked);
+        }
+        Ok(claims.into())
+    }
+}
+
+/// The HS256 key: from configuration when given, else from `DATA_DIR/jwt-secret`,
+/// made on first start (256 random bits, file mode 0600).
+pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    if let Some(secret) = &settings.auth_secret() {
+        anyhow::ensure!(
+            secret.len() >= tokens::MIN_SECRET_LEN,
+            "auth.jwt_secret must be at least {} bytes",
+            tokens::MIN_SECRET_LEN
+        );
+        return Ok(secret.clone());
+    }
+    let path = data_dir.join("jwt-secret");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let secret =
+            URL_SAFE_NO_PAD.decode(text.trim()).with_context(|| format!("{} is not base64url", path.display()))?;
+        anyhow::ensure!(secret.len() >= tokens::MIN_SECRET_LEN, "{} holds a key that is too short", path.display());
+        return Ok(secret);
+    }
+    let mut secret = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::files::write_private(&path, URL_SAFE_NO_PAD.encode(&secret).as_bytes())?;
+    tracing::info!(path = %path.display(), "no auth.jwt_secret configured: created a new JWT signing key");
+    Ok(secret)
+}
+
+impl AuthSettings {
+    fn auth_secret(&self) -> Option<Vec<u8>> {
+        self.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec())
+    }
+}

@@ -1,0 +1,176 @@
+//! Server configuration, in layers: built-in defaults, then an optional TOML
+//! file, then `HANDOVER__SECTION__KEY` environment variables, then command-line
+//! flags. Unknown keys are refused at every layer, so a typo never goes unnoticed.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the sled store and the generated JWT key live.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Where TLS material is read from (and, in development mode, made).
+    pub certs_dir: PathBuf,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    /// Load the demo network when the store is empty.
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Serve HTTPS. Plain HTTP only when this is turned off explicitly (`--http`).
+    pub enabled: bool,
+    /// Development mode: when the certificate is missing, make a local CA and a
+    /// server certificate for localhost under `certs_dir`. Turn off in production,
+    /// where the operator provides `server.pem` and `server-key.pem`.
+    pub generate_dev_certs: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The HS256 key, at least 32 bytes. When absent, the server makes a random
+    /// one in `data_dir/jwt-secret` on first start and reuses it afterwards.
+    pub jwt_secret: Option<SecretString>,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    /// Login attempts allowed per minute for one username, and for one client address.
+    pub login_attempts_per_minute_per_username: u32,
+    pub login_attempts_per_minute_per_address: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// The largest JSON body of an ordinary request.
+    pub json_body_bytes: usize,
+    /// The largest network file accepted by `POST /api/v1/admin/network`.
+    pub network_body_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            certs_dir: PathBuf::from("./certs"),
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
+            demo: false,
+        }
+    }
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self { enabled: true, generate_dev_certs: true }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            issuer: "handover".into(),
+            audience: "handover-api".into(),
+            access_ttl_secs: 15 * 60,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            login_attempts_per_minute_per_username: 10,
+            login_attempts_per_minute_per_address: 60,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self { json_body_bytes: 64 * 1024, network_body_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub certs_dir: Option<PathBuf>,
+    pub plain_http: bool,
+    pub demo: bool,
+}
+
+impl Settings {
+    /// Reads the layers. `file` is optional; a named file that does not exist is
+    /// an error, not a silent fallback to defaults.
+    pub fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Self, config::ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("HANDOVER").prefix_separator("__").separator("__").try_parsing(true),
+        );
+        if let Some(dir) = &overrides.data_dir {
+            builder = builder.set_override("data_dir", dir.display().to_string())?;
+        }
+        if let Some(listen) = &overrides.listen {
+            builder = builder.set_override("listen", listen.as_str())?;
+        }
+        if let Some(dir) = &overrides.certs_dir {
+            builder = builder.set_override("certs_dir", dir.display().to_string())?;
+        }
+        if overrides.plain_http {
+            builder = builder.set_override("tls.enabled", false)?;
+        }
+        if overrides.demo {
+            builder = builder.set_override("demo", true)?;
+        }
+        builder.build()?.try_deserialize()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let settings = Settings::default();
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+        assert!(settings.tls.enabled);
+    }
+
+    #[test]
+    fn flags_override_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "listen = \"127.0.0.1:9000\"\n[auth]\naccess_ttl_secs = 60\n").expect("write");
+        let overrides = Overrides { plain_http: true, ..Overrides::default() };
+        let settings = Settings::load(Some(&good), &overrides).expect("loads");
+        assert_eq!(settings.listen.port(), 9000);
+        assert_eq!(settings.auth.access_ttl_secs, 60);
+        assert!(!settings.tls.enabled);
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[auth]\naccess_ttl = 60\n").expect("write");
+        let err = Settings::load(Some(&bad), &Overrides::default()).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("access_ttl")), "unknown key named in the error");
+    }
+
+    #[test]
+    fn the_jwt_secret_is_redacted_in_debug_output() {
+        let mut settings = Settings::default();
+        settings.auth.jwt_secret = Some(SecretString::from("super-secret-signing-key-0123456789"));
+        assert!(!format!("{settings:?}").contains("super-secret"));
+    }
+}

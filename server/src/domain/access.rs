@@ -1,0 +1,126 @@
+//! Who may do what, in two steps that every endpoint takes:
+//!
+//! 1. the **role** check: the endpoint names the roles it serves, and the HTTP
+//!    layer's `Auth<R>` extractor refuses everyone else before the handler runs;
+//! 2. the **object** check: once the handler has loaded the object, it calls
+//!    [`Principal::ensure_can_see`], and the object's [`Guarded`] implementation
+//!    says who owns it.
+//!
+//! Both live here, as plain code that tests call directly.
+
+use handover_shared::{CustomerId, DeviceId, NodeId, Role, Username};
+use uuid::Uuid;
+
+use super::network::{Customer, Node};
+
+/// The authenticated caller, as its access token describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub username: Username,
+    pub role: Role,
+    pub device_id: DeviceId,
+    pub session_id: Uuid,
+    /// Expediter: its branch; seller and serviceman: their seller node.
+    pub node_id: Option<NodeId>,
+    /// Customer accounts: their customer.
+    pub customer_id: Option<CustomerId>,
+}
+
+/// The caller may not touch this object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Forbidden(pub String);
+
+/// An object with owners. Implemented next to each object kind, so that adding a
+/// kind means deciding who sees it.
+pub trait Guarded {
+    /// A short name for messages, like "customer C1".
+    fn describe(&self) -> String;
+    fn visible_to(&self, principal: &Principal) -> bool;
+}
+
+impl Principal {
+    /// The object check of every endpoint that reads or changes an object.
+    pub fn ensure_can_see(&self, object: &impl Guarded) -> Result<(), Forbidden> {
+        if object.visible_to(self) {
+            Ok(())
+        } else {
+            Err(Forbidden(format!("{} {} may not access {}", self.role, self.username, object.describe())))
+        }
+    }
+
+    pub fn is_dispatcher(&self) -> bool {
+        self.role == Role::Dispatcher
+    }
+}
+
+impl Guarded for Customer {
+    fn describe(&self) -> String {
+        format!("customer {}", self.id)
+    }
+
+    /// Dispatchers see every customer; a customer account sees its own.
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.is_dispatcher() || principal.customer_id.as_ref() == Some(&self.id)
+    }
+}
+
+impl Guarded for Node {
+    fn describe(&self) -> String {
+        format!("node {}", self.id)
+    }
+
+    /// Dispatchers see every node's stock.
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.is_dispatcher()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use handover_shared::NodeKind;
+
+    use super::*;
+
+    fn principal(role: Role, customer: Option<&str>) -> Principal {
+        Principal {
+            username: Username::parse("someone").expect("id"),
+            role,
+            device_id: DeviceId::parse("dev-1").expect("id"),
+            session_id: Uuid::nil(),
+            node_id: None,
+            customer_id: customer.map(|c| CustomerId::parse(c).expect("id")),
+        }
+    }
+
+    fn customer(id: &str) -> Customer {
+        let node = |raw: &str| NodeId::parse(raw).expect("id");
+        Customer {
+            id: CustomerId::parse(id).expect("id"),
+            name: "Office".into(),
+            branch_1: node("B1"),
+            branch_2: node("B2"),
+            seller_id: node("S1"),
+        }
+    }
+
+    #[test]
+    fn a_customer_sees_itself_and_no_other() {
+        let me = principal(Role::Customer, Some("C1"));
+        assert!(me.ensure_can_see(&customer("C1")).is_ok());
+        assert_eq!(
+            me.ensure_can_see(&customer("C2")),
+            Err(Forbidden("customer someone may not access customer C2".into()))
+        );
+    }
+
+    #[test]
+    fn a_dispatcher_sees_every_customer_and_node() {
+        let dispatcher = principal(Role::Dispatcher, None);
+        assert!(dispatcher.ensure_can_see(&customer("C7")).is_ok());
+        let node =
+            Node { id: NodeId::parse("MW").expect("id"), kind: NodeKind::MasterWarehouse, name: "Central".into() };
+        assert!(dispatcher.ensure_can_see(&node).is_ok());
+        assert!(principal(Role::Expediter, None).ensure_can_see(&node).is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Domain rules as plain functions and types: no HTTP, no storage. Handlers and
+//! the command line parse their input into these types, and tests call them
+//! directly.
+
+pub mod access;
+pub mod network;
+pub mod sessions;
+pub mod stock;

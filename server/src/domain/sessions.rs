@@ -1,0 +1,130 @@
+//! Login sessions and refresh-token rotation rules.
+//!
+//! A login opens a session bound to one device. Each refresh token is single
+//! use: refreshing retires it and issues its successor in the same session.
+//! Presenting a retired token again means that two parties hold the session's
+//! tokens (a copied handheld, a stolen token), so the whole session is revoked;
+//! the courier logs in again with the password.
+
+use handover_shared::{DeviceId, Username};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub username: Username,
+    pub device_id: DeviceId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub revoke_reason: Option<RevokeReason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    Logout,
+    DeviceRevoked,
+    RefreshTokenReused,
+}
+
+/// One refresh token, stored under the SHA-256 of its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    pub session_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+/// What to do with a presented refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshDecision {
+    /// Retire it and issue its successor.
+    Rotate,
+    /// A retired token came back: revoke the whole session.
+    RevokeSession,
+    Refuse(RefreshRefusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRefusal {
+    Unknown,
+    Expired,
+    SessionRevoked,
+}
+
+/// The rotation rule, shared by every store backend.
+pub fn decide_refresh(token: Option<&RefreshToken>, session: Option<&Session>, now: OffsetDateTime) -> RefreshDecision {
+    let (Some(token), Some(session)) = (token, session) else {
+        return RefreshDecision::Refuse(RefreshRefusal::Unknown);
+    };
+    if session.revoked_at.is_some() {
+        RefreshDecision::Refuse(RefreshRefusal::SessionRevoked)
+    } else if token.retired_at.is_some() {
+        RefreshDecision::RevokeSession
+    } else if token.expires_at <= now {
+        RefreshDecision::Refuse(RefreshRefusal::Expired)
+    } else {
+        RefreshDecision::Rotate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+
+    fn session() -> Session {
+        Session {
+            id: Uuid::nil(),
+            username: Username::parse("exp1").expect("id"),
+            device_id: DeviceId::parse("hh-1").expect("id"),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            revoked_at: None,
+            revoke_reason: None,
+        }
+    }
+
+    fn token(expires_in: Duration, retired: bool) -> RefreshToken {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        RefreshToken { session_id: Uuid::nil(), expires_at: now + expires_in, retired_at: retired.then_some(now) }
+    }
+
+    #[test]
+    fn a_live_token_rotates() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let decision = decide_refresh(Some(&token(Duration::hours(1), false)), Some(&session()), now);
+        assert_eq!(decision, RefreshDecision::Rotate);
+    }
+
+    #[test]
+    fn a_retired_token_presented_again_revokes_the_session() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let decision = decide_refresh(Some(&token(Duration::hours(1), true)), Some(&session()), now);
+        assert_eq!(decision, RefreshDecision::RevokeSession);
+    }
+
+    #[test]
+    fn expired_unknown_and_revoked_are_refused() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let expired = token(Duration::ZERO, false);
+        assert_eq!(
+            decide_refresh(Some(&expired), Some(&session()), now),
+            RefreshDecision::Refuse(RefreshRefusal::Expired)
+        );
+        assert_eq!(decide_refresh(None, None, now), RefreshDecision::Refuse(RefreshRefusal::Unknown));
+        let mut revoked = session();
+        revoked.revoked_at = Some(now);
+        assert_eq!(
+            decide_refresh(Some(&token(Duration::hours(1), true)), Some(&revoked), now),
+            RefreshDecision::Refuse(RefreshRefusal::SessionRevoked)
+        );
+    }
+}

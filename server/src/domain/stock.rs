@@ -1,0 +1,105 @@
+//! The stock ledger. Every movement of goods is an entry; the on-hand and
+//! reserved figures of a node are the sum of its entries and never go negative.
+//! Storage keeps a running balance next to the ledger, updated in the same
+//! transaction, so that reads need not replay history; `replay` recomputes the
+//! balances from the entries, for checks.
+
+use std::collections::BTreeMap;
+
+use handover_shared::{ItemId, NodeId};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Stock of one item at one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    pub on_hand: u64,
+    pub reserved: u64,
+}
+
+impl Balance {
+    /// What the cascade may still promise.
+    pub fn available(self) -> u64 {
+        self.on_hand.saturating_sub(self.reserved)
+    }
+
+    /// Applies a movement, refusing one that would make a figure negative or let
+    /// reservations exceed what is on hand.
+    pub fn apply(self, on_hand_delta: i64, reserved_delta: i64) -> Result<Balance, NegativeStock> {
+        let on_hand = self.on_hand.checked_add_signed(on_hand_delta).ok_or(NegativeStock)?;
+        let reserved = self.reserved.checked_add_signed(reserved_delta).ok_or(NegativeStock)?;
+        if reserved > on_hand {
+            return Err(NegativeStock);
+        }
+        Ok(Balance { on_hand, reserved })
+    }
+}
+
+/// A movement would leave negative stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the movement would leave negative stock")]
+pub struct NegativeStock;
+
+/// Why stock moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Movement {
+    /// A stock count from a network import set the on-hand figure.
+    StockCount,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub node_id: NodeId,
+    pub item_id: ItemId,
+    pub on_hand_delta: i64,
+    pub reserved_delta: i64,
+    pub movement: Movement,
+}
+
+/// Recomputes every balance from the ledger, in sequence order.
+pub fn replay<'a>(
+    entries: impl IntoIterator<Item = &'a LedgerEntry>,
+) -> Result<BTreeMap<(NodeId, ItemId), Balance>, NegativeStock> {
+    let mut balances: BTreeMap<(NodeId, ItemId), Balance> = BTreeMap::new();
+    for entry in entries {
+        let key = (entry.node_id.clone(), entry.item_id.clone());
+        let balance = balances.get(&key).copied().unwrap_or_default();
+        balances.insert(key, balance.apply(entry.on_hand_delta, entry.reserved_delta)?);
+    }
+    Ok(balances)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_balance_never_goes_negative() {
+        let balance = Balance { on_hand: 3, reserved: 2 };
+        assert_eq!(balance.available(), 1);
+        assert_eq!(balance.apply(-1, 0), Ok(Balance { on_hand: 2, reserved: 2 }));
+        assert_eq!(balance.apply(-2, 0), Err(NegativeStock));
+        assert_eq!(balance.apply(0, -3), Err(NegativeStock));
+        assert_eq!(balance.apply(0, 2), Err(NegativeStock));
+    }
+
+    #[test]
+    fn replay_sums_the_entries() {
+        let entry = |seq, delta| LedgerEntry {
+            seq,
+            at: OffsetDateTime::UNIX_EPOCH,
+            node_id: NodeId::parse("B1").expect("id"),
+            item_id: ItemId::parse("TC").expect("id"),
+            on_hand_delta: delta,
+            reserved_delta: 0,
+            movement: Movement::StockCount,
+        };
+        let balances = replay(&[entry(1, 5), entry(2, -2)]).expect("balanced");
+        assert_eq!(balances.values().next().map(|b| b.on_hand), Some(3));
+        assert_eq!(replay(&[entry(1, -1)]), Err(NegativeStock));
+    }
+}

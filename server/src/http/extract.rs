@@ -1,0 +1,84 @@
+//! Authentication and roles as typed extractors. A handler that takes
+//! `Auth<Dispatcher>` cannot run for anyone else: the role check happens before
+//! the handler, and forgetting it means forgetting the parameter, which leaves
+//! the handler without a principal to work with.
+
+use std::{future::Ready, marker::PhantomData, ops::Deref};
+
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use handover_shared::Role;
+
+use super::{error::ApiError, AppState};
+use crate::domain::access::{Forbidden, Principal};
+
+/// A set of roles an endpoint serves.
+pub trait Roles {
+    const ALLOWED: &'static [Role];
+}
+
+/// Any authenticated account.
+#[derive(Debug)]
+pub enum AnyRole {}
+impl Roles for AnyRole {
+    const ALLOWED: &'static [Role] = Role::ALL;
+}
+
+#[derive(Debug)]
+pub enum Admin {}
+impl Roles for Admin {
+    const ALLOWED: &'static [Role] = &[Role::Admin];
+}
+
+#[derive(Debug)]
+pub enum Dispatcher {}
+impl Roles for Dispatcher {
+    const ALLOWED: &'static [Role] = &[Role::Dispatcher];
+}
+
+/// An authenticated caller whose role is in `R`.
+#[derive(Debug)]
+pub struct Auth<R: Roles> {
+    pub principal: Principal,
+    roles: PhantomData<R>,
+}
+
+impl<R: Roles> Deref for Auth<R> {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+/// The token of an `Authorization: Bearer ...` header.
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn authorize<R: Roles>(req: &HttpRequest) -> Result<Auth<R>, ApiError> {
+    let state =
+        req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("application state missing".into()))?;
+    let principal = state.auth.authenticate(bearer(req))?;
+    if !R::ALLOWED.contains(&principal.role) {
+        let allowed: Vec<&str> = R::ALLOWED.iter().map(|role| role.as_str()).collect();
+        return Err(Forbidden(format!(
+            "this endpoint is for {}; {} is a {}",
+            allowed.join(" or "),
+            principal.username,
+            principal.role
+        ))
+        .into());
+    }
+    tracing::Span::current().record("username", principal.username.as_str());
+    Ok(Auth { principal, roles: PhantomData })
+}
+
+impl<R: Roles> FromRequest for Auth<R> {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        std::future::ready(authorize(req))
+    }
+}

@@ -1,0 +1,41 @@
+//! The HTTP layer: routes, extractors and the mapping of errors to responses.
+//! Handlers have one shape: extract, parse into domain types, call the domain or
+//! the store, respond. Rules live in `domain`, `auth` and `import`.
+
+pub mod error;
+pub mod extract;
+mod handlers;
+
+use std::sync::Arc;
+
+use actix_web::web;
+
+use crate::{auth::AuthService, config::Settings, store::Store};
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub auth: AuthService,
+    pub settings: Settings,
+}
+
+/// Registers every route and the JSON body limits.
+pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSettings) {
+    let json = web::JsonConfig::default().limit(limits.json_body_bytes).error_handler(error::json_error);
+    let network_json = web::JsonConfig::default().limit(limits.network_body_bytes).error_handler(error::json_error);
+    cfg.app_data(json)
+        .app_data(web::PathConfig::default().error_handler(error::path_error))
+        .app_data(web::QueryConfig::default().error_handler(error::query_error))
+        .service(web::resource("/healthz").get(handlers::health))
+        .service(
+            web::scope("/api/v1")
+                .service(web::resource("/auth/login").post(handlers::login))
+                .service(web::resource("/auth/refresh").post(handlers::refresh))
+                .service(web::resource("/auth/logout").post(handlers::logout))
+                .service(web::resource("/auth/me").get(handlers::me))
+                .service(web::resource("/admin/network").app_data(network_json).post(handlers::import_network))
+                .service(web::resource("/admin/devices/{device_id}/revoke").post(handlers::revoke_device))
+                .service(web::resource("/nodes/{node_id}/stock").get(handlers::node_stock)),
+        );
+}

@@ -1,0 +1,123 @@
+//! The storage boundary. Handlers and domain rules see only the [`Store`] trait;
+//! [`sled::SledStore`] implements it today, and a PostgreSQL backend can
+//! implement it later without touching either.
+//!
+//! Contract for every backend: each method is atomic (all of its records change
+//! or none), and a method that writes returns only once its change is durable.
+
+pub mod commit;
+pub mod sled;
+
+use async_trait::async_trait;
+use handover_shared::{
+    api::{ImportSummary, Problem},
+    CustomerId, DeviceId, ItemId, NodeId, Username,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::{
+    network::{Customer, Item, KnownNetwork, Membership, Node, StockCount},
+    sessions::{RefreshRefusal, RefreshToken, Session},
+    stock::{Balance, LedgerEntry},
+};
+
+/// A stored account; the password only as its argon2id hash (PHC string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub username: Username,
+    pub password_hash: String,
+    pub membership: Membership,
+}
+
+/// A validated network file whose passwords are already hashed.
+#[derive(Debug, Clone, Default)]
+pub struct ImportPlan {
+    pub nodes: Vec<Node>,
+    pub items: Vec<Item>,
+    pub stock: Vec<StockCount>,
+    pub customers: Vec<Customer>,
+    pub accounts: Vec<Account>,
+}
+
+/// The outcome of presenting a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The token was retired and `new_hash` now belongs to the session.
+    Rotated(Session),
+    /// The token had been used before; the session is now revoked.
+    ReuseDetected(Session),
+    Refused(RefreshRefusal),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the data dir {path} is in use by another process (is the server running?)")]
+    Locked { path: String },
+    #[error("the data dir was written by an unsupported format version {found} (this build reads {expected})")]
+    UnsupportedFormat { found: String, expected: u32 },
+    #[error("storage failure: {0}")]
+    Backend(String),
+    #[error("stored record {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the storage task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file is valid on its own but clashes with the stored state.
+    #[error("the network file conflicts with the stored network")]
+    Conflicts(Vec<Problem>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Nothing was ever imported.
+    async fn is_empty(&self) -> Result<bool, StoreError>;
+    async fn known_network(&self) -> Result<KnownNetwork, StoreError>;
+    /// Upserts everything the plan names, in one transaction. A stock count
+    /// becomes a ledger entry for the difference with the current on-hand.
+    async fn import_network(&self, plan: ImportPlan, now: OffsetDateTime) -> Result<ImportSummary, ImportError>;
+
+    async fn account(&self, username: &Username) -> Result<Option<Account>, StoreError>;
+    async fn node(&self, id: &NodeId) -> Result<Option<Node>, StoreError>;
+    async fn item(&self, id: &ItemId) -> Result<Option<Item>, StoreError>;
+    async fn customer(&self, id: &CustomerId) -> Result<Option<Customer>, StoreError>;
+    /// Every item with a balance at the node, by item id.
+    async fn node_stock(&self, id: &NodeId) -> Result<Vec<(ItemId, Balance)>, StoreError>;
+    /// The whole ledger, in sequence order.
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// Opens a session with its first refresh token.
+    async fn open_session(
+        &self,
+        session: Session,
+        refresh_hash: [u8; 32],
+        refresh: RefreshToken,
+    ) -> Result<(), StoreError>;
+    /// Applies `decide_refresh` to the presented token and carries out the decision.
+    async fn rotate_refresh(
+        &self,
+        presented_hash: [u8; 32],
+        successor_hash: [u8; 32],
+        successor_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<RefreshOutcome, StoreError>;
+    /// Ends the session a refresh token belongs to (logout); `None` when unknown.
+    async fn close_session(&self, refresh_hash: [u8; 32], now: OffsetDateTime) -> Result<Option<Session>, StoreError>;
+    /// Revokes every live session of a device; returns the ones it revoked.
+    async fn revoke_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
+    /// Every revoked session id, so that their access tokens die at once.
+    async fn revoked_sessions(&self) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Makes everything written so far durable.
+    async fn flush(&self) -> Result<(), StoreError>;
+}

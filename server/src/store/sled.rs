@@ -1,0 +1,511 @@
+//! The sled backend of [`Store`].
+//!
+//! Layout: one sled database under `DATA_DIR/store.v1`, with a tree per record
+//! kind, named explicitly. Values are JSON (readable with any sled tool, and
+//! tolerant of added fields); keys are ids, or ids joined with a 0 byte (ids can
+//! never contain one). The `meta` tree records the format version, so that a
+//! later layout can detect and migrate this one.
+//!
+//! Every blocking sled call runs on tokio's blocking pool, and every write waits
+//! on the group commit before it returns.
+
+use std::{path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use handover_shared::{
+    api::{ImportSummary, Problem},
+    CustomerId, DeviceId, ItemId, NodeId, Username,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use sled::{
+    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
+    Transactional,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{commit::GroupCommit, Account, ImportError, ImportPlan, RefreshOutcome, Store, StoreError};
+use crate::domain::{
+    network::{Customer, Item, KnownNetwork, Node},
+    sessions::{decide_refresh, RefreshDecision, RefreshToken, RevokeReason, Session},
+    stock::{Balance, LedgerEntry, Movement},
+};
+
+/// The layout this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const STORE_DIR: &str = "store.v1";
+const FORMAT_KEY: &[u8] = b"format_version";
+
+/// An opened sled store. Cloning is cheap and shares the database.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    trees: Trees,
+    commit: GroupCommit,
+}
+
+struct Trees {
+    nodes: sled::Tree,
+    items: sled::Tree,
+    customers: sled::Tree,
+    accounts: sled::Tree,
+    /// `node \0 item` to [`Balance`], kept in step with `ledger`.
+    stock: sled::Tree,
+    /// Big-endian sequence number to [`LedgerEntry`].
+    ledger: sled::Tree,
+    sessions: sled::Tree,
+    /// SHA-256 of a refresh token to [`RefreshToken`].
+    refresh_tokens: sled::Tree,
+    /// `device \0 session uuid` to nothing: which sessions a device holds.
+    device_sessions: sled::Tree,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+/// Why a transaction gave up: a domain conflict or a store failure.
+enum Abort {
+    Conflicts(Vec<Problem>),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Abort {
+    fn from(err: StoreError) -> Self {
+        Abort::Store(err)
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
+
+fn abort(err: StoreError) -> ConflictableTransactionError<Abort> {
+    ConflictableTransactionError::Abort(Abort::Store(err))
+}
+
+fn backend(err: sled::Error) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|err| StoreError::Backend(format!("cannot encode a record: {err}")))
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
+}
+
+fn pair_key(first: &str, second: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(first.len() + 1 + second.len());
+    key.extend_from_slice(first.as_bytes());
+    key.push(0);
+    key.extend_from_slice(second);
+    key
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+    tree.get(key).map_err(backend)?.map(|bytes| decode(key, &bytes)).transpose()
+}
+
+fn tx_get<T: DeserializeOwned>(tree: &TransactionalTree, key: &[u8]) -> TxResult<Option<T>> {
+    let value = tree.get(key)?;
+    value.map(|bytes| decode(key, &bytes).map_err(abort)).transpose()
+}
+
+fn tx_put<T: Serialize>(tree: &TransactionalTree, key: &[u8], value: &T) -> TxResult<()> {
+    tree.insert(key, encode(value).map_err(abort)?)?;
+    Ok(())
+}
+
+/// Turns a finished transaction into the caller's error types.
+fn finish<T>(result: Result<T, TransactionError<Abort>>) -> Result<T, ImportError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(TransactionError::Abort(Abort::Conflicts(problems))) => Err(ImportError::Conflicts(problems)),
+        Err(TransactionError::Abort(Abort::Store(err))) => Err(ImportError::Store(err)),
+        Err(TransactionError::Storage(err)) => Err(ImportError::Store(backend(err))),
+    }
+}
+
+/// For transactions that never abort with conflicts.
+fn finish_store<T>(result: Result<T, TransactionError<Abort>>) -> Result<T, StoreError> {
+    finish(result).map_err(|err| match err {
+        ImportError::Store(err) => err,
+        ImportError::Conflicts(problems) => StoreError::Backend(format!("unexpected conflicts: {problems:?}")),
+    })
+}
+
+impl SledStore {
+    /// Opens (or creates) the store under `data_dir`. Blocking.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(STORE_DIR);
+        std::fs::create_dir_all(&path)
+            .map_err(|err| StoreError::Backend(format!("cannot create {}: {err}", path.display())))?;
+        let db = sled::Config::new().path(&path).open().map_err(|err| match err {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked { path: data_dir.display().to_string() }
+            }
+            other => backend(other),
+        })?;
+        check_format(&db)?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let trees = Trees {
+            nodes: tree("nodes")?,
+            items: tree("items")?,
+            customers: tree("customers")?,
+            accounts: tree("accounts")?,
+            stock: tree("stock")?,
+            ledger: tree("ledger")?,
+            sessions: tree("sessions")?,
+            refresh_tokens: tree("refresh_tokens")?,
+            device_sessions: tree("device_sessions")?,
+        };
+        let commit = GroupCommit::start(db.clone())?;
+        Ok(Self { inner: Arc::new(Inner { db, trees, commit }) })
+    }
+
+    /// The group commit, for its counters.
+    pub fn commit(&self) -> &GroupCommit {
+        &self.inner.commit
+    }
+
+    /// Runs blocking sled work on tokio's blocking pool.
+    async fn blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&inner)).await.map_err(|err| StoreError::Task(err.to_string()))?
+    }
+
+    /// Runs blocking work that writes, then waits until it is durable.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let value = self.blocking(work).await?;
+        self.inner.commit.durable().await?;
+        Ok(value)
+    }
+}
+
+fn check_format(db: &sled::Db) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta").map_err(backend)?;
+    match meta.get(FORMAT_KEY).map_err(backend)? {
+        Some(found) if found.as_ref() == FORMAT_VERSION.to_string().as_bytes() => Ok(()),
+        Some(found) => Err(StoreError::UnsupportedFormat {
+            found: String::from_utf8_lossy(&found).into_owned(),
+            expected: FORMAT_VERSION,
+        }),
+        None => {
+            meta.insert(FORMAT_KEY, FORMAT_VERSION.to_string().as_bytes()).map_err(backend)?;
+            db.flush().map_err(backend)?;
+            Ok(())
+        }
+    }
+}
+
+fn scan<T: DeserializeOwned>(
+    iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+) -> Result<Vec<T>, StoreError> {
+    iter.map(|entry| {
+        let (key, value) = entry.map_err(backend)?;
+        decode(&key, &value)
+    })
+    .collect()
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        self.blocking(|inner| {
+            let t = &inner.trees;
+            Ok(t.nodes.is_empty() && t.items.is_empty() && t.accounts.is_empty() && t.customers.is_empty())
+        })
+        .await
+    }
+
+    async fn known_network(&self) -> Result<KnownNetwork, StoreError> {
+        self.blocking(|inner| {
+            let t = &inner.trees;
+            let nodes: Vec<Node> = scan(t.nodes.iter())?;
+            let items: Vec<Item> = scan(t.items.iter())?;
+            let customers: Vec<Customer> = scan(t.customers.iter())?;
+            Ok(KnownNetwork {
+                nodes: nodes.into_iter().map(|node| (node.id, node.kind)).collect(),
+                items: items.into_iter().map(|item| item.id).collect(),
+                customers: customers.into_iter().map(|customer| customer.id).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn import_network(&self, plan: ImportPlan, now: OffsetDateTime) -> Result<ImportSummary, ImportError> {
+        let inner = Arc::clone(&self.inner);
+        let summary = tokio::task::spawn_blocking(move || {
+            let t = &inner.trees;
+            let trees = (&t.nodes, &t.items, &t.customers, &t.accounts, &t.stock, &t.ledger);
+            finish(trees.transaction(|(nodes, items, customers, accounts, stock, ledger)| {
+                let mut conflicts = Vec::new();
+                for (i, node) in plan.nodes.iter().enumerate() {
+                    // Re-checked here: another import may have landed since validation.
+                    if let Some(stored) = tx_get::<Node>(nodes, node.id.as_str().as_bytes())? {
+                        if stored.kind != node.kind {
+                            conflicts.push(Problem {
+                                path: format!("nodes[{i}].kind"),
+                                message: format!(
+                                    "node {} is already a {}; a node's kind cannot change",
+                                    node.id, stored.kind
+                                ),
+                            });
+                        }
+                    }
+                    tx_put(nodes, node.id.as_str().as_bytes(), node)?;
+                }
+                for item in &plan.items {
+                    tx_put(items, item.id.as_str().as_bytes(), item)?;
+                }
+                for customer in &plan.customers {
+                    tx_put(customers, customer.id.as_str().as_bytes(), customer)?;
+                }
+                for account in &plan.accounts {
+                    tx_put(accounts, account.username.as_str().as_bytes(), account)?;
+                }
+                for (i, count) in plan.stock.iter().enumerate() {
+                    let key = pair_key(count.node_id.as_str(), count.item_id.as_str().as_bytes());
+                    let balance: Balance = tx_get(stock, &key)?.unwrap_or_default();
+                    let target = i64::try_from(count.quantity).unwrap_or(i64::MAX);
+                    let current = i64::try_from(balance.on_hand).unwrap_or(i64::MAX);
+                    let delta = target - current;
+                    match balance.apply(delta, 0) {
+                        Err(_) => conflicts.push(Problem {
+                            path: format!("stock[{i}].quantity"),
+                            message: format!(
+                                "{} of {} at {} are reserved for planned deliveries; on hand cannot drop to {}",
+                                balance.reserved, count.item_id, count.node_id, count.quantity
+                            ),
+                        }),
+                        Ok(_) if delta == 0 => {}
+                        Ok(updated) => {
+                            let seq = ledger.generate_id()?;
+                            let entry = LedgerEntry {
+                                seq,
+                                at: now,
+                                node_id: count.node_id.clone(),
+                                item_id: count.item_id.clone(),
+                                on_hand_delta: delta,
+                                reserved_delta: 0,
+                                movement: Movement::StockCount,
+                            };
+                            tx_put(ledger, &seq.to_be_bytes(), &entry)?;
+                            tx_put(stock, &key, &updated)?;
+                        }
+                    }
+                }
+                if !conflicts.is_empty() {
+                    return Err(ConflictableTransactionError::Abort(Abort::Conflicts(conflicts)));
+                }
+                Ok(ImportSummary {
+                    nodes: plan.nodes.len() as u64,
+                    items: plan.items.len() as u64,
+                    stock: plan.stock.len() as u64,
+                    customers: plan.customers.len() as u64,
+                    accounts: plan.accounts.len() as u64,
+                })
+            }))
+        })
+        .await
+        .map_err(|err| StoreError::Task(err.to_string()))??;
+        self.inner.commit.durable().await?;
+        Ok(summary)
+    }
+
+    async fn account(&self, username: &Username) -> Result<Option<Account>, StoreError> {
+        let key = username.clone();
+        self.blocking(move |inner| get(&inner.trees.accounts, key.as_str().as_bytes())).await
+    }
+
+    async fn node(&self, id: &NodeId) -> Result<Option<Node>, StoreError> {
+        let key = id.clone();
+        self.blocking(move |inner| get(&inner.trees.nodes, key.as_str().as_bytes())).await
+    }
+
+    async fn item(&self, id: &ItemId) -> Result<Option<Item>, StoreError> {
+        let key = id.clone();
+        self.blocking(move |inner| get(&inner.trees.items, key.as_str().as_bytes())).await
+    }
+
+    async fn customer(&self, id: &CustomerId) -> Result<Option<Customer>, StoreError> {
+        let key = id.clone();
+        self.blocking(move |inner| get(&inner.trees.customers, key.as_str().as_bytes())).await
+    }
+
+    async fn node_stock(&self, id: &NodeId) -> Result<Vec<(ItemId, Balance)>, StoreError> {
+        let prefix = pair_key(id.as_str(), b"");
+        self.blocking(move |inner| {
+            inner
+                .trees
+                .stock
+                .scan_prefix(&prefix)
+                .map(|entry| {
+                    let (key, value) = entry.map_err(backend)?;
+                    let item = std::str::from_utf8(&key[prefix.len()..])
+                        .ok()
+                        .and_then(|raw| ItemId::parse(raw).ok())
+                        .ok_or_else(|| StoreError::Backend(format!("bad stock key {key:?}")))?;
+                    Ok((item, decode(&key, &value)?))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.ledger.iter())).await
+    }
+
+    async fn open_session(
+        &self,
+        session: Session,
+        refresh_hash: [u8; 32],
+        refresh: RefreshToken,
+    ) -> Result<(), StoreError> {
+        self.write(move |inner| {
+            let t = &inner.trees;
+            let index_key = pair_key(session.device_id.as_str(), session.id.as_bytes());
+            finish_store((&t.sessions, &t.refresh_tokens, &t.device_sessions).transaction(
+                |(sessions, tokens, devices)| {
+                    tx_put(sessions, session.id.as_bytes(), &session)?;
+                    tx_put(tokens, &refresh_hash, &refresh)?;
+                    devices.insert(index_key.as_slice(), &[])?;
+                    Ok(())
+                },
+            ))
+        })
+        .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        presented_hash: [u8; 32],
+        successor_hash: [u8; 32],
+        successor_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<RefreshOutcome, StoreError> {
+        self.write(move |inner| {
+            let t = &inner.trees;
+            finish_store((&t.sessions, &t.refresh_tokens).transaction(|(sessions, tokens)| {
+                let token: Option<RefreshToken> = tx_get(tokens, &presented_hash)?;
+                let session: Option<Session> = match &token {
+                    Some(token) => tx_get(sessions, token.session_id.as_bytes())?,
+                    None => None,
+                };
+                match (decide_refresh(token.as_ref(), session.as_ref(), now), token, session) {
+                    (RefreshDecision::Rotate, Some(mut token), Some(session)) => {
+                        token.retired_at = Some(now);
+                        tx_put(tokens, &presented_hash, &token)?;
+                        let successor =
+                            RefreshToken { session_id: session.id, expires_at: successor_expires_at, retired_at: None };
+                        tx_put(tokens, &successor_hash, &successor)?;
+                        Ok(RefreshOutcome::Rotated(session))
+                    }
+                    (RefreshDecision::RevokeSession, _, Some(mut session)) => {
+                        session.revoked_at = Some(now);
+                        session.revoke_reason = Some(RevokeReason::RefreshTokenReused);
+                        tx_put(sessions, session.id.as_bytes(), &session)?;
+                        Ok(RefreshOutcome::ReuseDetected(session))
+                    }
+                    (RefreshDecision::Refuse(refusal), _, _) => Ok(RefreshOutcome::Refused(refusal)),
+                    // decide_refresh only rotates or revokes with both records present.
+                    _ => Ok(RefreshOutcome::Refused(crate::domain::sessions::RefreshRefusal::Unknown)),
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn close_session(&self, refresh_hash: [u8; 32], now: OffsetDateTime) -> Result<Option<Session>, StoreError> {
+        self.write(move |inner| {
+            let t = &inner.trees;
+            finish_store((&t.sessions, &t.refresh_tokens).transaction(|(sessions, tokens)| {
+                let Some(mut token) = tx_get::<RefreshToken>(tokens, &refresh_hash)? else {
+                    return Ok(None);
+                };
+                let Some(mut session) = tx_get::<Session>(sessions, token.session_id.as_bytes())? else {
+                    return Ok(None);
+                };
+                if token.retired_at.is_none() {
+                    token.retired_at = Some(now);
+                    tx_put(tokens, &refresh_hash, &token)?;
+                }
+                if session.revoked_at.is_none() {
+                    session.revoked_at = Some(now);
+                    session.revoke_reason = Some(RevokeReason::Logout);
+                    tx_put(sessions, session.id.as_bytes(), &session)?;
+                }
+                Ok(Some(session))
+            }))
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
+        let prefix = pair_key(device.as_str(), b"");
+        self.write(move |inner| {
+            let t = &inner.trees;
+            let ids: Vec<Uuid> = t
+                .device_sessions
+                .scan_prefix(&prefix)
+                .keys()
+                .map(|key| {
+                    let key = key.map_err(backend)?;
+                    Uuid::from_slice(&key[prefix.len()..])
+                        .map_err(|err| StoreError::Backend(format!("bad device index key: {err}")))
+                })
+                .collect::<Result<_, _>>()?;
+            finish_store(t.sessions.transaction(|sessions| {
+                let mut revoked = Vec::new();
+                for id in &ids {
+                    if let Some(mut session) = tx_get::<Session>(sessions, id.as_bytes())? {
+                        if session.revoked_at.is_none() {
+                            session.revoked_at = Some(now);
+                            session.revoke_reason = Some(RevokeReason::DeviceRevoked);
+                            tx_put(sessions, id.as_bytes(), &session)?;
+                            revoked.push(*id);
+                        }
+                    }
+                }
+                Ok(revoked)
+            }))
+        })
+        .await
+    }
+
+    async fn revoked_sessions(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.blocking(|inner| {
+            let sessions: Vec<Session> = scan(inner.trees.sessions.iter())?;
+            Ok(sessions.into_iter().filter(|s| s.revoked_at.is_some()).map(|s| s.id).collect())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.commit.durable().await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(err) = self.db.flush() {
+            tracing::error!(error = %err, "final flush failed");
+        }
+    }
+}

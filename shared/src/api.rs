@@ -1,0 +1,280 @@
+//! JSON bodies of the HTTP API under `/api/v1`. Field names are snake_case.
+//!
+//! Compatibility: request types refuse unknown fields, so that a typo is an error
+//! and not a silently ignored value; response types may grow new fields, and
+//! readers (the agent) must ignore fields they do not know.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CustomerId, DeviceId, NodeId, Role, Username};
+
+/// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// One error: a stable machine-readable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, snake_case; clients branch on it. New codes may be added.
+    pub code: String,
+    /// For people; its wording may change.
+    pub message: String,
+    /// Every individual problem, when there are several (an invalid network file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+/// One problem found in a document, located by a JSON-pointer-like path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Where, for example `customers[2].branch_1`.
+    pub path: String,
+    pub message: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+}
+
+/// `POST /api/v1/auth/login`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    /// The handheld's stable id. When absent the server makes one and returns it;
+    /// the client keeps it for later logins from the same device.
+    #[serde(default)]
+    pub device_id: Option<DeviceId>,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("device_id", &self.device_id)
+            .finish()
+    }
+}
+
+/// A fresh token pair, from login or refresh.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// Bearer token for `Authorization: Bearer ...`; a JWT the client must treat
+    /// as opaque.
+    pub access_token: String,
+    /// Single use: each refresh returns a new one and retires this one. Presenting
+    /// a retired one again revokes the whole session.
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    pub role: Role,
+    pub username: Username,
+    /// The device the refresh token is bound to.
+    pub device_id: DeviceId,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .field("role", &self.role)
+            .field("username", &self.username)
+            .field("device_id", &self.device_id)
+            .finish()
+    }
+}
+
+/// `POST /api/v1/auth/refresh` and `POST /api/v1/auth/logout`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for RefreshRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshRequest { refresh_token: [redacted] }")
+    }
+}
+
+/// `GET /api/v1/auth/me`: who the bearer token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    pub username: Username,
+    pub role: Role,
+    pub device_id: DeviceId,
+    /// The node an expediter, serviceman or seller belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    /// The customer a customer account orders for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
+}
+
+/// `POST /api/v1/admin/devices/{id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRevoked {
+    pub device_id: DeviceId,
+    /// How many live sessions were cut off.
+    pub sessions_revoked: u64,
+}
+
+/// The network file, as loaded by `handover-server import` and
+/// `POST /api/v1/admin/network`.
+///
+/// Identifiers, kinds, roles and numbers are kept raw here on purpose: the server
+/// checks the whole document and lists every problem at once, instead of stopping
+/// at the first bad value as deserialisation would.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    #[serde(default)]
+    pub nodes: Vec<NetworkNode>,
+    #[serde(default)]
+    pub items: Vec<NetworkItem>,
+    #[serde(default)]
+    pub stock: Vec<NetworkStock>,
+    #[serde(default)]
+    pub customers: Vec<NetworkCustomer>,
+    #[serde(default)]
+    pub accounts: Vec<NetworkAccount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkNode {
+    pub id: String,
+    /// `manufacturer`, `master_warehouse`, `branch_warehouse` or `seller`.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkItem {
+    pub id: String,
+    pub name: String,
+    /// Used ones are collected back for recycling.
+    #[serde(default)]
+    pub collectable: bool,
+    /// The largest quantity one order may ask for.
+    pub max_per_order: i64,
+    #[serde(default)]
+    pub discontinued: bool,
+}
+
+/// Sets the on-hand quantity of an item at a node (a stock count).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkStock {
+    pub node_id: String,
+    pub item_id: String,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCustomer {
+    pub id: String,
+    pub name: String,
+    /// The nearest branch warehouse, checked first.
+    pub branch_1: String,
+    /// The second branch warehouse, checked second.
+    pub branch_2: String,
+    /// The seller (sales representative) the customer is associated with.
+    pub seller_id: String,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkAccount {
+    pub username: String,
+    /// Stored only as an argon2id hash.
+    pub password: String,
+    pub role: String,
+    /// Expediter: its branch warehouse; seller and serviceman: their seller node.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Customer accounts: the customer they order for.
+    #[serde(default)]
+    pub customer_id: Option<String>,
+}
+
+impl std::fmt::Debug for NetworkAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkAccount")
+            .field("username", &self.username)
+            .field("password", &"[redacted]")
+            .field("role", &self.role)
+            .field("node_id", &self.node_id)
+            .field("customer_id", &self.customer_id)
+            .finish()
+    }
+}
+
+/// What an accepted import changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportSummary {
+    pub nodes: u64,
+    pub items: u64,
+    pub stock: u64,
+    pub customers: u64,
+    pub accounts: u64,
+}
+
+/// `GET /api/v1/nodes/{id}/stock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStock {
+    pub node_id: NodeId,
+    pub items: Vec<StockLevel>,
+}
+
+/// Stock of one item at one node, derived from the stock ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLevel {
+    pub item_id: crate::ItemId,
+    pub on_hand: u64,
+    /// Promised to planned deliveries, not yet issued.
+    pub reserved: u64,
+    /// `on_hand - reserved`: what the cascade may still take.
+    pub available: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_example_network_parses() {
+        let doc = r#"{
+          "nodes": [{"id": "MFR", "kind": "manufacturer", "name": "Plant"}],
+          "items": [{"id": "TC-100", "name": "Toner 100", "collectable": true, "max_per_order": 20, "discontinued": false}],
+          "stock": [{"node_id": "B1", "item_id": "TC-100", "quantity": 5}],
+          "customers": [{"id": "C1", "name": "Office A", "branch_1": "B1", "branch_2": "B2", "seller_id": "S1"}],
+          "accounts": [{"username": "cust1", "password": "secret-pass", "role": "customer", "customer_id": "C1"}]
+        }"#;
+        let file: NetworkFile = serde_json::from_str(doc).expect("example parses");
+        assert_eq!(file.items[0].max_per_order, 20);
+        assert_eq!(file.accounts[0].customer_id.as_deref(), Some("C1"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let login = LoginRequest { username: "u".into(), password: "hunter22".into(), device_id: None };
+        assert!(!format!("{login:?}").contains("hunter22"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let res: Result<RefreshRequest, _> = serde_json::from_str(r#"{"refresh_token": "x", "extra": 1}"#);
+        assert!(res.is_err());
+    }
+}

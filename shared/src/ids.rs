@@ -1,0 +1,131 @@
+//! Identifier newtypes. Each one is validated when it is made, by `parse` or by
+//! deserialisation, so that a value of these types is always well formed: 1 to 64
+//! characters from `A-Z a-z 0-9 . _ -`, which keeps ids safe in URLs, sled keys,
+//! logs and HTML without escaping surprises.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest identifier accepted anywhere.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Why a string is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MAX_ID_LEN} characters")]
+    TooLong,
+    #[error("may only contain letters, digits, '.', '_' and '-'")]
+    BadCharacter,
+}
+
+fn check_id(raw: &str) -> Result<(), IdError> {
+    if raw.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if raw.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong);
+    }
+    if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(IdError::BadCharacter);
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Checks `raw` and wraps it.
+            pub fn parse(raw: impl Into<String>) -> Result<Self, IdError> {
+                let raw = raw.into();
+                check_id(&raw)?;
+                Ok(Self(raw))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(raw: String) -> Result<Self, IdError> {
+                Self::parse(raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A node of the supply chain: manufacturer, warehouse or seller.
+    NodeId
+);
+id_type!(
+    /// A catalogue item, for example a toner cartridge model.
+    ItemId
+);
+id_type!(
+    /// A customer (the ordering party).
+    CustomerId
+);
+id_type!(
+    /// The login name of an account.
+    Username
+);
+id_type!(
+    /// A handheld or browser that holds a session; refresh tokens are bound to it
+    /// and revoking it cuts off every session it holds.
+    DeviceId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_id_is_accepted() {
+        assert_eq!(NodeId::parse("B-1.north_2").map(|id| id.to_string()), Ok("B-1.north_2".into()));
+    }
+
+    #[test]
+    fn empty_long_and_odd_ids_are_refused() {
+        assert_eq!(ItemId::parse(""), Err(IdError::Empty));
+        assert_eq!(ItemId::parse("x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong));
+        assert_eq!(ItemId::parse("a b"), Err(IdError::BadCharacter));
+        assert_eq!(ItemId::parse("<script>"), Err(IdError::BadCharacter));
+        assert_eq!(ItemId::parse("é"), Err(IdError::BadCharacter));
+    }
+
+    #[test]
+    fn deserialisation_validates() {
+        let ok: Result<CustomerId, _> = serde_json::from_str("\"C1\"");
+        assert!(ok.is_ok());
+        let bad: Result<CustomerId, _> = serde_json::from_str("\"C 1\"");
+        assert!(bad.is_err());
+    }
+}
