@@ -1,1 +1,6 @@
-//! End-to-end tests.
+//! End-to-end tests: the real `handover-server` (and later `handover-agent`)
+//! binaries, started on port 0 in temporary directories, spoken to over real TLS.
+//! One test binary, so that linking happens once.
+
+mod foundation;
+mod helpers;

@@ -344,11 +344,7 @@ fn node_of_kind(
     }
 }
 
-fn validate_customers(
-    file: &NetworkFile,
-    node_kinds: &NodeKinds,
-    problems: &mut Problems,
-) -> Vec<Customer> {
+fn validate_customers(file: &NetworkFile, node_kinds: &NodeKinds, problems: &mut Problems) -> Vec<Customer> {
     let mut seen = HashMap::new();
     let mut customers = Vec::new();
     for (i, raw) in file.customers.iter().enumerate() {

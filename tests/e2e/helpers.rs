@@ -1,0 +1,276 @@
+//! Test fixtures: a sandbox of temporary directories, the real server binary
+//! started in it on port 0, and a TLS client that trusts the sandbox's dev CA.
+//! Everything started here is killed when its handle is dropped. Server logs go
+//! to a file in the sandbox, and also to the terminal when `TEST_LOG` is set.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use handover_shared::api::{LoginResponse, NetworkFile};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// The HS256 key the test servers sign with, so that tests can forge tokens.
+pub const JWT_SECRET: &str = "e2e-test-signing-key-0123456789abcdef";
+pub const ISSUER: &str = "handover";
+pub const AUDIENCE: &str = "handover-api";
+pub const DEMO_PASSWORD: &str = "handover-demo";
+
+/// A binary of the workspace, built by `cargo test --workspace` next to this
+/// test executable (`target/<profile>/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Temporary data and certs directories that outlive server restarts.
+pub struct Sandbox {
+    root: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self { root: tempfile::tempdir().expect("a temporary directory") }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.root.path().join("certs")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// Runs `handover-server ARGS --data-dir DATA` to completion.
+    pub fn server_command(&self, args: &[&str]) -> Output {
+        Command::new(binary("handover-server"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("HANDOVER__AUTH__JWT_SECRET", JWT_SECRET)
+            .output()
+            .expect("handover-server runs")
+    }
+
+    /// Writes a network file into the sandbox and returns its path.
+    pub fn write_network(&self, name: &str, file: &Value) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, serde_json::to_vec_pretty(file).expect("json")).expect("write");
+        path
+    }
+
+    /// Starts `handover-server serve` with the demo network.
+    pub fn start_demo(&self) -> TestServer {
+        self.start(&["--demo"])
+    }
+
+    /// Starts `handover-server serve EXTRA` on 127.0.0.1:0 in this sandbox and
+    /// waits for its `listening on` line.
+    pub fn start(&self, extra: &[&str]) -> TestServer {
+        TestServer::start(self, extra).expect("the server starts")
+    }
+}
+
+/// A running `handover-server serve`.
+pub struct TestServer {
+    child: Child,
+    pub url: String,
+    pub client: reqwest::Client,
+    log: PathBuf,
+}
+
+impl TestServer {
+    fn start(sandbox: &Sandbox, extra: &[&str]) -> anyhow::Result<Self> {
+        let log = sandbox.path(&format!("server-{}.log", uuid_like()));
+        let log_file = std::fs::File::create(&log)?;
+        let mut command = Command::new(binary("handover-server"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(sandbox.data_dir())
+            .arg("--certs-dir")
+            .arg(sandbox.certs_dir())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("HANDOVER__AUTH__JWT_SECRET", JWT_SECRET)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        if std::env::var_os("TEST_LOG").is_some() {
+            command.stderr(Stdio::inherit());
+        } else {
+            command.stderr(Stdio::from(log_file));
+        }
+        let mut child = command.spawn().context("spawning handover-server")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (lines, first_url) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    let _ = lines.send(url.to_owned());
+                }
+            }
+        });
+        let url = match first_url.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the server did not print `listening on`; log:\n{}", std::fs::read_to_string(&log)?);
+            }
+        };
+        let client = if url.starts_with("https://") {
+            tls_client(&sandbox.certs_dir().join("ca.pem"))?
+        } else {
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?
+        };
+        Ok(Self { child, url, client, log })
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits: the graceful shutdown path.
+    pub fn stop(mut self) -> ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("the server exits")
+    }
+
+    /// SIGKILL: a crash, with no chance to flush.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.expect("the server answers")).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.post(format!("{}{path}", self.url)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.expect("the server answers")).await
+    }
+
+    /// Posts raw bytes with a content type, for malformed input.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request =
+            self.client.post(format!("{}{path}", self.url)).header("content-type", content_type).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        read(request.send().await.expect("the server answers")).await
+    }
+
+    /// Logs in and returns the token pair, failing the test if login fails.
+    pub async fn login(&self, username: &str, password: &str, device_id: Option<&str>) -> LoginResponse {
+        let mut body = json!({"username": username, "password": password});
+        if let Some(device_id) = device_id {
+            body["device_id"] = json!(device_id);
+        }
+        let (status, body) = self.post("/api/v1/auth/login", &body, None).await;
+        assert_eq!(status, StatusCode::OK, "login of {username}: {body}");
+        serde_json::from_value(body).expect("a login response")
+    }
+
+    /// Logs in with the demo password and returns the access token.
+    pub async fn token(&self, username: &str) -> String {
+        self.login(username, DEMO_PASSWORD, None).await.access_token
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that trusts only the given CA.
+pub fn tls_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = response.bytes().await.expect("a body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
+    };
+    (status, body)
+}
+
+/// The SPEC's error body, for comparing whole.
+pub fn error(code: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message}})
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A small valid network: the SPEC's example plus an admin, with stock at B1.
+pub fn base_network() -> Value {
+    json!({
+        "nodes": [
+            {"id": "MFR", "kind": "manufacturer", "name": "Plant"},
+            {"id": "MW", "kind": "master_warehouse", "name": "Central"},
+            {"id": "B1", "kind": "branch_warehouse", "name": "North"},
+            {"id": "B2", "kind": "branch_warehouse", "name": "South"},
+            {"id": "S1", "kind": "seller", "name": "Rep Ada"}
+        ],
+        "items": [{"id": "TC-100", "name": "Toner 100", "collectable": true, "max_per_order": 20, "discontinued": false}],
+        "stock": [{"node_id": "B1", "item_id": "TC-100", "quantity": 5}],
+        "customers": [{"id": "C1", "name": "Office A", "branch_1": "B1", "branch_2": "B2", "seller_id": "S1"}],
+        "accounts": [
+            {"username": "admin", "password": "admin-password", "role": "admin"},
+            {"username": "disp", "password": "disp-password", "role": "dispatcher"},
+            {"username": "exp1", "password": "exp1-password", "role": "expediter", "node_id": "B1"},
+            {"username": "svc1", "password": "svc1-password", "role": "serviceman", "node_id": "S1"},
+            {"username": "rep1", "password": "rep1-password", "role": "seller", "node_id": "S1"},
+            {"username": "cust1", "password": "cust1-password", "role": "customer", "customer_id": "C1"}
+        ]
+    })
+}
+
+/// Checks that a JSON value is a network file, so fixtures stay honest.
+pub fn assert_network_shape(value: &Value) {
+    let _: NetworkFile = serde_json::from_value(value.clone()).expect("a network file");
+}
