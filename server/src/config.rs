@@ -19,6 +19,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub orders: OrderSettings,
     /// Load the demo network when the store is empty.
     pub demo: bool,
 }
@@ -67,8 +68,28 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
+            orders: OrderSettings::default(),
             demo: false,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrderSettings {
+    /// How long a draft waits for Confirm before it expires.
+    pub draft_ttl_secs: u64,
+}
+
+impl Default for OrderSettings {
+    fn default() -> Self {
+        Self { draft_ttl_secs: 24 * 3600 }
+    }
+}
+
+impl OrderSettings {
+    pub fn draft_ttl(&self) -> time::Duration {
+        time::Duration::seconds(i64::try_from(self.draft_ttl_secs).unwrap_or(i64::MAX))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod domain;
 mod files;
 pub mod http;
 pub mod import;
+pub mod orders;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use crate::{
     config::Settings,
     http::{self, error::ensure_json_error, AppState},
     store::Store,
+    telemetry::RequestSpan,
     tls,
 };
 
@@ -73,7 +74,7 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
         App::new()
             .app_data(app_state.clone())
             .wrap(ErrorHandlers::new().default_handler(ensure_json_error))
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<RequestSpan>::new())
             .configure(move |cfg| http::routes(cfg, &limits))
     })
     .shutdown_timeout(10);
@@ -90,6 +91,21 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
         loop {
             tick.tick().await;
             prune_state.auth.prune_rate_limits();
+        }
+    });
+
+    // Drafts nobody confirmed or that were cancelled are forgotten a day later.
+    let purge_store = Arc::clone(&store);
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            match purge_store.purge_drafts(before).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged stale drafts"),
+                Err(err) => tracing::warn!(error = %err, "purging stale drafts failed"),
+            }
         }
     });
 

@@ -6,7 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CustomerId, DeviceId, NodeId, Role, Username};
+use time::OffsetDateTime;
+
+use crate::{CustomerId, DeviceId, ItemId, NodeId, OrderId, ReceiptId, Role, Username};
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,12 +28,22 @@ pub struct ErrorDetail {
     pub problems: Vec<Problem>,
 }
 
-/// One problem found in a document, located by a JSON-pointer-like path.
+/// One problem found in a document, located by a path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    /// Where, for example `customers[2].branch_1`.
+    /// Where, for example `customers[2].branch_1`, or the field name of an order.
     pub path: String,
+    /// The problem's own stable code, where the endpoint has one per case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     pub message: String,
+}
+
+impl Problem {
+    /// A problem without a code of its own.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { path: path.into(), code: None, message: message.into() }
+    }
 }
 
 /// `GET /healthz`.
@@ -246,6 +258,89 @@ pub struct StockLevel {
     pub reserved: u64,
     /// `on_hand - reserved`: what the cascade may still take.
     pub available: u64,
+}
+
+/// `POST /api/v1/orders`. The server reads the body field by field, so that
+/// every abnormal datum gets its own code; this type is for clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub customer_id: CustomerId,
+    pub item_id: ItemId,
+    pub quantity: u32,
+}
+
+/// Where an order stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Draft,
+    Cancelled,
+    Confirmed,
+}
+
+/// A draft order and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub customer_id: CustomerId,
+    pub item_id: ItemId,
+    pub item_name: String,
+    pub quantity: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// A draft not confirmed by then can no longer be.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Set once confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_id: Option<ReceiptId>,
+}
+
+/// An order receipt, with its flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptView {
+    pub receipt_id: ReceiptId,
+    pub order_id: OrderId,
+    pub customer_id: CustomerId,
+    pub item_id: ItemId,
+    pub quantity: u32,
+    /// Used cartridges the courier should collect (0 for items not collected).
+    pub empties_expected: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// A delivery has been planned for it.
+    pub planned: bool,
+    pub delivered: bool,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<OffsetDateTime>,
+    pub delivery_id: Option<String>,
+}
+
+/// `GET /api/v1/receipts`: one page, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptPage {
+    pub receipts: Vec<ReceiptView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<ReceiptId>,
+}
+
+/// `GET /api/v1/customers/{id}`: the customer information.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerInfo {
+    pub customer_id: CustomerId,
+    pub name: String,
+    pub branch_1: NodeId,
+    pub branch_2: NodeId,
+    pub seller_id: NodeId,
+    /// On while used cartridges are expected back.
+    pub collection_flag: bool,
+    pub empties_expected: u64,
+    pub order_count: u64,
+    /// The latest receipts, newest first (at most 50; see `GET /api/v1/receipts`).
+    pub order_history: Vec<ReceiptView>,
 }
 
 #[cfg(test)]

@@ -103,6 +103,35 @@ id_type!(
     DeviceId
 );
 
+id_type!(
+    /// A draft order, until it is confirmed or cancelled. The server makes these
+    /// (time-ordered UUIDs).
+    OrderId
+);
+id_type!(
+    /// An order receipt: `R-` and its position in receipt order, at least six
+    /// digits (`R-000123`), so that ids sort and read well.
+    ReceiptId
+);
+
+impl ReceiptId {
+    /// The receipt id of the `seq`-th receipt.
+    pub fn from_seq(seq: u64) -> Self {
+        Self(format!("R-{seq:06}"))
+    }
+
+    /// The position in receipt order, when this is a well-formed receipt id.
+    pub fn seq(&self) -> Option<u64> {
+        let digits = self.0.strip_prefix("R-")?;
+        if digits.len() < 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seq: u64 = digits.parse().ok()?;
+        // One spelling per receipt: R-000123, never R-0000123.
+        (Self::from_seq(seq) == *self).then_some(seq)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +148,16 @@ mod tests {
         assert_eq!(ItemId::parse("a b"), Err(IdError::BadCharacter));
         assert_eq!(ItemId::parse("<script>"), Err(IdError::BadCharacter));
         assert_eq!(ItemId::parse("é"), Err(IdError::BadCharacter));
+    }
+
+    #[test]
+    fn receipt_ids_are_readable_and_map_to_their_position() {
+        assert_eq!(ReceiptId::from_seq(123).as_str(), "R-000123");
+        assert_eq!(ReceiptId::from_seq(1_234_567).as_str(), "R-1234567");
+        assert_eq!(ReceiptId::from_seq(42).seq(), Some(42));
+        for odd in ["R-42", "R-0000042", "X-000042", "R-00004a"] {
+            assert_eq!(ReceiptId::parse(odd).ok().and_then(|id| id.seq()), None, "{odd}");
+        }
     }
 
     #[test]

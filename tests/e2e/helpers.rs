@@ -80,7 +80,12 @@ impl Sandbox {
     /// Starts `handover-server serve EXTRA` on 127.0.0.1:0 in this sandbox and
     /// waits for its `listening on` line.
     pub fn start(&self, extra: &[&str]) -> TestServer {
-        TestServer::start(self, extra).expect("the server starts")
+        self.start_with_env(extra, &[])
+    }
+
+    /// Starts the server with extra `HANDOVER__...` settings in its environment.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        TestServer::start(self, extra, env).expect("the server starts")
     }
 }
 
@@ -93,7 +98,7 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    fn start(sandbox: &Sandbox, extra: &[&str]) -> anyhow::Result<Self> {
+    fn start(sandbox: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let log = sandbox.path(&format!("server-{}.log", uuid_like()));
         let log_file = std::fs::File::create(&log)?;
         let mut command = Command::new(binary("handover-server"));
@@ -107,6 +112,7 @@ impl TestServer {
             .args(extra)
             .env("HANDOVER__AUTH__JWT_SECRET", JWT_SECRET)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         if std::env::var_os("TEST_LOG").is_some() {

@@ -11,7 +11,10 @@
 use handover_shared::{CustomerId, DeviceId, NodeId, Role, Username};
 use uuid::Uuid;
 
-use super::network::{Customer, Node};
+use super::{
+    network::{Customer, Node},
+    orders::{Draft, Receipt},
+};
 
 /// The authenticated caller, as its access token describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +64,7 @@ impl Guarded for Customer {
 
     /// Dispatchers see every customer; a customer account sees its own.
     fn visible_to(&self, principal: &Principal) -> bool {
-        principal.is_dispatcher() || principal.customer_id.as_ref() == Some(&self.id)
+        principal.acts_for_customer(&self.id)
     }
 }
 
@@ -73,6 +76,33 @@ impl Guarded for Node {
     /// Dispatchers see every node's stock.
     fn visible_to(&self, principal: &Principal) -> bool {
         principal.is_dispatcher()
+    }
+}
+
+impl Principal {
+    /// Dispatchers act for every customer; a customer account for its own.
+    pub fn acts_for_customer(&self, customer: &CustomerId) -> bool {
+        self.is_dispatcher() || self.customer_id.as_ref() == Some(customer)
+    }
+}
+
+impl Guarded for Draft {
+    fn describe(&self) -> String {
+        format!("order {}", self.order_id)
+    }
+
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.acts_for_customer(&self.customer_id)
+    }
+}
+
+impl Guarded for Receipt {
+    fn describe(&self) -> String {
+        format!("receipt {}", self.receipt_id)
+    }
+
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.acts_for_customer(&self.customer_id)
     }
 }
 

@@ -4,5 +4,6 @@
 
 pub mod access;
 pub mod network;
+pub mod orders;
 pub mod sessions;
 pub mod stock;

@@ -12,7 +12,16 @@ use actix_web::{
 };
 use handover_shared::api::{ErrorBody, ErrorDetail, Problem};
 
-use crate::{auth::AuthError, domain::access::Forbidden, import::ImportFailure, store::StoreError};
+use crate::{
+    auth::AuthError,
+    domain::{
+        access::Forbidden,
+        orders::{DraftRefusal, OrderProblemCode},
+    },
+    import::ImportFailure,
+    orders::OrderFailure,
+    store::StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -23,9 +32,15 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("send the body as JSON with Content-Type: application/json")]
     UnsupportedMediaType,
+    /// Input judged and refused, with the status its most severe problem calls for.
+    #[error("{message}")]
+    Rejected { status: StatusCode, code: &'static str, message: String, problems: Vec<Problem> },
     /// A document that parses but breaks rules; every problem listed.
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String, problems: Vec<Problem> },
+    /// A request that conflicts with the object's state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -52,6 +67,55 @@ impl From<ImportFailure> for ApiError {
     }
 }
 
+impl From<OrderFailure> for ApiError {
+    fn from(failure: OrderFailure) -> Self {
+        match failure {
+            OrderFailure::Abnormal(problems) => abnormal_order(problems),
+            OrderFailure::NotFound(message) => ApiError::NotFound(message),
+            OrderFailure::Refused(refusal) => ApiError::Conflict {
+                code: match refusal {
+                    DraftRefusal::Cancelled => "order_cancelled",
+                    DraftRefusal::Expired => "draft_expired",
+                    DraftRefusal::AlreadyConfirmed => "order_confirmed",
+                },
+                message: refusal.to_string(),
+            },
+            OrderFailure::Forbidden(forbidden) => ApiError::Forbidden(forbidden),
+            OrderFailure::Store(err) => ApiError::Store(err),
+        }
+    }
+}
+
+/// Abnormal order data: the most severe problem decides the status and the
+/// top-level code (problems arrive sorted, most severe first); every problem is
+/// listed with its field and its own code.
+fn abnormal_order(problems: Vec<crate::domain::orders::OrderProblem>) -> ApiError {
+    let Some(first) = problems.first() else {
+        return ApiError::Internal("an abnormal order without problems".into());
+    };
+    let code = first.code.as_str();
+    let message = match problems.len() {
+        1 => format!("{}; nothing was stored", first.message),
+        n => format!("the order has {n} problems; nothing was stored"),
+    };
+    let status = match first.code {
+        OrderProblemCode::NotYourCustomer => StatusCode::FORBIDDEN,
+        OrderProblemCode::MissingField | OrderProblemCode::UnknownField | OrderProblemCode::InvalidField => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let problems = problems
+        .into_iter()
+        .map(|p| Problem {
+            path: p.field.as_str().to_owned(),
+            code: Some(p.code.as_str().to_owned()),
+            message: p.message,
+        })
+        .collect();
+    ApiError::Rejected { status, code, message, problems }
+}
+
 impl ApiError {
     /// Status, stable code, message and problems, in one place.
     fn parts(&self) -> (StatusCode, &'static str, String, &[Problem]) {
@@ -68,6 +132,8 @@ impl ApiError {
             ApiError::Unprocessable { code, message, problems } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, code, message.clone(), problems)
             }
+            ApiError::Rejected { status, code, message, problems } => (*status, code, message.clone(), problems),
+            ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone(), NONE),
             ApiError::Auth(err) => {
                 let code = match err {
                     AuthError::InvalidCredentials => "invalid_credentials",

@@ -35,6 +35,13 @@ impl Roles for Dispatcher {
     const ALLOWED: &'static [Role] = &[Role::Dispatcher];
 }
 
+/// Those who place orders: customers for themselves, dispatchers for anyone.
+#[derive(Debug)]
+pub enum OrderPlacer {}
+impl Roles for OrderPlacer {
+    const ALLOWED: &'static [Role] = &[Role::Customer, Role::Dispatcher];
+}
+
 /// An authenticated caller whose role is in `R`.
 #[derive(Debug)]
 pub struct Auth<R: Roles> {
@@ -70,7 +77,9 @@ fn authorize<R: Roles>(req: &HttpRequest) -> Result<Auth<R>, ApiError> {
         ))
         .into());
     }
-    tracing::Span::current().record("username", principal.username.as_str());
+    let span = tracing::Span::current();
+    span.record("username", principal.username.as_str());
+    span.record("device_id", principal.device_id.as_str());
     Ok(Auth { principal, roles: PhantomData })
 }
 

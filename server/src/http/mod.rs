@@ -5,6 +5,7 @@
 pub mod error;
 pub mod extract;
 mod handlers;
+mod orders;
 
 use std::sync::Arc;
 
@@ -36,6 +37,13 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/auth/me").get(handlers::me))
                 .service(web::resource("/admin/network").app_data(network_json).post(handlers::import_network))
                 .service(web::resource("/admin/devices/{device_id}/revoke").post(handlers::revoke_device))
-                .service(web::resource("/nodes/{node_id}/stock").get(handlers::node_stock)),
+                .service(web::resource("/nodes/{node_id}/stock").get(handlers::node_stock))
+                .service(web::resource("/orders").post(orders::create).get(orders::list_drafts))
+                .service(web::resource("/orders/{order_id}").get(orders::show))
+                .service(web::resource("/orders/{order_id}/confirm").post(orders::confirm))
+                .service(web::resource("/orders/{order_id}/cancel").post(orders::cancel))
+                .service(web::resource("/receipts").get(orders::list_receipts))
+                .service(web::resource("/receipts/{receipt_id}").get(orders::receipt))
+                .service(web::resource("/customers/{customer_id}").get(orders::customer)),
         );
 }

@@ -11,7 +11,7 @@ pub mod sled;
 use async_trait::async_trait;
 use handover_shared::{
     api::{ImportSummary, Problem},
-    CustomerId, DeviceId, ItemId, NodeId, Username,
+    CustomerId, DeviceId, ItemId, NodeId, OrderId, ReceiptId, Username,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     network::{Customer, Item, KnownNetwork, Membership, Node, StockCount},
+    orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
     sessions::{RefreshRefusal, RefreshToken, Session},
     stock::{Balance, LedgerEntry},
 };
@@ -49,6 +50,26 @@ pub enum RefreshOutcome {
     /// The token had been used before; the session is now revoked.
     ReuseDetected(Session),
     Refused(RefreshRefusal),
+}
+
+/// The outcome of a step (confirm, cancel) on a draft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftStep<T> {
+    Done(T),
+    Refused(DraftRefusal),
+    NotFound,
+}
+
+/// Which receipts to list, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiptQuery {
+    pub customer_id: Option<CustomerId>,
+    pub delivered: Option<bool>,
+    /// Created at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Start after this position in receipt order (the previous page's last).
+    pub after: Option<u64>,
+    pub limit: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +138,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn revoke_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
     /// Every revoked session id, so that their access tokens die at once.
     async fn revoked_sessions(&self) -> Result<Vec<Uuid>, StoreError>;
+
+    async fn create_draft(&self, draft: Draft) -> Result<(), StoreError>;
+    async fn draft(&self, id: &OrderId) -> Result<Option<Draft>, StoreError>;
+    /// Drafts still open (possibly expired), newest first; of one customer, or all.
+    async fn open_drafts(&self, customer: Option<&CustomerId>) -> Result<Vec<Draft>, StoreError>;
+    /// Applies `decide_confirm`. On the first confirm, in one transaction: the
+    /// draft is marked confirmed, the receipt generated with the next receipt
+    /// number, the customer information updated. On a later one, the same
+    /// receipt comes back and nothing changes (`false`).
+    async fn confirm_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError>;
+    /// Applies `decide_cancel`; cancelling twice is harmless.
+    async fn cancel_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<Draft>, StoreError>;
+    /// Forgets drafts that expired or were cancelled before `before`; confirmed
+    /// drafts are kept (a retried confirm must find its receipt).
+    async fn purge_drafts(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    async fn receipt(&self, id: &ReceiptId) -> Result<Option<Receipt>, StoreError>;
+    /// One page of receipts; asks for `limit` and returns at most that many.
+    async fn receipts(&self, query: &ReceiptQuery) -> Result<Vec<Receipt>, StoreError>;
+    /// A customer's latest receipts, newest first.
+    async fn recent_receipts(&self, customer: &CustomerId, limit: usize) -> Result<Vec<Receipt>, StoreError>;
+    async fn customer_account(&self, customer: &CustomerId) -> Result<CustomerAccount, StoreError>;
+    /// The catalogue, by item id.
+    async fn items(&self) -> Result<Vec<Item>, StoreError>;
 
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<(), StoreError>;

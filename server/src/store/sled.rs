@@ -14,7 +14,7 @@ use std::{path::Path, sync::Arc};
 use async_trait::async_trait;
 use handover_shared::{
     api::{ImportSummary, Problem},
-    CustomerId, DeviceId, ItemId, NodeId, Username,
+    CustomerId, DeviceId, ItemId, NodeId, OrderId, ReceiptId, Username,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use sled::{
@@ -24,9 +24,12 @@ use sled::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{commit::GroupCommit, Account, ImportError, ImportPlan, RefreshOutcome, Store, StoreError};
+use super::{
+    commit::GroupCommit, Account, DraftStep, ImportError, ImportPlan, ReceiptQuery, RefreshOutcome, Store, StoreError,
+};
 use crate::domain::{
     network::{Customer, Item, KnownNetwork, Node},
+    orders::{decide_cancel, decide_confirm, ConfirmDecision, CustomerAccount, Draft, DraftState, Receipt},
     sessions::{decide_refresh, RefreshDecision, RefreshToken, RevokeReason, Session},
     stock::{Balance, LedgerEntry, Movement},
 };
@@ -62,6 +65,16 @@ struct Trees {
     refresh_tokens: sled::Tree,
     /// `device \0 session uuid` to nothing: which sessions a device holds.
     device_sessions: sled::Tree,
+    /// Order id to [`Draft`].
+    drafts: sled::Tree,
+    /// Big-endian receipt number to [`Receipt`]: receipt order is key order.
+    receipts: sled::Tree,
+    /// `customer \0 receipt number` to nothing: a customer's order history.
+    customer_receipts: sled::Tree,
+    /// Customer id to [`CustomerAccount`] (collection flag, order count).
+    customer_accounts: sled::Tree,
+    /// Named counters, big-endian u64: `receipt` is the last receipt number.
+    counters: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -165,6 +178,11 @@ impl SledStore {
             sessions: tree("sessions")?,
             refresh_tokens: tree("refresh_tokens")?,
             device_sessions: tree("device_sessions")?,
+            drafts: tree("drafts")?,
+            receipts: tree("receipts")?,
+            customer_receipts: tree("customer_receipts")?,
+            customer_accounts: tree("customer_accounts")?,
+            counters: tree("counters")?,
         };
         let commit = GroupCommit::start(db.clone())?;
         Ok(Self { inner: Arc::new(Inner { db, trees, commit }) })
@@ -259,13 +277,10 @@ impl Store for SledStore {
                     // Re-checked here: another import may have landed since validation.
                     if let Some(stored) = tx_get::<Node>(nodes, node.id.as_str().as_bytes())? {
                         if stored.kind != node.kind {
-                            conflicts.push(Problem {
-                                path: format!("nodes[{i}].kind"),
-                                message: format!(
-                                    "node {} is already a {}; a node's kind cannot change",
-                                    node.id, stored.kind
-                                ),
-                            });
+                            conflicts.push(Problem::new(
+                                format!("nodes[{i}].kind"),
+                                format!("node {} is already a {}; a node's kind cannot change", node.id, stored.kind),
+                            ));
                         }
                     }
                     tx_put(nodes, node.id.as_str().as_bytes(), node)?;
@@ -286,13 +301,13 @@ impl Store for SledStore {
                     let current = i64::try_from(balance.on_hand).unwrap_or(i64::MAX);
                     let delta = target - current;
                     match balance.apply(delta, 0) {
-                        Err(_) => conflicts.push(Problem {
-                            path: format!("stock[{i}].quantity"),
-                            message: format!(
+                        Err(_) => conflicts.push(Problem::new(
+                            format!("stock[{i}].quantity"),
+                            format!(
                                 "{} of {} at {} are reserved for planned deliveries; on hand cannot drop to {}",
                                 balance.reserved, count.item_id, count.node_id, count.quantity
                             ),
-                        }),
+                        )),
                         Ok(_) if delta == 0 => {}
                         Ok(updated) => {
                             let seq = ledger.generate_id()?;
@@ -497,8 +512,213 @@ impl Store for SledStore {
         .await
     }
 
+    async fn create_draft(&self, draft: Draft) -> Result<(), StoreError> {
+        self.write(move |inner| {
+            inner.trees.drafts.insert(draft.order_id.as_str().as_bytes(), encode(&draft)?).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn draft(&self, id: &OrderId) -> Result<Option<Draft>, StoreError> {
+        let key = id.clone();
+        self.blocking(move |inner| get(&inner.trees.drafts, key.as_str().as_bytes())).await
+    }
+
+    async fn open_drafts(&self, customer: Option<&CustomerId>) -> Result<Vec<Draft>, StoreError> {
+        let customer = customer.cloned();
+        self.blocking(move |inner| {
+            let drafts: Vec<Draft> = scan(inner.trees.drafts.iter().rev())?;
+            Ok(drafts
+                .into_iter()
+                .filter(|d| d.state == DraftState::Open && customer.as_ref().is_none_or(|c| *c == d.customer_id))
+                .collect())
+        })
+        .await
+    }
+
+    async fn confirm_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError> {
+        let key = id.clone();
+        let (step, changed) = self
+            .blocking(move |inner| {
+                let t = &inner.trees;
+                let trees = (&t.drafts, &t.receipts, &t.customer_receipts, &t.customer_accounts, &t.counters);
+                finish_store(trees.transaction(|(drafts, receipts, history, accounts, counters)| {
+                    let Some(mut draft) = tx_get::<Draft>(drafts, key.as_str().as_bytes())? else {
+                        return Ok((DraftStep::NotFound, false));
+                    };
+                    match decide_confirm(&draft, now) {
+                        ConfirmDecision::Refuse(refusal) => Ok((DraftStep::Refused(refusal), false)),
+                        ConfirmDecision::Replay(receipt_id) => {
+                            let seq = receipt_id.seq().ok_or_else(|| {
+                                abort(StoreError::Backend(format!("draft {} names a bad receipt id", draft.order_id)))
+                            })?;
+                            let receipt = tx_get::<Receipt>(receipts, &seq.to_be_bytes())?.ok_or_else(|| {
+                                abort(StoreError::Backend(format!(
+                                    "receipt {receipt_id} of a confirmed draft is missing"
+                                )))
+                            })?;
+                            Ok((DraftStep::Done((receipt, false)), false))
+                        }
+                        ConfirmDecision::Confirm => {
+                            let seq = tx_get_counter(counters, b"receipt")? + 1;
+                            let receipt = Receipt::from_draft(&draft, seq, now);
+                            draft.state = DraftState::Confirmed { receipt_id: receipt.receipt_id.clone() };
+                            let account: CustomerAccount =
+                                tx_get(accounts, receipt.customer_id.as_str().as_bytes())?.unwrap_or_default();
+                            counters.insert(b"receipt".as_slice(), seq.to_be_bytes().as_slice())?;
+                            tx_put(receipts, &seq.to_be_bytes(), &receipt)?;
+                            tx_put(drafts, key.as_str().as_bytes(), &draft)?;
+                            tx_put(accounts, receipt.customer_id.as_str().as_bytes(), &account.with_order(&receipt))?;
+                            history.insert(pair_key(receipt.customer_id.as_str(), &seq.to_be_bytes()), &[])?;
+                            Ok((DraftStep::Done((receipt, true)), true))
+                        }
+                    }
+                }))
+            })
+            .await?;
+        if changed {
+            self.inner.commit.durable().await?;
+        }
+        Ok(step)
+    }
+
+    async fn cancel_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<Draft>, StoreError> {
+        let key = id.clone();
+        self.write(move |inner| {
+            finish_store(inner.trees.drafts.transaction(|drafts| {
+                let Some(mut draft) = tx_get::<Draft>(drafts, key.as_str().as_bytes())? else {
+                    return Ok(DraftStep::NotFound);
+                };
+                match decide_cancel(&draft) {
+                    Err(refusal) => Ok(DraftStep::Refused(refusal)),
+                    Ok(false) => Ok(DraftStep::Done(draft)),
+                    Ok(true) => {
+                        draft.state = DraftState::Cancelled { at: now };
+                        tx_put(drafts, key.as_str().as_bytes(), &draft)?;
+                        Ok(DraftStep::Done(draft))
+                    }
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn purge_drafts(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.write(move |inner| {
+            let mut purged = 0;
+            for entry in inner.trees.drafts.iter() {
+                let (key, value) = entry.map_err(backend)?;
+                let draft: Draft = decode(&key, &value)?;
+                let stale = match draft.state {
+                    DraftState::Open => draft.expires_at < before,
+                    DraftState::Cancelled { at } => at < before,
+                    DraftState::Confirmed { .. } => false,
+                };
+                // Removed only if unchanged since read: a draft confirmed meanwhile stays.
+                if stale
+                    && inner.trees.drafts.compare_and_swap(&key, Some(&value), None::<&[u8]>).map_err(backend)?.is_ok()
+                {
+                    purged += 1;
+                }
+            }
+            Ok(purged)
+        })
+        .await
+    }
+
+    async fn receipt(&self, id: &ReceiptId) -> Result<Option<Receipt>, StoreError> {
+        let Some(seq) = id.seq() else {
+            return Ok(None);
+        };
+        self.blocking(move |inner| get(&inner.trees.receipts, &seq.to_be_bytes())).await
+    }
+
+    async fn receipts(&self, query: &ReceiptQuery) -> Result<Vec<Receipt>, StoreError> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let t = &inner.trees;
+            let start = query.after.map_or(0, |after| after.saturating_add(1));
+            let keep = |receipt: &Receipt| {
+                query.delivered.is_none_or(|delivered| receipt.delivered == delivered)
+                    && query.since.is_none_or(|since| receipt.created_at >= since)
+            };
+            let mut page = Vec::with_capacity(query.limit.min(1000));
+            match &query.customer_id {
+                Some(customer) => {
+                    let prefix = pair_key(customer.as_str(), b"");
+                    let from = pair_key(customer.as_str(), &start.to_be_bytes());
+                    for key in t.customer_receipts.range(from..).keys() {
+                        let key = key.map_err(backend)?;
+                        if !key.starts_with(&prefix) || page.len() >= query.limit {
+                            break;
+                        }
+                        if let Some(receipt) = get::<Receipt>(&t.receipts, &key[prefix.len()..])?.filter(keep) {
+                            page.push(receipt);
+                        }
+                    }
+                }
+                None => {
+                    for entry in t.receipts.range(start.to_be_bytes()..) {
+                        if page.len() >= query.limit {
+                            break;
+                        }
+                        let (key, value) = entry.map_err(backend)?;
+                        let receipt: Receipt = decode(&key, &value)?;
+                        if keep(&receipt) {
+                            page.push(receipt);
+                        }
+                    }
+                }
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn recent_receipts(&self, customer: &CustomerId, limit: usize) -> Result<Vec<Receipt>, StoreError> {
+        let prefix = pair_key(customer.as_str(), b"");
+        self.blocking(move |inner| {
+            let t = &inner.trees;
+            let mut recent = Vec::new();
+            for key in t.customer_receipts.scan_prefix(&prefix).keys().rev().take(limit) {
+                let key = key.map_err(backend)?;
+                if let Some(receipt) = get(&t.receipts, &key[prefix.len()..])? {
+                    recent.push(receipt);
+                }
+            }
+            Ok(recent)
+        })
+        .await
+    }
+
+    async fn customer_account(&self, customer: &CustomerId) -> Result<CustomerAccount, StoreError> {
+        let key = customer.clone();
+        self.blocking(
+            move |inner| Ok(get(&inner.trees.customer_accounts, key.as_str().as_bytes())?.unwrap_or_default()),
+        )
+        .await
+    }
+
+    async fn items(&self) -> Result<Vec<Item>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.items.iter())).await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.inner.commit.durable().await
+    }
+}
+
+/// Reads a big-endian counter inside a transaction (0 when absent).
+fn tx_get_counter(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
+    match tree.get(key)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let array: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                abort(StoreError::Backend(format!("counter {} is not 8 bytes", String::from_utf8_lossy(key))))
+            })?;
+            Ok(u64::from_be_bytes(array))
+        }
     }
 }
 

@@ -1,0 +1,232 @@
+//! The order endpoints: drafts, confirm, cancel, receipts, customer information.
+
+use actix_web::{web, HttpResponse};
+use handover_shared::{
+    api::{CustomerInfo, OrderStatus, OrderView, ReceiptPage, ReceiptView},
+    CustomerId, OrderId, ReceiptId,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    error::ApiError,
+    extract::{Auth, OrderPlacer},
+    AppState,
+};
+use crate::{
+    domain::orders::{Draft, DraftState, OrderField, OrderProblem, OrderProblemCode, RawOrder, RawQuantity, Receipt},
+    orders,
+    store::ReceiptQuery,
+};
+
+type State = web::Data<AppState>;
+
+/// Reads an order body field by field, so that each abnormal datum gets its own
+/// code instead of one deserialisation error for the whole body.
+pub fn raw_order_from_json(body: &Value) -> RawOrder {
+    let mut raw =
+        RawOrder { customer_id: None, item_id: None, quantity: RawQuantity::Missing, shape_problems: Vec::new() };
+    let Some(fields) = body.as_object() else {
+        raw.shape_problems.push(OrderProblem {
+            field: OrderField::Body,
+            code: OrderProblemCode::InvalidField,
+            message: "the body must be a JSON object with customer_id, item_id and quantity".into(),
+        });
+        return raw;
+    };
+    for (name, value) in fields {
+        let text = |field: OrderField| match value {
+            Value::String(text) => Ok(text.clone()),
+            other => Err(OrderProblem {
+                field,
+                code: OrderProblemCode::InvalidField,
+                message: format!("{} must be a string, not {}", field.as_str(), json_kind(other)),
+            }),
+        };
+        match name.as_str() {
+            "customer_id" => match text(OrderField::CustomerId) {
+                Ok(id) => raw.customer_id = Some(id),
+                Err(problem) => raw.shape_problems.push(problem),
+            },
+            "item_id" => match text(OrderField::ItemId) {
+                Ok(id) => raw.item_id = Some(id),
+                Err(problem) => raw.shape_problems.push(problem),
+            },
+            "quantity" => raw.quantity = raw_quantity(value),
+            unknown => raw.shape_problems.push(OrderProblem {
+                field: OrderField::Body,
+                code: OrderProblemCode::UnknownField,
+                message: format!("unknown field {unknown:?}; an order has customer_id, item_id and quantity"),
+            }),
+        }
+    }
+    raw
+}
+
+fn raw_quantity(value: &Value) -> RawQuantity {
+    match value {
+        Value::Number(number) => match number.as_i64().map(i128::from).or_else(|| number.as_u64().map(i128::from)) {
+            Some(whole) => RawQuantity::Integer(whole),
+            None => RawQuantity::NotWhole(number.to_string()),
+        },
+        Value::Null => RawQuantity::Missing,
+        other => RawQuantity::WrongType(json_kind(other)),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub fn order_view(draft: &Draft) -> OrderView {
+    let (status, receipt_id) = match &draft.state {
+        DraftState::Open => (OrderStatus::Draft, None),
+        DraftState::Cancelled { .. } => (OrderStatus::Cancelled, None),
+        DraftState::Confirmed { receipt_id } => (OrderStatus::Confirmed, Some(receipt_id.clone())),
+    };
+    OrderView {
+        order_id: draft.order_id.clone(),
+        status,
+        customer_id: draft.customer_id.clone(),
+        item_id: draft.item_id.clone(),
+        item_name: draft.item_name.clone(),
+        quantity: draft.quantity,
+        created_at: draft.created_at,
+        expires_at: draft.expires_at,
+        receipt_id,
+    }
+}
+
+pub fn receipt_view(receipt: &Receipt) -> ReceiptView {
+    ReceiptView {
+        receipt_id: receipt.receipt_id.clone(),
+        order_id: receipt.order_id.clone(),
+        customer_id: receipt.customer_id.clone(),
+        item_id: receipt.item_id.clone(),
+        quantity: receipt.quantity,
+        empties_expected: receipt.empties_expected,
+        created_at: receipt.created_at,
+        planned: receipt.planned,
+        delivered: receipt.delivered,
+        delivered_at: receipt.delivered_at,
+        delivery_id: receipt.delivery_id.clone(),
+    }
+}
+
+pub async fn create(state: State, caller: Auth<OrderPlacer>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {
+    let ttl = state.settings.orders.draft_ttl();
+    let draft = orders::place_draft(state.store.as_ref(), &caller, &raw_order_from_json(&body), ttl).await?;
+    Ok(HttpResponse::Created().json(order_view(&draft)))
+}
+
+pub async fn list_drafts(state: State, caller: Auth<OrderPlacer>) -> Result<HttpResponse, ApiError> {
+    let drafts = orders::open_drafts(state.store.as_ref(), &caller).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"orders": drafts.iter().map(order_view).collect::<Vec<_>>()})))
+}
+
+pub async fn show(state: State, caller: Auth<OrderPlacer>, path: web::Path<OrderId>) -> Result<HttpResponse, ApiError> {
+    let draft = orders::draft(state.store.as_ref(), &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(order_view(&draft)))
+}
+
+/// 201 with the receipt the first time; 200 with the same receipt after.
+pub async fn confirm(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    path: web::Path<OrderId>,
+) -> Result<HttpResponse, ApiError> {
+    let (receipt, created) = orders::confirm(state.store.as_ref(), &caller, &path).await?;
+    let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
+    Ok(response.json(receipt_view(&receipt)))
+}
+
+pub async fn cancel(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    path: web::Path<OrderId>,
+) -> Result<HttpResponse, ApiError> {
+    let draft = orders::cancel(state.store.as_ref(), &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(order_view(&draft)))
+}
+
+pub async fn receipt(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    path: web::Path<ReceiptId>,
+) -> Result<HttpResponse, ApiError> {
+    let receipt = orders::receipt(state.store.as_ref(), &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(receipt_view(&receipt)))
+}
+
+/// The largest page of receipts.
+pub const MAX_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptFilter {
+    customer_id: Option<CustomerId>,
+    delivered: Option<bool>,
+    /// RFC 3339.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    since: Option<time::OffsetDateTime>,
+    after: Option<ReceiptId>,
+    limit: Option<usize>,
+}
+
+pub async fn list_receipts(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    filter: web::Query<ReceiptFilter>,
+) -> Result<HttpResponse, ApiError> {
+    let filter = filter.into_inner();
+    let limit = filter.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            code: "invalid_query",
+            message: format!("limit must be from 1 to {MAX_PAGE}"),
+        });
+    }
+    let after = match &filter.after {
+        None => None,
+        Some(id) => Some(id.seq().ok_or_else(|| ApiError::BadRequest {
+            code: "invalid_query",
+            message: format!("after must be a receipt id like R-000123, not {id}"),
+        })?),
+    };
+    let query = ReceiptQuery {
+        customer_id: filter.customer_id,
+        delivered: filter.delivered,
+        since: filter.since,
+        after,
+        limit,
+    };
+    let receipts = orders::receipts(state.store.as_ref(), &caller, query).await?;
+    let next_after = (receipts.len() == limit).then(|| receipts.last().map(|r| r.receipt_id.clone())).flatten();
+    Ok(HttpResponse::Ok().json(ReceiptPage { receipts: receipts.iter().map(receipt_view).collect(), next_after }))
+}
+
+pub async fn customer(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    path: web::Path<CustomerId>,
+) -> Result<HttpResponse, ApiError> {
+    let (customer, account, history) = orders::customer_info(state.store.as_ref(), &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(CustomerInfo {
+        customer_id: customer.id,
+        name: customer.name,
+        branch_1: customer.branch_1,
+        branch_2: customer.branch_2,
+        seller_id: customer.seller_id,
+        collection_flag: account.collection_flag(),
+        empties_expected: account.empties_expected,
+        order_count: account.orders,
+        order_history: history.iter().map(receipt_view).collect(),
+    }))
+}
