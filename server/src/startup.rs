@@ -66,16 +66,21 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
         None
     };
     let limits = settings.limits.clone();
+    // The page cookie's key is derived from the token key: one secret to manage.
+    let cookie_key = actix_web::cookie::Key::derive_from(&secret);
+    let secure_cookies = settings.tls.enabled;
     let state = web::Data::new(AppState { store: Arc::clone(&store), auth, settings });
 
     let app_state = state.clone();
     let server = HttpServer::new(move || {
         let limits = limits.clone();
+        let cookie_key = cookie_key.clone();
         App::new()
             .app_data(app_state.clone())
             .wrap(ErrorHandlers::new().default_handler(ensure_json_error))
             .wrap(TracingLogger::<RequestSpan>::new())
             .configure(move |cfg| http::routes(cfg, &limits))
+            .configure(move |cfg| http::pages(cfg, &cookie_key, secure_cookies))
     })
     .shutdown_timeout(10);
     let (server, scheme) = match tls_config {

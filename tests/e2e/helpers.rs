@@ -230,6 +230,22 @@ pub fn tls_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+impl TestServer {
+    /// A client for the pages: keeps cookies, does not follow redirects.
+    pub fn page_client(&self, sandbox: &Sandbox) -> reqwest::Client {
+        let pem = std::fs::read(sandbox.certs_dir().join("ca.pem")).expect("the dev CA");
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"))
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("a client")
+    }
+}
+
 async fn read(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let bytes = response.bytes().await.expect("a body");

@@ -117,6 +117,16 @@ impl AuthService {
 
     /// Checks the password and opens a session on the device.
     pub async fn login(&self, request: LoginRequest, address: Option<IpAddr>) -> Result<LoginResponse, AuthError> {
+        Ok(self.login_principal(request, address).await?.0)
+    }
+
+    /// Like `login`, also returning the principal (the pages keep it in their
+    /// session cookie instead of a bearer token).
+    pub async fn login_principal(
+        &self,
+        request: LoginRequest,
+        address: Option<IpAddr>,
+    ) -> Result<(LoginResponse, Principal), AuthError> {
         self.check_rate(&request.username, address)?;
         let account = match Username::parse(request.username.as_str()) {
             Ok(username) if request.password.len() <= MAX_PASSWORD_LEN => self.store.account(&username).await?,
@@ -153,7 +163,8 @@ impl AuthService {
         let refresh = RefreshToken { session_id: session.id, expires_at: now + self.refresh_ttl, retired_at: None };
         self.store.open_session(session.clone(), refresh_hash, refresh).await?;
         tracing::info!(username = %account.username, device_id = %session.device_id, session_id = %session.id, "login");
-        self.token_pair(&account, &session, refresh_token, now)
+        let principal = principal_of(&account, &session);
+        Ok((self.token_pair(&account, &session, refresh_token, now)?, principal))
     }
 
     fn token_pair(
@@ -163,14 +174,7 @@ impl AuthService {
         refresh_token: String,
         now: OffsetDateTime,
     ) -> Result<LoginResponse, AuthError> {
-        let principal = Principal {
-            username: account.username.clone(),
-            role: account.membership.role(),
-            device_id: session.device_id.clone(),
-            session_id: session.id,
-            node_id: account.membership.node_id().cloned(),
-            customer_id: account.membership.customer_id().cloned(),
-        };
+        let principal = principal_of(account, session);
         let access_token = self
             .keys
             .issue(&principal, now)
@@ -237,6 +241,11 @@ impl AuthService {
         revoked.extend(sessions);
     }
 
+    /// Whether a session was revoked (logout, device revoked, token reuse).
+    pub fn is_revoked(&self, session_id: &Uuid) -> bool {
+        self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(session_id)
+    }
+
     /// The check behind every authenticated endpoint.
     pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
         let token = bearer.ok_or(AuthError::MissingToken)?;
@@ -246,6 +255,17 @@ impl AuthService {
             return Err(AuthError::SessionRevoked);
         }
         Ok(claims.into())
+    }
+}
+
+fn principal_of(account: &Account, session: &Session) -> Principal {
+    Principal {
+        username: account.username.clone(),
+        role: account.membership.role(),
+        device_id: session.device_id.clone(),
+        session_id: session.id,
+        node_id: account.membership.node_id().cloned(),
+        customer_id: account.membership.customer_id().cloned(),
     }
 }
 

@@ -216,18 +216,18 @@ pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Err
 }
 
 /// Last line of defence, as an `ErrorHandlers` default: any error response that
-/// is not already JSON (an unknown route, a wrong method, a framework error)
-/// gets the SPEC's JSON error body, so clients never see HTML or an empty body.
+/// is neither JSON nor one of our HTML pages (an unknown route, a wrong method, a
+/// framework error) gets the SPEC's JSON error body, never an empty body.
 pub fn ensure_json_error<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_json = res
+    let is_json_or_page = res
         .response()
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if is_json {
+        .is_some_and(|value| value.starts_with("application/json") || value.starts_with("text/html"));
+    if is_json_or_page {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();

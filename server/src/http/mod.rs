@@ -6,10 +6,15 @@ pub mod error;
 pub mod extract;
 mod handlers;
 mod orders;
+pub mod pages;
 
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_session::{config::BrowserSession, storage::CookieSessionStore, SessionMiddleware};
+use actix_web::{
+    cookie::{Key, SameSite},
+    web,
+};
 
 use crate::{auth::AuthService, config::Settings, store::Store};
 
@@ -46,4 +51,31 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/receipts/{receipt_id}").get(orders::receipt))
                 .service(web::resource("/customers/{customer_id}").get(orders::customer)),
         );
+}
+
+/// Registers the pages, behind the session cookie. Registered last: its empty
+/// prefix would otherwise shadow the API.
+pub fn pages(cfg: &mut web::ServiceConfig, cookie_key: &Key, secure_cookies: bool) {
+    let sessions = SessionMiddleware::builder(CookieSessionStore::default(), cookie_key.clone())
+        .cookie_name("handover_session".to_owned())
+        .cookie_secure(secure_cookies)
+        .cookie_http_only(true)
+        .cookie_same_site(SameSite::Strict)
+        .session_lifecycle(BrowserSession::default())
+        .build();
+    cfg.service(
+        web::scope("")
+            .wrap(sessions)
+            .app_data(web::FormConfig::default().limit(16 * 1024).error_handler(pages::form_error))
+            .app_data(web::PathConfig::default().error_handler(pages::path_error))
+            .app_data(web::QueryConfig::default().error_handler(pages::query_error))
+            .service(web::resource("/").get(pages::home))
+            .service(web::resource("/login").get(pages::login_form).post(pages::login_submit))
+            .service(web::resource("/logout").post(pages::logout))
+            .service(web::resource("/order").get(pages::order_form).post(pages::order_submit))
+            .service(web::resource("/order/{order_id}").get(pages::order_show))
+            .service(web::resource("/order/{order_id}/confirm").post(pages::order_confirm))
+            .service(web::resource("/order/{order_id}/cancel").post(pages::order_cancel))
+            .service(web::resource("/receipts/{receipt_id}").get(pages::receipt)),
+    );
 }

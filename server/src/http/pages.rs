@@ -1,0 +1,593 @@
+//! The server-rendered pages: login and the ordering screen (order form,
+//! confirmation screen, receipt). They work without JavaScript and call the same
+//! order service as the JSON API.
+//!
+//! Sessions live in an encrypted cookie (`HttpOnly`, `SameSite=Strict`, and
+//! `Secure` whenever TLS is on) that carries the login session id; a revoked
+//! session is refused on the next page like a revoked token. Every form carries
+//! a CSRF token kept in that cookie and checked on POST.
+
+use actix_session::{Session, SessionExt as _};
+use actix_web::{
+    dev::Payload,
+    http::{header, StatusCode},
+    web, FromRequest, HttpRequest, HttpResponse, ResponseError,
+};
+use askama::Template;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use handover_shared::{api::LoginRequest, CustomerId, DeviceId, NodeId, OrderId, ReceiptId, Role, Username};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq as _;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::{
+    auth::AuthError,
+    domain::{
+        access::Principal,
+        network::Item,
+        orders::{Draft, DraftState, OrderField, RawOrder, RawQuantity, Receipt},
+    },
+    orders::{self, OrderFailure},
+};
+
+type State = web::Data<AppState>;
+
+const SESSION_KEY: &str = "login";
+const CSRF_KEY: &str = "csrf";
+
+/// What the session cookie holds about a logged-in user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoggedIn {
+    session_id: Uuid,
+    username: Username,
+    role: Role,
+    device_id: DeviceId,
+    node_id: Option<NodeId>,
+    customer_id: Option<CustomerId>,
+    /// Lets logout end the server-side session; the cookie is encrypted.
+    refresh_token: String,
+    /// Unix seconds. The cookie lives in the browser, so its age is checked here.
+    expires_at: i64,
+}
+
+/// How long a page login lasts.
+const PAGE_SESSION_SECS: i64 = 12 * 3600;
+
+/// Why a page cannot be shown. Rendered as HTML, never as JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    #[error("log in first")]
+    LoginRequired { next: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<OrderFailure> for PageError {
+    fn from(failure: OrderFailure) -> Self {
+        match failure {
+            OrderFailure::NotFound(message) => PageError::NotFound(message),
+            OrderFailure::Forbidden(forbidden) => PageError::Forbidden(forbidden.to_string()),
+            OrderFailure::Store(err) => PageError::Internal(err.to_string()),
+            other => PageError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+struct MessagePage<'a> {
+    title: &'a str,
+    message: &'a str,
+    back: &'a str,
+    back_label: &'a str,
+}
+
+impl ResponseError for PageError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            PageError::LoginRequired { .. } => StatusCode::SEE_OTHER,
+            PageError::Forbidden(_) => StatusCode::FORBIDDEN,
+            PageError::NotFound(_) => StatusCode::NOT_FOUND,
+            PageError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (title, message) = match self {
+            PageError::LoginRequired { next } => return redirect(&format!("/login?next={}", encode_next(next))),
+            PageError::Forbidden(message) => ("Not allowed", message.as_str()),
+            PageError::NotFound(message) => ("Not found", message.as_str()),
+            PageError::BadRequest(message) => ("That did not work", message.as_str()),
+            PageError::Internal(detail) => {
+                tracing::error!(error = %detail, "page failed");
+                ("Something went wrong", "An internal error occurred; it has been logged. Please try again.")
+            }
+        };
+        html(self.status_code(), &MessagePage { title, message, back: "/order", back_label: "Back to ordering" })
+    }
+}
+
+/// A 303 to a local path.
+fn redirect(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther().insert_header((header::LOCATION, location)).finish()
+}
+
+/// Renders a template with the headers every page carries.
+fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
+    match page.render() {
+        Ok(body) => HttpResponse::build(status)
+            .content_type("text/html; charset=utf-8")
+            .insert_header((
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+            .insert_header((header::REFERRER_POLICY, "same-origin"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(body),
+        Err(err) => {
+            tracing::error!(error = %err, "template failed");
+            HttpResponse::InternalServerError().content_type("text/plain; charset=utf-8").body("internal error")
+        }
+    }
+}
+
+/// Only local paths are followed after login, so the page cannot be used to send
+/// a user elsewhere.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path,
+        _ => "/order",
+    }
+}
+
+fn encode_next(next: &str) -> String {
+    form_urlencoded::byte_serialize(next.as_bytes()).collect()
+}
+
+/// The session's CSRF token, made on first use.
+fn csrf_token(session: &Session) -> Result<String, PageError> {
+    if let Ok(Some(token)) = session.get::<String>(CSRF_KEY) {
+        return Ok(token);
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    session.insert(CSRF_KEY, &token).map_err(|err| PageError::Internal(err.to_string()))?;
+    Ok(token)
+}
+
+/// Refuses a form whose CSRF token is not the session's.
+fn check_csrf(session: &Session, submitted: Option<&str>) -> Result<(), PageError> {
+    let expected = session.get::<String>(CSRF_KEY).ok().flatten();
+    match (expected, submitted) {
+        (Some(expected), Some(submitted)) if bool::from(expected.as_bytes().ct_eq(submitted.as_bytes())) => Ok(()),
+        _ => Err(PageError::BadRequest(
+            "This form has expired or did not come from this site. Go back, reload the page and try again.".into(),
+        )),
+    }
+}
+
+/// A logged-in user of the pages.
+pub struct PageUser {
+    principal: Principal,
+    refresh_token: String,
+    session: Session,
+}
+
+impl std::fmt::Debug for PageUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageUser").field("principal", &self.principal).finish_non_exhaustive()
+    }
+}
+
+impl PageUser {
+    fn from_request_sync(req: &HttpRequest) -> Result<Self, PageError> {
+        let next = req.uri().path_and_query().map_or("/order", |pq| pq.as_str()).to_owned();
+        let session = req.get_session();
+        let login = session.get::<LoggedIn>(SESSION_KEY).ok().flatten();
+        let state = req.app_data::<State>().ok_or_else(|| PageError::Internal("application state missing".into()))?;
+        let Some(login) = login else {
+            return Err(PageError::LoginRequired { next });
+        };
+        if state.auth.is_revoked(&login.session_id)
+            || login.expires_at <= time::OffsetDateTime::now_utc().unix_timestamp()
+        {
+            session.purge();
+            return Err(PageError::LoginRequired { next });
+        }
+        let span = tracing::Span::current();
+        span.record("username", login.username.as_str());
+        span.record("device_id", login.device_id.as_str());
+        Ok(PageUser {
+            principal: Principal {
+                username: login.username,
+                role: login.role,
+                device_id: login.device_id,
+                session_id: login.session_id,
+                node_id: login.node_id,
+                customer_id: login.customer_id,
+            },
+            refresh_token: login.refresh_token,
+            session,
+        })
+    }
+
+    /// The ordering screen is for customer accounts; dispatchers use the API.
+    fn customer(&self) -> Result<CustomerId, PageError> {
+        match (&self.principal.role, &self.principal.customer_id) {
+            (Role::Customer, Some(customer)) => Ok(customer.clone()),
+            _ => Err(PageError::Forbidden(format!(
+                "The ordering screen is for customer accounts; {} is a {}.",
+                self.principal.username, self.principal.role
+            ))),
+        }
+    }
+
+    fn csrf(&self) -> Result<String, PageError> {
+        csrf_token(&self.session)
+    }
+}
+
+impl FromRequest for PageUser {
+    type Error = PageError;
+    type Future = std::future::Ready<Result<Self, PageError>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        std::future::ready(Self::from_request_sync(req))
+    }
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage<'a> {
+    csrf: &'a str,
+    next: &'a str,
+    username: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+pub async fn home(req: HttpRequest) -> HttpResponse {
+    match PageUser::from_request_sync(&req) {
+        Ok(_) => redirect("/order"),
+        Err(_) => redirect("/login"),
+    }
+}
+
+pub async fn login_form(session: Session, query: web::Query<NextQuery>) -> Result<HttpResponse, PageError> {
+    let next = safe_next(query.next.as_deref());
+    if session.get::<LoggedIn>(SESSION_KEY).ok().flatten().is_some() {
+        return Ok(redirect(next));
+    }
+    let csrf = csrf_token(&session)?;
+    Ok(html(StatusCode::OK, &LoginPage { csrf: &csrf, next, username: "", error: None }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    csrf: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    next: Option<String>,
+}
+
+pub async fn login_submit(
+    state: State,
+    req: HttpRequest,
+    session: Session,
+    form: web::Form<LoginForm>,
+) -> Result<HttpResponse, PageError> {
+    check_csrf(&session, form.csrf.as_deref())?;
+    let next = safe_next(form.next.as_deref()).to_owned();
+    let username = form.username.clone().unwrap_or_default();
+    let request = LoginRequest {
+        username: username.clone(),
+        password: form.password.clone().unwrap_or_default(),
+        device_id: DeviceId::parse(format!("web-{}", Uuid::new_v4().simple())).ok(),
+    };
+    let address = req.peer_addr().map(|addr| addr.ip());
+    match state.auth.login_principal(request, address).await {
+        Ok((tokens, principal)) => {
+            // A new cookie at login: a session id planted before login is useless.
+            session.renew();
+            let login = LoggedIn {
+                session_id: principal.session_id,
+                username: principal.username,
+                role: principal.role,
+                device_id: principal.device_id,
+                node_id: principal.node_id,
+                customer_id: principal.customer_id,
+                refresh_token: tokens.refresh_token,
+                expires_at: time::OffsetDateTime::now_utc().unix_timestamp() + PAGE_SESSION_SECS,
+            };
+            session.insert(SESSION_KEY, &login).map_err(|err| PageError::Internal(err.to_string()))?;
+            session.remove(CSRF_KEY);
+            Ok(redirect(&next))
+        }
+        Err(err @ (AuthError::InvalidCredentials | AuthError::RateLimited { .. })) => {
+            let status = if matches!(err, AuthError::RateLimited { .. }) {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            let csrf = csrf_token(&session)?;
+            let message = err.to_string();
+            Ok(html(status, &LoginPage { csrf: &csrf, next: &next, username: &username, error: Some(&message) }))
+        }
+        Err(err) => Err(PageError::Internal(err.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    csrf: Option<String>,
+}
+
+pub async fn logout(state: State, user: PageUser, form: web::Form<CsrfForm>) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    if let Err(err) = state.auth.logout(&user.refresh_token).await {
+        tracing::warn!(error = %err, "ending the page session failed");
+    }
+    user.session.purge();
+    Ok(redirect("/login"))
+}
+
+#[derive(Template)]
+#[template(path = "order.html")]
+struct OrderPage<'a> {
+    username: &'a str,
+    csrf: &'a str,
+    customer_name: &'a str,
+    items: &'a [Item],
+    selected_item: &'a str,
+    quantity: &'a str,
+    item_error: Option<String>,
+    quantity_error: Option<String>,
+    notice: Option<&'a str>,
+    alert: Option<String>,
+}
+
+/// What the order form shows around the form itself.
+#[derive(Default)]
+struct FormState<'a> {
+    selected_item: &'a str,
+    quantity: &'a str,
+    item_error: Option<String>,
+    quantity_error: Option<String>,
+    notice: Option<&'a str>,
+    alert: Option<String>,
+}
+
+async fn order_page(
+    state: &AppState,
+    user: &PageUser,
+    status: StatusCode,
+    form: FormState<'_>,
+) -> Result<HttpResponse, PageError> {
+    let customer_id = user.customer()?;
+    let customer = state
+        .store
+        .customer(&customer_id)
+        .await
+        .map_err(|err| PageError::Internal(err.to_string()))?
+        .ok_or_else(|| PageError::NotFound(format!("no customer {customer_id}")))?;
+    let mut items = state.store.items().await.map_err(|err| PageError::Internal(err.to_string()))?;
+    items.retain(|item| !item.discontinued);
+    let csrf = user.csrf()?;
+    Ok(html(
+        status,
+        &OrderPage {
+            username: user.principal.username.as_str(),
+            csrf: &csrf,
+            customer_name: &customer.name,
+            items: &items,
+            selected_item: form.selected_item,
+            quantity: form.quantity,
+            item_error: form.item_error,
+            quantity_error: form.quantity_error,
+            notice: form.notice,
+            alert: form.alert,
+        },
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NoticeQuery {
+    notice: Option<String>,
+}
+
+pub async fn order_form(
+    state: State,
+    user: PageUser,
+    query: web::Query<NoticeQuery>,
+) -> Result<HttpResponse, PageError> {
+    // Only known notices are shown: the query never puts text on the page.
+    let notice = match query.notice.as_deref() {
+        Some("discarded") => Some("The draft was discarded."),
+        _ => None,
+    };
+    order_page(&state, &user, StatusCode::OK, FormState { notice, ..FormState::default() }).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OrderForm {
+    csrf: Option<String>,
+    item_id: Option<String>,
+    quantity: Option<String>,
+}
+
+pub async fn order_submit(state: State, user: PageUser, form: web::Form<OrderForm>) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    let customer_id = user.customer()?;
+    let raw = RawOrder {
+        customer_id: Some(customer_id.to_string()),
+        item_id: form.item_id.clone(),
+        quantity: form.quantity.clone().map_or(RawQuantity::Missing, RawQuantity::Text),
+        shape_problems: Vec::new(),
+    };
+    let ttl = state.settings.orders.draft_ttl();
+    match orders::place_draft(state.store.as_ref(), &user.principal, &raw, ttl).await {
+        Ok(draft) => Ok(redirect(&format!("/order/{}", draft.order_id))),
+        Err(OrderFailure::Abnormal(problems)) => {
+            let mut page = FormState {
+                selected_item: form.item_id.as_deref().unwrap_or(""),
+                quantity: form.quantity.as_deref().unwrap_or(""),
+                ..FormState::default()
+            };
+            for problem in problems {
+                let slot = match problem.field {
+                    OrderField::ItemId => &mut page.item_error,
+                    OrderField::Quantity => &mut page.quantity_error,
+                    OrderField::CustomerId | OrderField::Body => &mut page.alert,
+                };
+                slot.get_or_insert(problem.message);
+            }
+            order_page(&state, &user, StatusCode::UNPROCESSABLE_ENTITY, page).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+struct ConfirmPage<'a> {
+    username: &'a str,
+    csrf: &'a str,
+    customer_name: &'a str,
+    draft: &'a Draft,
+}
+
+pub async fn order_show(state: State, user: PageUser, path: web::Path<OrderId>) -> Result<HttpResponse, PageError> {
+    user.customer()?;
+    let draft = orders::draft(state.store.as_ref(), &user.principal, &path).await?;
+    match &draft.state {
+        DraftState::Confirmed { receipt_id } => return Ok(redirect(&format!("/receipts/{receipt_id}"))),
+        DraftState::Cancelled { .. } => return Ok(redirect("/order?notice=discarded")),
+        DraftState::Open if time::OffsetDateTime::now_utc() >= draft.expires_at => {
+            let alert = Some("This draft has expired; place the order again.".to_owned());
+            return order_page(&state, &user, StatusCode::CONFLICT, FormState { alert, ..FormState::default() }).await;
+        }
+        DraftState::Open => {}
+    }
+    let customer_name = state
+        .store
+        .customer(&draft.customer_id)
+        .await
+        .map_err(|err| PageError::Internal(err.to_string()))?
+        .map_or_else(|| draft.customer_id.to_string(), |customer| customer.name);
+    let csrf = user.csrf()?;
+    Ok(html(
+        StatusCode::OK,
+        &ConfirmPage {
+            username: user.principal.username.as_str(),
+            csrf: &csrf,
+            customer_name: &customer_name,
+            draft: &draft,
+        },
+    ))
+}
+
+pub async fn order_confirm(
+    state: State,
+    user: PageUser,
+    path: web::Path<OrderId>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    user.customer()?;
+    match orders::confirm(state.store.as_ref(), &user.principal, &path).await {
+        Ok((receipt, _)) => Ok(redirect(&format!("/receipts/{}", receipt.receipt_id))),
+        Err(OrderFailure::Refused(refusal)) => {
+            let alert = Some(refusal.to_string());
+            order_page(&state, &user, StatusCode::CONFLICT, FormState { alert, ..FormState::default() }).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+pub async fn order_cancel(
+    state: State,
+    user: PageUser,
+    path: web::Path<OrderId>,
+    form: web::Form<CsrfForm>,
+) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    user.customer()?;
+    match orders::cancel(state.store.as_ref(), &user.principal, &path).await {
+        Ok(_) => Ok(redirect("/order?notice=discarded")),
+        Err(OrderFailure::Refused(refusal)) => {
+            let alert = Some(refusal.to_string());
+            order_page(&state, &user, StatusCode::CONFLICT, FormState { alert, ..FormState::default() }).await
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "receipt.html")]
+struct ReceiptPage<'a> {
+    username: &'a str,
+    csrf: &'a str,
+    receipt: &'a Receipt,
+    created: String,
+}
+
+pub async fn receipt(state: State, user: PageUser, path: web::Path<ReceiptId>) -> Result<HttpResponse, PageError> {
+    let receipt = orders::receipt(state.store.as_ref(), &user.principal, &path).await?;
+    let created = receipt
+        .created_at
+        .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
+        .unwrap_or_default();
+    let csrf = user.csrf()?;
+    Ok(html(
+        StatusCode::OK,
+        &ReceiptPage { username: user.principal.username.as_str(), csrf: &csrf, receipt: &receipt, created },
+    ))
+}
+
+/// For `FormConfig` and `PathConfig` on the pages: bad input gets an HTML page.
+pub fn form_error(err: actix_web::error::UrlencodedError, _req: &HttpRequest) -> actix_web::Error {
+    PageError::BadRequest(format!("The form could not be read: {err}")).into()
+}
+
+pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
+    PageError::NotFound(format!("That address names nothing here ({err}).")).into()
+}
+
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    PageError::BadRequest(format!("The address could not be read: {err}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(safe_next(Some("/order")), "/order");
+        assert_eq!(safe_next(Some("/receipts/R-000001")), "/receipts/R-000001");
+        for hostile in ["https://evil.example/", "//evil.example/", "/\\evil.example", "order", ""] {
+            assert_eq!(safe_next(Some(hostile)), "/order", "{hostile}");
+        }
+        assert_eq!(safe_next(None), "/order");
+    }
+
+    #[test]
+    fn the_next_path_is_percent_encoded() {
+        assert_eq!(encode_next("/order?notice=x&y"), "%2Forder%3Fnotice%3Dx%26y");
+    }
+}

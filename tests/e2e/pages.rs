@@ -1,0 +1,233 @@
+//! The ordering screen over plain HTTP requests: login, sessions, CSRF,
+//! escaping, and who may see which page. (The real-browser walk-through is in
+//! `browser.rs`.)
+
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{Sandbox, TestServer, DEMO_PASSWORD};
+
+/// The value of the first hidden `csrf` field of a page.
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).expect("a csrf field") + marker.len();
+    page[start..].split('"').next().expect("a closing quote").to_owned()
+}
+
+async fn get(client: &Client, server: &TestServer, path: &str) -> (StatusCode, String, Option<String>) {
+    let response = client.get(format!("{}{path}", server.url)).send().await.expect("an answer");
+    let status = response.status();
+    let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (status, response.text().await.expect("a body"), location)
+}
+
+async fn post(
+    client: &Client,
+    server: &TestServer,
+    path: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, String, Option<String>) {
+    let response = client.post(format!("{}{path}", server.url)).form(form).send().await.expect("an answer");
+    let status = response.status();
+    let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (status, response.text().await.expect("a body"), location)
+}
+
+/// Logs a page client in and returns the ordering form's CSRF token.
+async fn log_in(client: &Client, server: &TestServer, username: &str) -> String {
+    let (_, login, _) = get(client, server, "/login?next=/order").await;
+    let csrf = csrf_of(&login);
+    let (status, _, location) = post(
+        client,
+        server,
+        "/login",
+        &[("csrf", &csrf), ("username", username), ("password", DEMO_PASSWORD), ("next", "/order")],
+    )
+    .await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/order")));
+    let (status, page, _) = get(client, server, "/order").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    csrf_of(&page)
+}
+
+#[tokio::test]
+async fn the_ordering_screen_needs_a_login_and_the_cookie_is_locked_down() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let client = server.page_client(&sandbox);
+
+    let (status, _, location) = get(&client, &server, "/order").await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/login?next=%2Forder")));
+
+    let (_, login, _) = get(&client, &server, "/login").await;
+    let csrf = csrf_of(&login);
+    let (status, page, _) =
+        post(&client, &server, "/login", &[("csrf", &csrf), ("username", "cust1"), ("password", "wrong-password")])
+            .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.contains("wrong username or password"), "{page}");
+    assert!(page.contains("value=\"cust1\""), "the username is kept");
+
+    let response = client
+        .post(format!("{}/login", server.url))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("username", "cust1"),
+            ("password", DEMO_PASSWORD),
+            ("next", "https://evil.example/"),
+        ])
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.headers().get("location").and_then(|v| v.to_str().ok()), Some("/order"), "no open redirect");
+    let cookie =
+        response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie").to_owned();
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(flag), "{flag} missing in {cookie}");
+    }
+    assert!(!cookie.contains("cust1") && !cookie.contains(DEMO_PASSWORD), "the cookie is encrypted: {cookie}");
+
+    let (status, page, _) = get(&client, &server, "/order").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Order for Office A"));
+    assert!(!page.contains("TC-050"), "discontinued items are not offered");
+
+    // Logging out ends the session on the server too.
+    let (status, _, location) = post(&client, &server, "/logout", &[("csrf", &csrf_of(&page))]).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/login")));
+    let (status, _, _) = get(&client, &server, "/order").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn forms_without_the_sessions_csrf_token_are_refused_and_change_nothing() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let client = server.page_client(&sandbox);
+    let csrf = log_in(&client, &server, "cust1").await;
+
+    for form in [
+        vec![("item_id", "TC-100"), ("quantity", "1")],
+        vec![("csrf", "forged"), ("item_id", "TC-100"), ("quantity", "1")],
+    ] {
+        let (status, page, _) = post(&client, &server, "/order", &form).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(page.contains("did not come from this site"), "{page}");
+    }
+    let (status, _, location) =
+        post(&client, &server, "/order", &[("csrf", &csrf), ("item_id", "TC-100"), ("quantity", "1")]).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let order_path = location.expect("the confirmation screen");
+    let (status, _, _) = post(&client, &server, &format!("{order_path}/confirm"), &[("csrf", "forged")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let dispatcher = server.token("disp").await;
+    let (_, receipts) = server.get("/api/v1/receipts", Some(&dispatcher)).await;
+    assert_eq!(receipts, json!({"receipts": []}), "no forged form confirmed anything");
+}
+
+#[tokio::test]
+async fn abnormal_form_data_is_shown_next_to_its_field_and_nothing_is_stored() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let client = server.page_client(&sandbox);
+    let csrf = log_in(&client, &server, "cust1").await;
+
+    let cases = [
+        ("TC-100", "abc", "quantity-error", "&#34;abc&#34; is not a whole number"),
+        ("TC-100", "", "quantity-error", "enter a quantity"),
+        ("TC-100", "21", "quantity-error", "at most 20 of TC-100 per order"),
+        ("TC-050", "1", "item_id-error", "is discontinued and can no longer be ordered"),
+        ("NOPE", "1", "item_id-error", "there is no item &#34;NOPE&#34;"),
+    ];
+    for (item, quantity, field, message) in cases {
+        let (status, page, _) =
+            post(&client, &server, "/order", &[("csrf", &csrf), ("item_id", item), ("quantity", quantity)]).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{item} {quantity}");
+        assert!(page.contains(&format!("id=\"{field}\"")), "{field} shown for {item} {quantity}");
+        assert!(page.contains(message), "{message:?} missing:\n{page}");
+        assert!(page.contains(&format!("value=\"{quantity}\"")), "the entered quantity is kept");
+    }
+    let dispatcher = server.token("disp").await;
+    let (_, drafts) = server.get("/api/v1/orders", Some(&dispatcher)).await;
+    assert_eq!(drafts, json!({"orders": []}));
+}
+
+#[tokio::test]
+async fn pages_escape_what_they_print() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let admin = server.token("admin").await;
+    let hostile = json!({"items": [{"id": "EV-1", "name": "<script>alert('x')</script> & co", "collectable": false, "max_per_order": 3}]});
+    let (status, _) = server.post("/api/v1/admin/network", &hostile, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let client = server.page_client(&sandbox);
+    log_in(&client, &server, "cust1").await;
+    let (_, page, _) = get(&client, &server, "/order").await;
+    assert!(!page.contains("<script>"), "raw markup on the page");
+    assert!(page.contains("&#60;script&#62;alert(&#39;x&#39;)&#60;/script&#62; &#38; co (EV-1)"), "{page}");
+}
+
+#[tokio::test]
+async fn customers_see_only_their_own_pages_and_other_roles_are_turned_away() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let owner = server.page_client(&sandbox);
+    let csrf = log_in(&owner, &server, "cust1").await;
+    let (_, _, location) =
+        post(&owner, &server, "/order", &[("csrf", &csrf), ("item_id", "TC-100"), ("quantity", "2")]).await;
+    let order_path = location.expect("the confirmation screen");
+    let (status, summary, _) = get(&owner, &server, &order_path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(summary.contains("id=\"summary\"") && summary.contains("Toner cartridge black 100"));
+    let (status, _, location) = post(&owner, &server, &format!("{order_path}/confirm"), &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/receipts/R-000001")));
+    let (_, receipt, _) = get(&owner, &server, "/receipts/R-000001").await;
+    assert!(receipt.contains("<span id=\"receipt-id\">R-000001</span>"));
+    // Confirming again from the same screen (a double click) lands on the same receipt.
+    let (_, _, again) = post(&owner, &server, &format!("{order_path}/confirm"), &[("csrf", &csrf)]).await;
+    assert_eq!(again.as_deref(), Some("/receipts/R-000001"));
+
+    let other = server.page_client(&sandbox);
+    log_in(&other, &server, "cust2").await;
+    let (status, page, _) = get(&other, &server, "/receipts/R-000001").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("customer cust2 may not access receipt R-000001"), "{page}");
+    let (status, _, _) = get(&other, &server, &order_path).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let courier = server.page_client(&sandbox);
+    let (_, login, _) = get(&courier, &server, "/login").await;
+    let csrf = csrf_of(&login);
+    post(&courier, &server, "/login", &[("csrf", &csrf), ("username", "exp1"), ("password", DEMO_PASSWORD)]).await;
+    let (status, page, _) = get(&courier, &server, "/order").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("The ordering screen is for customer accounts; exp1 is a expediter."), "{page}");
+}
+
+#[tokio::test]
+async fn a_session_cookie_replayed_after_logout_is_refused() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let client = server.page_client(&sandbox);
+    let (_, login, _) = get(&client, &server, "/login").await;
+    let csrf = csrf_of(&login);
+    let response = client
+        .post(format!("{}/login", server.url))
+        .form(&[("csrf", csrf.as_str()), ("username", "cust1"), ("password", DEMO_PASSWORD)])
+        .send()
+        .await
+        .expect("an answer");
+    let cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a cookie").to_owned();
+    let stolen = cookie.split(';').next().expect("name=value").to_owned();
+    let (_, page, _) = get(&client, &server, "/order").await;
+    post(&client, &server, "/logout", &[("csrf", &csrf_of(&page))]).await;
+
+    // Someone kept a copy of the cookie: the server-side session is over, so it opens nothing.
+    let replay = server.page_client(&sandbox);
+    let response =
+        replay.get(format!("{}/order", server.url)).header("cookie", stolen).send().await.expect("an answer");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers().get("location").and_then(|v| v.to_str().ok()), Some("/login?next=%2Forder"));
+}
