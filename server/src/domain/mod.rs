@@ -3,6 +3,8 @@
 //! directly.
 
 pub mod access;
+#[cfg(test)]
+mod fixtures;
 pub mod network;
 pub mod orders;
 pub mod sessions;

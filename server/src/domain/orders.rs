@@ -432,33 +432,10 @@ impl CustomerAccount {
 
 #[cfg(test)]
 mod tests {
-    use handover_shared::{DeviceId, NodeId, Username};
     use rstest::rstest;
-    use uuid::Uuid;
 
     use super::*;
-
-    fn principal(role: Role, customer: Option<&str>) -> Principal {
-        Principal {
-            username: Username::parse("someone").expect("id"),
-            role,
-            device_id: DeviceId::parse("dev").expect("id"),
-            session_id: Uuid::nil(),
-            node_id: None,
-            customer_id: customer.map(|c| CustomerId::parse(c).expect("id")),
-        }
-    }
-
-    fn customer(id: &str) -> Customer {
-        let node = |raw: &str| NodeId::parse(raw).expect("id");
-        Customer {
-            id: CustomerId::parse(id).expect("id"),
-            name: "Office".into(),
-            branch_1: node("B1"),
-            branch_2: node("B2"),
-            seller_id: node("S1"),
-        }
-    }
+    use crate::domain::fixtures::{customer, principal};
 
     fn item(discontinued: bool) -> Item {
         Item {

@@ -27,7 +27,7 @@ use crate::{
     domain::{
         access::Principal,
         network::Item,
-        orders::{Draft, DraftState, OrderField, RawOrder, RawQuantity, Receipt},
+        orders::{Draft, DraftRefusal, DraftState, OrderField, RawOrder, RawQuantity, Receipt},
     },
     orders::{self, OrderFailure},
 };
@@ -501,6 +501,12 @@ pub async fn order_show(state: State, user: PageUser, path: web::Path<OrderId>) 
     ))
 }
 
+/// The ordering form again, saying why a draft could not take the step.
+async fn refused(state: &AppState, user: &PageUser, refusal: DraftRefusal) -> Result<HttpResponse, PageError> {
+    let alert = Some(refusal.to_string());
+    order_page(state, user, StatusCode::CONFLICT, FormState { alert, ..FormState::default() }).await
+}
+
 pub async fn order_confirm(
     state: State,
     user: PageUser,
@@ -511,10 +517,7 @@ pub async fn order_confirm(
     user.customer()?;
     match orders::confirm(state.store.as_ref(), &user.principal, &path).await {
         Ok((receipt, _)) => Ok(redirect(&format!("/receipts/{}", receipt.receipt_id))),
-        Err(OrderFailure::Refused(refusal)) => {
-            let alert = Some(refusal.to_string());
-            order_page(&state, &user, StatusCode::CONFLICT, FormState { alert, ..FormState::default() }).await
-        }
+        Err(OrderFailure::Refused(refusal)) => refused(&state, &user, refusal).await,
         Err(other) => Err(other.into()),
     }
 }
@@ -529,10 +532,7 @@ pub async fn order_cancel(
     user.customer()?;
     match orders::cancel(state.store.as_ref(), &user.principal, &path).await {
         Ok(_) => Ok(redirect("/order?notice=discarded")),
-        Err(OrderFailure::Refused(refusal)) => {
-            let alert = Some(refusal.to_string());
-            order_page(&state, &user, StatusCode::CONFLICT, FormState { alert, ..FormState::default() }).await
-        }
+        Err(OrderFailure::Refused(refusal)) => refused(&state, &user, refusal).await,
         Err(other) => Err(other.into()),
     }
 }
