@@ -15,6 +15,7 @@ mod files;
 pub mod http;
 pub mod import;
 pub mod orders;
+pub mod shipments;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use crate::{
     auth::{load_or_create_secret, AuthService},
     config::Settings,
     http::{self, error::ensure_json_error, AppState},
+    shipments::Planner,
     store::Store,
     telemetry::RequestSpan,
     tls,
@@ -69,7 +70,8 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
     // The page cookie's key is derived from the token key: one secret to manage.
     let cookie_key = actix_web::cookie::Key::derive_from(&secret);
     let secure_cookies = settings.tls.enabled;
-    let state = web::Data::new(AppState { store: Arc::clone(&store), auth, settings });
+    let planner = Planner::start(Arc::clone(&store));
+    let state = web::Data::new(AppState { store: Arc::clone(&store), auth, settings, planner });
 
     let app_state = state.clone();
     let server = HttpServer::new(move || {

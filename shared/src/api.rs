@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use time::OffsetDateTime;
 
-use crate::{CustomerId, DeviceId, ItemId, NodeId, OrderId, ReceiptId, Role, Username};
+use crate::{CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId, ReceiptId, Role, Username};
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,10 +312,13 @@ pub struct ReceiptView {
     pub created_at: OffsetDateTime,
     /// A delivery has been planned for it.
     pub planned: bool,
+    /// No node could cover it at the last planning run; it waits for stock.
+    #[serde(default)]
+    pub backordered: bool,
     pub delivered: bool,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub delivered_at: Option<OffsetDateTime>,
-    pub delivery_id: Option<String>,
+    pub delivery_id: Option<DeliveryId>,
 }
 
 /// `GET /api/v1/receipts`: one page, oldest first.
@@ -341,6 +344,95 @@ pub struct CustomerInfo {
     pub order_count: u64,
     /// The latest receipts, newest first (at most 50; see `GET /api/v1/receipts`).
     pub order_history: Vec<ReceiptView>,
+}
+
+/// `POST /api/v1/shipments/run`: what one planning run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentRun {
+    pub planned: Vec<PlannedDelivery>,
+    /// Receipts no node could cover; planned again when stock changes.
+    pub backordered: Vec<ReceiptId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedDelivery {
+    pub receipt_id: ReceiptId,
+    pub delivery_id: DeliveryId,
+    /// `branch_1`, `branch_2`, `master_warehouse`, `seller` or `manufacturer`.
+    pub source: String,
+    pub source_node: NodeId,
+    /// The expediter chosen, if any serves the delivering branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<Username>,
+    /// Set when the delivery is entrusted to the customer's seller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrusted_to: Option<NodeId>,
+}
+
+/// `GET /api/v1/deliveries/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub delivery_id: DeliveryId,
+    pub receipt_id: ReceiptId,
+    pub customer_id: CustomerId,
+    pub item_id: ItemId,
+    pub quantity: u32,
+    pub source: String,
+    pub source_node: NodeId,
+    /// Where the courier picks the goods up.
+    pub delivering_node: NodeId,
+    pub legs: Vec<LegView>,
+    pub assignee: Option<Username>,
+    /// The seller node a delivery is entrusted to, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrusted_to: Option<NodeId>,
+    /// `upcoming` (upstream legs not issued), `ready`, `delivered` or `cancelled`.
+    pub status: String,
+    /// Bumped at each (re)assignment.
+    pub version: u64,
+    pub assignments: Vec<AssignmentView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegView {
+    pub leg_id: LegId,
+    pub from: NodeId,
+    /// A node id, or `customer:ID` for the last leg.
+    pub to: String,
+    /// `planned`, `issued` or `completed`.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentView {
+    pub version: u64,
+    pub assignee: Option<Username>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub by: String,
+}
+
+/// `POST /api/v1/deliveries/{id}/assign`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignRequest {
+    pub assignee: Username,
+}
+
+/// `POST /api/v1/nodes/{id}/stock`: goods arrived at a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoodsReceiptRequest {
+    pub item_id: ItemId,
+    pub quantity: u32,
+}
+
+/// The answer to a goods receipt: the new stock, and the planning run it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoodsReceiptResult {
+    pub node_id: NodeId,
+    pub stock: StockLevel,
+    pub run: ShipmentRun,
 }
 
 #[cfg(test)]

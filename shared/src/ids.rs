@@ -114,6 +114,45 @@ id_type!(
     ReceiptId
 );
 
+id_type!(
+    /// A delivery: one per planned receipt, numbered like it (`D-000123` delivers
+    /// `R-000123`).
+    DeliveryId
+);
+id_type!(
+    /// One goods issue of a delivery: `D-000123-L1` is its first leg.
+    LegId
+);
+
+impl DeliveryId {
+    /// The delivery of the `seq`-th receipt.
+    pub fn from_seq(seq: u64) -> Self {
+        Self(format!("D-{seq:06}"))
+    }
+
+    /// The receipt number this delivery belongs to, when well formed.
+    pub fn seq(&self) -> Option<u64> {
+        let digits = self.0.strip_prefix("D-")?;
+        let seq: u64 = digits.parse().ok()?;
+        (Self::from_seq(seq) == *self).then_some(seq)
+    }
+
+    /// The id of this delivery's leg at `index` (0-based).
+    pub fn leg(&self, index: usize) -> LegId {
+        LegId(format!("{}-L{}", self.0, index + 1))
+    }
+}
+
+impl LegId {
+    /// The delivery and the 0-based position of this leg, when well formed.
+    pub fn split(&self) -> Option<(DeliveryId, usize)> {
+        let (delivery, number) = self.0.rsplit_once("-L")?;
+        let delivery = DeliveryId::parse(delivery).ok().filter(|d| d.seq().is_some())?;
+        let number: usize = number.parse().ok().filter(|n| *n >= 1)?;
+        (delivery.leg(number - 1) == *self).then_some((delivery, number - 1))
+    }
+}
+
 impl ReceiptId {
     /// The receipt id of the `seq`-th receipt.
     pub fn from_seq(seq: u64) -> Self {
@@ -157,6 +196,19 @@ mod tests {
         assert_eq!(ReceiptId::from_seq(42).seq(), Some(42));
         for odd in ["R-42", "R-0000042", "X-000042", "R-00004a"] {
             assert_eq!(ReceiptId::parse(odd).ok().and_then(|id| id.seq()), None, "{odd}");
+        }
+    }
+
+    #[test]
+    fn delivery_and_leg_ids_name_their_parts() {
+        let delivery = DeliveryId::from_seq(7);
+        assert_eq!(delivery.as_str(), "D-000007");
+        assert_eq!(delivery.seq(), Some(7));
+        let leg = delivery.leg(2);
+        assert_eq!(leg.as_str(), "D-000007-L3");
+        assert_eq!(leg.split(), Some((delivery, 2)));
+        for odd in ["D-000007-L0", "D-000007-L03", "D-7-L1", "X-000007-L1", "D-000007"] {
+            assert_eq!(LegId::parse(odd).ok().and_then(|leg| leg.split()), None, "{odd}");
         }
     }
 

@@ -84,6 +84,12 @@ vocabulary!(
 );
 
 impl Role {
+    /// The role with its indefinite article, for messages: "an expediter".
+    pub fn with_article(self) -> String {
+        let article = if matches!(self, Role::Admin | Role::Expediter) { "an" } else { "a" };
+        format!("{article} {self}")
+    }
+
     /// Couriers carry handhelds and deliver.
     pub fn is_courier(self) -> bool {
         matches!(self, Role::Expediter | Role::Serviceman)

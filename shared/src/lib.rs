@@ -9,5 +9,5 @@ pub mod api;
 pub mod ids;
 pub mod kinds;
 
-pub use ids::{CustomerId, DeviceId, IdError, ItemId, NodeId, OrderId, ReceiptId, Username};
+pub use ids::{CustomerId, DeliveryId, DeviceId, IdError, ItemId, LegId, NodeId, OrderId, ReceiptId, Username};
 pub use kinds::{NodeKind, Role, UnknownName};

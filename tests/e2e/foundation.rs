@@ -358,10 +358,12 @@ async fn logout_ends_the_session() {
 async fn a_courier_calling_a_dispatcher_endpoint_gets_403() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
-    for (username, role) in [("exp1", "expediter"), ("svc1", "serviceman"), ("rep1", "seller"), ("cust1", "customer")] {
+    for (username, role) in
+        [("exp1", "an expediter"), ("svc1", "a serviceman"), ("rep1", "a seller"), ("cust1", "a customer")]
+    {
         let token = server.token(username).await;
         let (status, body) = server.get("/api/v1/nodes/B1/stock", Some(&token)).await;
-        let message = format!("this endpoint is for dispatcher; {username} is a {role}");
+        let message = format!("this endpoint is for dispatcher; {username} is {role}");
         assert_eq!((status, body), (StatusCode::FORBIDDEN, error("forbidden", &message)));
         let (status, _) = server.post("/api/v1/admin/devices/x/revoke", &json!({}), Some(&token)).await;
         assert_eq!(status, StatusCode::FORBIDDEN);

@@ -7,3 +7,4 @@ mod foundation;
 mod helpers;
 mod orders;
 mod pages;
+mod shipments;

@@ -203,7 +203,7 @@ async fn customers_see_only_their_own_pages_and_other_roles_are_turned_away() {
     post(&courier, &server, "/login", &[("csrf", &csrf), ("username", "exp1"), ("password", DEMO_PASSWORD)]).await;
     let (status, page, _) = get(&courier, &server, "/order").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(page.contains("The ordering screen is for customer accounts; exp1 is a expediter."), "{page}");
+    assert!(page.contains("The ordering screen is for customer accounts; exp1 is an expediter."), "{page}");
 }
 
 #[tokio::test]
@@ -230,4 +230,118 @@ async fn a_session_cookie_replayed_after_logout_is_refused() {
         replay.get(format!("{}/order", server.url)).header("cookie", stolen).send().await.expect("an answer");
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(response.headers().get("location").and_then(|v| v.to_str().ok()), Some("/login?next=%2Forder"));
+}
+
+/// Places and confirms an order through the API as the dispatcher.
+async fn ordered(server: &TestServer, dispatcher: &str, customer: &str, item: &str, quantity: u32) {
+    let body = json!({"customer_id": customer, "item_id": item, "quantity": quantity});
+    let (status, draft) = server.post("/api/v1/orders", &body, Some(dispatcher)).await;
+    assert_eq!(status, StatusCode::CREATED, "{draft}");
+    let path = format!("/api/v1/orders/{}/confirm", draft["order_id"].as_str().expect("id"));
+    let (status, _) = server.post(&path, &json!({}), Some(dispatcher)).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn the_dispatcher_dashboard_shows_backorders_deliveries_receipts_and_stock() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    ordered(&server, &dispatcher, "C1", "TC-100", 3).await;
+    ordered(&server, &dispatcher, "C1", "TC-200", 2).await;
+    ordered(&server, &dispatcher, "C1", "DR-300", 1).await;
+    let admin = server.token("admin").await;
+    let new_item = json!({"items": [{"id": "NEW-1", "name": "New", "collectable": false, "max_per_order": 5}]});
+    assert_eq!(server.post("/api/v1/admin/network", &new_item, Some(&admin)).await.0, StatusCode::OK);
+    ordered(&server, &dispatcher, "C1", "NEW-1", 1).await;
+
+    let client = server.page_client(&sandbox);
+    let (_, login, _) = get(&client, &server, "/login").await;
+    let (status, _, location) = post(
+        &client,
+        &server,
+        "/login",
+        &[("csrf", &csrf_of(&login)), ("username", "disp"), ("password", DEMO_PASSWORD)],
+    )
+    .await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/dashboard")), "dispatchers land on it");
+    let (status, page, _) = get(&client, &server, "/dashboard").await;
+    assert_eq!(status, StatusCode::OK);
+    let csrf = csrf_of(&page);
+    let (status, _, location) = post(&client, &server, "/dashboard/run", &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/dashboard?notice=planned")));
+    let (_, page, _) = get(&client, &server, "/dashboard?notice=planned").await;
+
+    let section = |id: &str| -> String {
+        let start = page.find(&format!("<section class=\"card\" id=\"{id}\">")).expect("the section");
+        page[start..].split("</section>").next().expect("its end").to_owned()
+    };
+    assert!(page.contains("Planning ran."));
+    assert!(section("backorders").contains("R-000004"), "the new item has no stock anywhere");
+    assert!(section("waiting-for-seller").contains("D-000002"), "TC-200 x2 is entrusted to S1");
+    let deliveries = section("deliveries");
+    for expected in ["D-000001", "D-000003", "MFR → MW", "MW → B1", "B1 → customer:C1", "Issue D-000003-L1", "upcoming"]
+    {
+        assert!(deliveries.contains(expected), "{expected} missing in the deliveries");
+    }
+    assert!(section("receipts").contains("R-000004"));
+    assert!(
+        section("stock").contains("<td>MFR</td><td>DR-300</td><td>200</td><td>1</td><td>199</td>"),
+        "{}",
+        section("stock")
+    );
+
+    // Issuing the next leg from the dashboard moves the goods.
+    let (status, _, location) = post(&client, &server, "/dashboard/legs/D-000003-L1/issue", &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/dashboard?notice=issued")));
+    let (_, delivery) = server.get("/api/v1/deliveries/D-000003", Some(&dispatcher)).await;
+    assert_eq!(delivery["legs"][0]["status"], "issued");
+    let (status, page, _) = post(&client, &server, "/dashboard/legs/D-000003-L3/issue", &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(page.contains("is the last leg: it completes when the delivery is confirmed"), "{page}");
+    let (status, _, _) = post(&client, &server, "/dashboard/legs/D-000003-L2/issue", &[("csrf", "forged")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the dashboard's forms carry the CSRF token too");
+}
+
+#[tokio::test]
+async fn a_seller_assigns_its_entrusted_deliveries_to_its_servicemen_on_its_page() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    ordered(&server, &dispatcher, "C1", "TC-200", 2).await;
+    ordered(&server, &dispatcher, "C1", "TC-100", 1).await;
+    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+
+    let seller = server.page_client(&sandbox);
+    let (_, login, _) = get(&seller, &server, "/login").await;
+    post(&seller, &server, "/login", &[("csrf", &csrf_of(&login)), ("username", "rep1"), ("password", DEMO_PASSWORD)])
+        .await;
+    let (status, page, _) = get(&seller, &server, "/dashboard").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Deliveries entrusted to S1") && page.contains("D-000001"), "{page}");
+    assert!(!page.contains("D-000002"), "a distributor delivery is not the seller's");
+    assert!(page.contains("<option value=\"svc1\">") && page.contains("<option value=\"svc2\">"));
+    assert!(!page.contains("svc3"), "only its own servicemen are offered");
+    let csrf = csrf_of(&page);
+
+    let (status, _, location) =
+        post(&seller, &server, "/dashboard/deliveries/D-000001/assign", &[("csrf", &csrf), ("assignee", "svc2")]).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/dashboard?notice=assigned")));
+    let (_, delivery) = server.get("/api/v1/deliveries/D-000001", Some(&dispatcher)).await;
+    assert_eq!((&delivery["assignee"], &delivery["version"]), (&json!("svc2"), &json!(2)));
+
+    // Another seller's serviceman, tampered into the form, is refused on the page.
+    let (status, page, _) =
+        post(&seller, &server, "/dashboard/deliveries/D-000001/assign", &[("csrf", &csrf), ("assignee", "svc3")]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.contains("svc3 cannot carry this delivery"), "{page}");
+    let (status, _, _) =
+        post(&seller, &server, "/dashboard/deliveries/D-000002/assign", &[("csrf", &csrf), ("assignee", "svc1")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "not the seller's delivery");
+
+    let customer = server.page_client(&sandbox);
+    log_in(&customer, &server, "cust1").await;
+    let (status, page, _) = get(&customer, &server, "/dashboard").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("The dashboard is for dispatchers and sellers; cust1 is a customer."));
 }

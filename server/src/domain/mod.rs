@@ -8,4 +8,5 @@ mod fixtures;
 pub mod network;
 pub mod orders;
 pub mod sessions;
+pub mod shipments;
 pub mod stock;

@@ -238,6 +238,19 @@ fn validate_nodes(file: &NetworkFile, known: &KnownNetwork, problems: &mut Probl
                 continue;
             }
         }
+        // The cascade knows one master warehouse and one manufacturer.
+        if matches!(kind, NodeKind::MasterWarehouse | NodeKind::Manufacturer) {
+            let other = known
+                .nodes
+                .iter()
+                .map(|(other, other_kind)| (other, *other_kind))
+                .chain(nodes.iter().map(|node: &Node| (&node.id, node.kind)))
+                .find(|(other, other_kind)| *other_kind == kind && **other != id);
+            if let Some((other, _)) = other {
+                problems.add(at("kind"), format!("the network already has a {kind} ({other}); it may have only one"));
+                continue;
+            }
+        }
         nodes.push(Node { id, kind, name });
     }
     nodes
@@ -600,6 +613,8 @@ mod tests {
     #[case::courier_naming_customer(|f: &mut NetworkFile| f.accounts[1].customer_id = Some("C1".into()), "accounts[1].customer_id")]
     #[case::duplicate_username(|f: &mut NetworkFile| f.accounts[1].username = "disp".into(), "accounts[1].username")]
     #[case::huge_max_per_order(|f: &mut NetworkFile| f.items[0].max_per_order = i64::MAX, "items[0].max_per_order")]
+    #[case::second_master(|f: &mut NetworkFile| f.nodes.push(node("MW2", "master_warehouse")), "nodes[5].kind")]
+    #[case::second_manufacturer(|f: &mut NetworkFile| f.nodes.push(node("MFR2", "manufacturer")), "nodes[5].kind")]
     #[case::duplicate_stock_line(|f: &mut NetworkFile| { let again = f.stock[0].clone(); f.stock.push(again); }, "stock[1].item_id")]
     fn each_bad_value_is_named(#[case] spoil: fn(&mut NetworkFile), #[case] path: &str) {
         let mut file = example();

@@ -379,11 +379,14 @@ pub struct Receipt {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub planned: bool,
+    /// No node could cover it at the last planning run; it waits for stock.
+    #[serde(default)]
+    pub backordered: bool,
     pub delivered: bool,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub delivered_at: Option<OffsetDateTime>,
     #[serde(default)]
-    pub delivery_id: Option<String>,
+    pub delivery_id: Option<handover_shared::DeliveryId>,
 }
 
 impl Receipt {
@@ -400,6 +403,7 @@ impl Receipt {
             ordered_by: draft.created_by.clone(),
             created_at: now,
             planned: false,
+            backordered: false,
             delivered: false,
             delivered_at: None,
             delivery_id: None,

@@ -46,6 +46,16 @@ pub struct NegativeStock;
 pub enum Movement {
     /// A stock count from a network import set the on-hand figure.
     StockCount,
+    /// Goods arrived from outside the network (`POST /api/v1/nodes/{id}/stock`).
+    GoodsReceipt,
+    /// Planning promised the goods to a delivery.
+    Reserve { delivery_id: handover_shared::DeliveryId },
+    /// A transfer leg: the goods left this node...
+    Issue { leg_id: handover_shared::LegId },
+    /// ...and arrived at the next one, still reserved.
+    Arrive { leg_id: handover_shared::LegId },
+    /// The last leg: the goods were handed to the customer.
+    HandOver { leg_id: handover_shared::LegId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +81,42 @@ pub fn replay<'a>(
         balances.insert(key, balance.apply(entry.on_hand_delta, entry.reserved_delta)?);
     }
     Ok(balances)
+}
+
+/// A balance that disagrees with the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    pub node_id: NodeId,
+    pub item_id: ItemId,
+    pub stored: Balance,
+    pub replayed: Balance,
+}
+
+/// Checks stored balances against the ledger: replaying every entry must never go
+/// negative and must give exactly the stored figures.
+pub fn audit(entries: &[LedgerEntry], stored: &[(NodeId, ItemId, Balance)]) -> Result<Vec<Mismatch>, NegativeStock> {
+    let mut replayed = replay(entries)?;
+    let mut mismatches = Vec::new();
+    for (node_id, item_id, balance) in stored {
+        let from_ledger = replayed.remove(&(node_id.clone(), item_id.clone())).unwrap_or_default();
+        if from_ledger != *balance {
+            mismatches.push(Mismatch {
+                node_id: node_id.clone(),
+                item_id: item_id.clone(),
+                stored: *balance,
+                replayed: from_ledger,
+            });
+        }
+    }
+    mismatches.extend(
+        replayed.into_iter().filter(|(_, b)| *b != Balance::default()).map(|((node_id, item_id), replayed)| Mismatch {
+            node_id,
+            item_id,
+            stored: Balance::default(),
+            replayed,
+        }),
+    );
+    Ok(mismatches)
 }
 
 #[cfg(test)]
@@ -101,5 +147,32 @@ mod tests {
         let balances = replay(&[entry(1, 5), entry(2, -2)]).expect("balanced");
         assert_eq!(balances.values().next().map(|b| b.on_hand), Some(3));
         assert_eq!(replay(&[entry(1, -1)]), Err(NegativeStock));
+    }
+
+    #[test]
+    fn an_audit_finds_balances_that_disagree_with_the_ledger() {
+        let entry = LedgerEntry {
+            seq: 1,
+            at: OffsetDateTime::UNIX_EPOCH,
+            node_id: NodeId::parse("B1").expect("id"),
+            item_id: ItemId::parse("TC").expect("id"),
+            on_hand_delta: 4,
+            reserved_delta: 1,
+            movement: Movement::GoodsReceipt,
+        };
+        let right = Balance { on_hand: 4, reserved: 1 };
+        let key = (entry.node_id.clone(), entry.item_id.clone());
+        assert_eq!(audit(std::slice::from_ref(&entry), &[(key.0.clone(), key.1.clone(), right)]), Ok(vec![]));
+        let wrong = Balance { on_hand: 5, reserved: 1 };
+        let found = audit(std::slice::from_ref(&entry), &[(key.0.clone(), key.1.clone(), wrong)]).expect("replays");
+        assert_eq!(
+            found,
+            vec![Mismatch { node_id: key.0.clone(), item_id: key.1.clone(), stored: wrong, replayed: right }]
+        );
+        assert_eq!(
+            audit(std::slice::from_ref(&entry), &[]).map(|m| m.len()),
+            Ok(1),
+            "a balance missing from the store"
+        );
     }
 }

@@ -17,9 +17,11 @@ use crate::{
     domain::{
         access::Forbidden,
         orders::{DraftRefusal, OrderProblemCode},
+        shipments::{AssignRefusal, LegRefusal},
     },
     import::ImportFailure,
     orders::OrderFailure,
+    shipments::ShipmentFailure,
     store::StoreError,
 };
 
@@ -63,6 +65,34 @@ impl From<ImportFailure> for ApiError {
             },
             ImportFailure::Store(err) => ApiError::Store(err),
             ImportFailure::Internal(message) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl From<ShipmentFailure> for ApiError {
+    fn from(failure: ShipmentFailure) -> Self {
+        match failure {
+            ShipmentFailure::NotFound(message) => ApiError::NotFound(message),
+            ShipmentFailure::Invalid { code, message } => {
+                ApiError::Unprocessable { code, message, problems: Vec::new() }
+            }
+            ShipmentFailure::Forbidden(forbidden) => ApiError::Forbidden(forbidden),
+            ShipmentFailure::Assign(AssignRefusal::NotAllowed(message)) => ApiError::Forbidden(Forbidden(message)),
+            ShipmentFailure::Assign(refusal @ AssignRefusal::WrongCourier { .. }) => {
+                ApiError::Unprocessable { code: "wrong_courier", message: refusal.to_string(), problems: Vec::new() }
+            }
+            ShipmentFailure::Assign(refusal @ AssignRefusal::Closed(..)) => {
+                ApiError::Conflict { code: "delivery_closed", message: refusal.to_string() }
+            }
+            ShipmentFailure::Leg(refusal) => ApiError::Conflict {
+                code: match refusal {
+                    LegRefusal::LastLeg(_) => "last_leg",
+                    LegRefusal::PreviousNotIssued(_) => "previous_leg_not_issued",
+                    LegRefusal::Closed(..) => "delivery_closed",
+                },
+                message: refusal.to_string(),
+            },
+            ShipmentFailure::Store(err) => ApiError::Store(err),
         }
     }
 }

@@ -42,6 +42,20 @@ impl Roles for OrderPlacer {
     const ALLOWED: &'static [Role] = &[Role::Customer, Role::Dispatcher];
 }
 
+/// Those who may read deliveries; which ones is the object check's business.
+#[derive(Debug)]
+pub enum DeliveryReader {}
+impl Roles for DeliveryReader {
+    const ALLOWED: &'static [Role] = &[Role::Dispatcher, Role::Seller, Role::Expediter, Role::Serviceman];
+}
+
+/// Those who may (re)assign deliveries: dispatchers any, sellers their own.
+#[derive(Debug)]
+pub enum DeliveryAssigner {}
+impl Roles for DeliveryAssigner {
+    const ALLOWED: &'static [Role] = &[Role::Dispatcher, Role::Seller];
+}
+
 /// An authenticated caller whose role is in `R`.
 #[derive(Debug)]
 pub struct Auth<R: Roles> {
@@ -70,10 +84,10 @@ fn authorize<R: Roles>(req: &HttpRequest) -> Result<Auth<R>, ApiError> {
     if !R::ALLOWED.contains(&principal.role) {
         let allowed: Vec<&str> = R::ALLOWED.iter().map(|role| role.as_str()).collect();
         return Err(Forbidden(format!(
-            "this endpoint is for {}; {} is a {}",
+            "this endpoint is for {}; {} is {}",
             allowed.join(" or "),
             principal.username,
-            principal.role
+            principal.role.with_article()
         ))
         .into());
     }

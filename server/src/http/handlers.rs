@@ -54,6 +54,10 @@ pub async fn import_network(
 ) -> Result<Json<handover_shared::api::ImportSummary>, ApiError> {
     let summary = run_import(state.store.as_ref(), &body).await?;
     tracing::info!(?summary, "network imported");
+    // A stock count may have brought what a backorder waits for.
+    if summary.stock > 0 {
+        crate::shipments::run(state.store.as_ref()).await?;
+    }
     Ok(web::Json(summary))
 }
 
@@ -89,4 +93,21 @@ pub async fn node_stock(
         })
         .collect();
     Ok(web::Json(NodeStock { node_id, items }))
+}
+
+/// `GET /api/v1/stock/audit`: replays the stock ledger and compares it with the
+/// stored balances, as of one moment.
+pub async fn stock_audit(state: State, _caller: Auth<Dispatcher>) -> Result<HttpResponse, ApiError> {
+    let (entries, balances) = state.store.stock_snapshot().await?;
+    let (balanced, mismatches, negative) = match crate::domain::stock::audit(&entries, &balances) {
+        Ok(mismatches) => (mismatches.is_empty(), mismatches, false),
+        Err(_) => (false, Vec::new(), true),
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "ledger_entries": entries.len(),
+        "balances": balances.len(),
+        "balanced": balanced,
+        "went_negative": negative,
+        "mismatches": mismatches,
+    })))
 }

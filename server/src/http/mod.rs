@@ -2,11 +2,13 @@
 //! Handlers have one shape: extract, parse into domain types, call the domain or
 //! the store, respond. Rules live in `domain`, `auth` and `import`.
 
+mod dashboard;
 pub mod error;
 pub mod extract;
 mod handlers;
 mod orders;
 pub mod pages;
+mod shipments;
 
 use std::sync::Arc;
 
@@ -16,7 +18,7 @@ use actix_web::{
     web,
 };
 
-use crate::{auth::AuthService, config::Settings, store::Store};
+use crate::{auth::AuthService, config::Settings, shipments::Planner, store::Store};
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -24,6 +26,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub auth: AuthService,
     pub settings: Settings,
+    /// Plans in the background after each confirmed order.
+    pub planner: Planner,
 }
 
 /// Registers every route and the JSON body limits.
@@ -42,7 +46,15 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/auth/me").get(handlers::me))
                 .service(web::resource("/admin/network").app_data(network_json).post(handlers::import_network))
                 .service(web::resource("/admin/devices/{device_id}/revoke").post(handlers::revoke_device))
-                .service(web::resource("/nodes/{node_id}/stock").get(handlers::node_stock))
+                .service(
+                    web::resource("/nodes/{node_id}/stock").get(handlers::node_stock).post(shipments::goods_receipt),
+                )
+                .service(web::resource("/shipments/run").post(shipments::run))
+                .service(web::resource("/stock/audit").get(handlers::stock_audit))
+                .service(web::resource("/deliveries").get(shipments::list))
+                .service(web::resource("/deliveries/{delivery_id}").get(shipments::show))
+                .service(web::resource("/deliveries/{delivery_id}/assign").post(shipments::assign))
+                .service(web::resource("/legs/{leg_id}/issue").post(shipments::issue_leg))
                 .service(web::resource("/orders").post(orders::create).get(orders::list_drafts))
                 .service(web::resource("/orders/{order_id}").get(orders::show))
                 .service(web::resource("/orders/{order_id}/confirm").post(orders::confirm))
@@ -76,6 +88,10 @@ pub fn pages(cfg: &mut web::ServiceConfig, cookie_key: &Key, secure_cookies: boo
             .service(web::resource("/order/{order_id}").get(pages::order_show))
             .service(web::resource("/order/{order_id}/confirm").post(pages::order_confirm))
             .service(web::resource("/order/{order_id}/cancel").post(pages::order_cancel))
-            .service(web::resource("/receipts/{receipt_id}").get(pages::receipt)),
+            .service(web::resource("/receipts/{receipt_id}").get(pages::receipt))
+            .service(web::resource("/dashboard").get(dashboard::dashboard))
+            .service(web::resource("/dashboard/run").post(dashboard::run_planning))
+            .service(web::resource("/dashboard/legs/{leg_id}/issue").post(dashboard::issue_leg))
+            .service(web::resource("/dashboard/deliveries/{delivery_id}/assign").post(dashboard::assign)),
     );
 }

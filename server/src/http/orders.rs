@@ -114,6 +114,7 @@ pub fn receipt_view(receipt: &Receipt) -> ReceiptView {
         empties_expected: receipt.empties_expected,
         created_at: receipt.created_at,
         planned: receipt.planned,
+        backordered: receipt.backordered,
         delivered: receipt.delivered,
         delivered_at: receipt.delivered_at,
         delivery_id: receipt.delivery_id.clone(),
@@ -143,6 +144,9 @@ pub async fn confirm(
     path: web::Path<OrderId>,
 ) -> Result<HttpResponse, ApiError> {
     let (receipt, created) = orders::confirm(state.store.as_ref(), &caller, &path).await?;
+    if created {
+        state.planner.trigger();
+    }
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
     Ok(response.json(receipt_view(&receipt)))
 }
@@ -173,6 +177,7 @@ pub const MAX_PAGE: usize = 500;
 pub struct ReceiptFilter {
     customer_id: Option<CustomerId>,
     delivered: Option<bool>,
+    backordered: Option<bool>,
     /// RFC 3339.
     #[serde(default, with = "time::serde::rfc3339::option")]
     since: Option<time::OffsetDateTime>,
@@ -203,6 +208,7 @@ pub async fn list_receipts(
     let query = ReceiptQuery {
         customer_id: filter.customer_id,
         delivered: filter.delivered,
+        backordered: filter.backordered,
         since: filter.since,
         after,
         limit,

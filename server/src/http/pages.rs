@@ -117,12 +117,12 @@ impl ResponseError for PageError {
 }
 
 /// A 303 to a local path.
-fn redirect(location: &str) -> HttpResponse {
+pub(super) fn redirect(location: &str) -> HttpResponse {
     HttpResponse::SeeOther().insert_header((header::LOCATION, location)).finish()
 }
 
 /// Renders a template with the headers every page carries.
-fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
+pub(super) fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
     match page.render() {
         Ok(body) => HttpResponse::build(status)
             .content_type("text/html; charset=utf-8")
@@ -143,9 +143,14 @@ fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
 
 /// Only local paths are followed after login, so the page cannot be used to send
 /// a user elsewhere.
-fn safe_next(next: Option<&str>) -> &str {
-    match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path,
+fn safe_next(next: Option<&str>) -> Option<&str> {
+    next.filter(|path| path.starts_with('/') && !path.starts_with("//") && !path.contains('\\'))
+}
+
+/// Where a role lands after login when no page was asked for.
+fn landing(role: Role) -> &'static str {
+    match role {
+        Role::Dispatcher | Role::Seller => "/dashboard",
         _ => "/order",
     }
 }
@@ -167,7 +172,7 @@ fn csrf_token(session: &Session) -> Result<String, PageError> {
 }
 
 /// Refuses a form whose CSRF token is not the session's.
-fn check_csrf(session: &Session, submitted: Option<&str>) -> Result<(), PageError> {
+pub(super) fn check_csrf(session: &Session, submitted: Option<&str>) -> Result<(), PageError> {
     let expected = session.get::<String>(CSRF_KEY).ok().flatten();
     match (expected, submitted) {
         (Some(expected), Some(submitted)) if bool::from(expected.as_bytes().ct_eq(submitted.as_bytes())) => Ok(()),
@@ -179,9 +184,9 @@ fn check_csrf(session: &Session, submitted: Option<&str>) -> Result<(), PageErro
 
 /// A logged-in user of the pages.
 pub struct PageUser {
-    principal: Principal,
+    pub(super) principal: Principal,
     refresh_token: String,
-    session: Session,
+    pub(super) session: Session,
 }
 
 impl std::fmt::Debug for PageUser {
@@ -227,13 +232,14 @@ impl PageUser {
         match (&self.principal.role, &self.principal.customer_id) {
             (Role::Customer, Some(customer)) => Ok(customer.clone()),
             _ => Err(PageError::Forbidden(format!(
-                "The ordering screen is for customer accounts; {} is a {}.",
-                self.principal.username, self.principal.role
+                "The ordering screen is for customer accounts; {} is {}.",
+                self.principal.username,
+                self.principal.role.with_article()
             ))),
         }
     }
 
-    fn csrf(&self) -> Result<String, PageError> {
+    pub(super) fn csrf(&self) -> Result<String, PageError> {
         csrf_token(&self.session)
     }
 }
@@ -263,16 +269,17 @@ pub struct NextQuery {
 
 pub async fn home(req: HttpRequest) -> HttpResponse {
     match PageUser::from_request_sync(&req) {
-        Ok(_) => redirect("/order"),
+        Ok(user) => redirect(landing(user.principal.role)),
         Err(_) => redirect("/login"),
     }
 }
 
 pub async fn login_form(session: Session, query: web::Query<NextQuery>) -> Result<HttpResponse, PageError> {
-    let next = safe_next(query.next.as_deref());
-    if session.get::<LoggedIn>(SESSION_KEY).ok().flatten().is_some() {
-        return Ok(redirect(next));
+    let asked = safe_next(query.next.as_deref());
+    if let Some(login) = session.get::<LoggedIn>(SESSION_KEY).ok().flatten() {
+        return Ok(redirect(asked.unwrap_or(landing(login.role))));
     }
+    let next = asked.unwrap_or("");
     let csrf = csrf_token(&session)?;
     Ok(html(StatusCode::OK, &LoginPage { csrf: &csrf, next, username: "", error: None }))
 }
@@ -292,7 +299,7 @@ pub async fn login_submit(
     form: web::Form<LoginForm>,
 ) -> Result<HttpResponse, PageError> {
     check_csrf(&session, form.csrf.as_deref())?;
-    let next = safe_next(form.next.as_deref()).to_owned();
+    let asked = safe_next(form.next.as_deref()).map(str::to_owned);
     let username = form.username.clone().unwrap_or_default();
     let request = LoginRequest {
         username: username.clone(),
@@ -304,6 +311,7 @@ pub async fn login_submit(
         Ok((tokens, principal)) => {
             // A new cookie at login: a session id planted before login is useless.
             session.renew();
+            let next = asked.unwrap_or_else(|| landing(principal.role).to_owned());
             let login = LoggedIn {
                 session_id: principal.session_id,
                 username: principal.username,
@@ -326,7 +334,8 @@ pub async fn login_submit(
             };
             let csrf = csrf_token(&session)?;
             let message = err.to_string();
-            Ok(html(status, &LoginPage { csrf: &csrf, next: &next, username: &username, error: Some(&message) }))
+            let next = asked.as_deref().unwrap_or("");
+            Ok(html(status, &LoginPage { csrf: &csrf, next, username: &username, error: Some(&message) }))
         }
         Err(err) => Err(PageError::Internal(err.to_string())),
     }
@@ -516,7 +525,12 @@ pub async fn order_confirm(
     check_csrf(&user.session, form.csrf.as_deref())?;
     user.customer()?;
     match orders::confirm(state.store.as_ref(), &user.principal, &path).await {
-        Ok((receipt, _)) => Ok(redirect(&format!("/receipts/{}", receipt.receipt_id))),
+        Ok((receipt, created)) => {
+            if created {
+                state.planner.trigger();
+            }
+            Ok(redirect(&format!("/receipts/{}", receipt.receipt_id)))
+        }
         Err(OrderFailure::Refused(refusal)) => refused(&state, &user, refusal).await,
         Err(other) => Err(other.into()),
     }
@@ -578,12 +592,14 @@ mod tests {
 
     #[test]
     fn only_local_paths_are_followed_after_login() {
-        assert_eq!(safe_next(Some("/order")), "/order");
-        assert_eq!(safe_next(Some("/receipts/R-000001")), "/receipts/R-000001");
+        assert_eq!(safe_next(Some("/order")), Some("/order"));
+        assert_eq!(safe_next(Some("/receipts/R-000001")), Some("/receipts/R-000001"));
         for hostile in ["https://evil.example/", "//evil.example/", "/\\evil.example", "order", ""] {
-            assert_eq!(safe_next(Some(hostile)), "/order", "{hostile}");
+            assert_eq!(safe_next(Some(hostile)), None, "{hostile}");
         }
-        assert_eq!(safe_next(None), "/order");
+        assert_eq!(safe_next(None), None);
+        assert_eq!(landing(Role::Dispatcher), "/dashboard");
+        assert_eq!(landing(Role::Customer), "/order");
     }
 
     #[test]

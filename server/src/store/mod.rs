@@ -11,16 +11,18 @@ pub mod sled;
 use async_trait::async_trait;
 use handover_shared::{
     api::{ImportSummary, Problem},
-    CustomerId, DeviceId, ItemId, NodeId, OrderId, ReceiptId, Username,
+    CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId, ReceiptId, Username,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{
+    access::Principal,
     network::{Customer, Item, KnownNetwork, Membership, Node, StockCount},
     orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
     sessions::{RefreshRefusal, RefreshToken, Session},
+    shipments::{AssignRefusal, CourierAccount, Delivery, LegRefusal},
     stock::{Balance, LedgerEntry},
 };
 
@@ -52,12 +54,34 @@ pub enum RefreshOutcome {
     Refused(RefreshRefusal),
 }
 
-/// The outcome of a step (confirm, cancel) on a draft.
+/// The outcome of a step on an object whose state may forbid it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DraftStep<T> {
+pub enum Step<T, R> {
     Done(T),
-    Refused(DraftRefusal),
+    Refused(R),
     NotFound,
+}
+
+/// A step (confirm, cancel) on a draft.
+pub type DraftStep<T> = Step<T, DraftRefusal>;
+
+/// What one planning run did to one receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanResult {
+    Planned(Box<Delivery>),
+    Backordered(ReceiptId),
+}
+
+/// Which deliveries to list, in receipt order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    /// Only open deliveries (not delivered, not cancelled).
+    pub open_only: bool,
+    pub assignee: Option<Username>,
+    /// Only those entrusted to this seller node.
+    pub entrusted_to: Option<NodeId>,
+    pub after: Option<u64>,
+    pub limit: usize,
 }
 
 /// Which receipts to list, oldest first.
@@ -65,6 +89,7 @@ pub enum DraftStep<T> {
 pub struct ReceiptQuery {
     pub customer_id: Option<CustomerId>,
     pub delivered: Option<bool>,
+    pub backordered: Option<bool>,
     /// Created at or after.
     pub since: Option<OffsetDateTime>,
     /// Start after this position in receipt order (the previous page's last).
@@ -116,6 +141,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn node_stock(&self, id: &NodeId) -> Result<Vec<(ItemId, Balance)>, StoreError>;
     /// The whole ledger, in sequence order.
     async fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Every stored balance, with the ledger read in the same snapshot, for audits.
+    async fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError>;
 
     /// Opens a session with its first refresh token.
     async fn open_session(
@@ -162,6 +189,38 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn customer_account(&self, customer: &CustomerId) -> Result<CustomerAccount, StoreError>;
     /// The catalogue, by item id.
     async fn items(&self) -> Result<Vec<Item>, StoreError>;
+    /// Every node, by id.
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError>;
+    /// Every account, by username.
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+    /// Every stored balance, by node then item.
+    async fn all_balances(&self) -> Result<Vec<(NodeId, ItemId, Balance)>, StoreError>;
+
+    /// Plans every receipt not yet planned, in receipt order, each in its own
+    /// transaction: the cascade reads available stock inside the transaction, so
+    /// that concurrent runs and goods receipts never reserve a unit twice.
+    async fn plan_pending(&self, now: OffsetDateTime) -> Result<Vec<PlanResult>, StoreError>;
+    /// Goods arrived at a node: on-hand grows, recorded in the ledger.
+    async fn goods_receipt(
+        &self,
+        node: &NodeId,
+        item: &ItemId,
+        quantity: u32,
+        now: OffsetDateTime,
+    ) -> Result<Balance, StoreError>;
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError>;
+    async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
+    /// Applies `check_assignment` and, when it passes and the assignee changes,
+    /// bumps the version and records the assignment.
+    async fn assign_delivery(
+        &self,
+        id: &DeliveryId,
+        by: &Principal,
+        courier: &CourierAccount,
+        now: OffsetDateTime,
+    ) -> Result<Step<Delivery, AssignRefusal>, StoreError>;
+    /// Applies `check_issue` and moves the goods along the leg in the ledger.
+    async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
 
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<(), StoreError>;

@@ -9,12 +9,12 @@
 //! Every blocking sled call runs on tokio's blocking pool, and every write waits
 //! on the group commit before it returns.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use async_trait::async_trait;
 use handover_shared::{
     api::{ImportSummary, Problem},
-    CustomerId, DeviceId, ItemId, NodeId, OrderId, ReceiptId, Username,
+    CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, NodeKind, OrderId, ReceiptId, Username,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use sled::{
@@ -25,12 +25,19 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    commit::GroupCommit, Account, DraftStep, ImportError, ImportPlan, ReceiptQuery, RefreshOutcome, Store, StoreError,
+    commit::GroupCommit, Account, DeliveryQuery, DraftStep, ImportError, ImportPlan, PlanResult, ReceiptQuery,
+    RefreshOutcome, Step, Store, StoreError,
 };
 use crate::domain::{
-    network::{Customer, Item, KnownNetwork, Node},
+    access::Principal,
+    network::{Customer, Item, KnownNetwork, Membership, Node},
     orders::{decide_cancel, decide_confirm, ConfirmDecision, CustomerAccount, Draft, DraftState, Receipt},
     sessions::{decide_refresh, RefreshDecision, RefreshToken, RevokeReason, Session},
+    shipments::{
+        cascade, check_assignment, check_issue, choose_courier, plan_legs, reserve, transfer, AssignRefusal,
+        Assignment, Carrier, CascadeNodes, CourierAccount, Delivery, DeliveryState, Destination, LegRefusal, LegStatus,
+        Source, StockEffect,
+    },
     stock::{Balance, LedgerEntry, Movement},
 };
 
@@ -49,6 +56,11 @@ struct Inner {
     db: sled::Db,
     trees: Trees,
     commit: GroupCommit,
+    /// One planning run at a time, so that receipts are planned in receipt order.
+    planning: std::sync::Mutex<()>,
+    /// Stock movements hold it shared; an audit holds it alone, to read the ledger
+    /// and the balances as of one moment (sled has no multi-tree snapshot read).
+    stock_gate: std::sync::RwLock<()>,
 }
 
 struct Trees {
@@ -75,6 +87,14 @@ struct Trees {
     customer_accounts: sled::Tree,
     /// Named counters, big-endian u64: `receipt` is the last receipt number.
     counters: sled::Tree,
+    /// Receipt numbers not yet planned (new, or backordered), in receipt order.
+    unplanned: sled::Tree,
+    /// Big-endian receipt number to [`Delivery`] (a delivery is numbered like its receipt).
+    deliveries: sled::Tree,
+    /// Username to big-endian count of open deliveries assigned to the courier.
+    courier_load: sled::Tree,
+    /// `username \0 delivery number` to nothing: a courier's deliveries.
+    courier_deliveries: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -183,9 +203,21 @@ impl SledStore {
             customer_receipts: tree("customer_receipts")?,
             customer_accounts: tree("customer_accounts")?,
             counters: tree("counters")?,
+            unplanned: tree("unplanned")?,
+            deliveries: tree("deliveries")?,
+            courier_load: tree("courier_load")?,
+            courier_deliveries: tree("courier_deliveries")?,
         };
         let commit = GroupCommit::start(db.clone())?;
-        Ok(Self { inner: Arc::new(Inner { db, trees, commit }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                commit,
+                planning: std::sync::Mutex::new(()),
+                stock_gate: std::sync::RwLock::new(()),
+            }),
+        })
     }
 
     /// The group commit, for its counters.
@@ -269,6 +301,7 @@ impl Store for SledStore {
     async fn import_network(&self, plan: ImportPlan, now: OffsetDateTime) -> Result<ImportSummary, ImportError> {
         let inner = Arc::clone(&self.inner);
         let summary = tokio::task::spawn_blocking(move || {
+            let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let t = &inner.trees;
             let trees = (&t.nodes, &t.items, &t.customers, &t.accounts, &t.stock, &t.ledger);
             finish(trees.transaction(|(nodes, items, customers, accounts, stock, ledger)| {
@@ -385,6 +418,15 @@ impl Store for SledStore {
 
     async fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
         self.blocking(|inner| scan(inner.trees.ledger.iter())).await
+    }
+
+    async fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError> {
+        self.blocking(|inner| {
+            // No stock movement runs while the gate is held: both trees are read as of one moment.
+            let _all_movements_paused = inner.stock_gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok((scan(inner.trees.ledger.iter())?, balances(&inner.trees.stock)?))
+        })
+        .await
     }
 
     async fn open_session(
@@ -542,8 +584,9 @@ impl Store for SledStore {
         let (step, changed) = self
             .blocking(move |inner| {
                 let t = &inner.trees;
-                let trees = (&t.drafts, &t.receipts, &t.customer_receipts, &t.customer_accounts, &t.counters);
-                finish_store(trees.transaction(|(drafts, receipts, history, accounts, counters)| {
+                let trees =
+                    (&t.drafts, &t.receipts, &t.customer_receipts, &t.customer_accounts, &t.counters, &t.unplanned);
+                finish_store(trees.transaction(|(drafts, receipts, history, accounts, counters, unplanned)| {
                     let Some(mut draft) = tx_get::<Draft>(drafts, key.as_str().as_bytes())? else {
                         return Ok((DraftStep::NotFound, false));
                     };
@@ -571,6 +614,7 @@ impl Store for SledStore {
                             tx_put(drafts, key.as_str().as_bytes(), &draft)?;
                             tx_put(accounts, receipt.customer_id.as_str().as_bytes(), &account.with_order(&receipt))?;
                             history.insert(pair_key(receipt.customer_id.as_str(), &seq.to_be_bytes()), &[])?;
+                            unplanned.insert(&seq.to_be_bytes(), &[])?;
                             Ok((DraftStep::Done((receipt, true)), true))
                         }
                     }
@@ -641,6 +685,7 @@ impl Store for SledStore {
             let start = query.after.map_or(0, |after| after.saturating_add(1));
             let keep = |receipt: &Receipt| {
                 query.delivered.is_none_or(|delivered| receipt.delivered == delivered)
+                    && query.backordered.is_none_or(|backordered| receipt.backordered == backordered)
                     && query.since.is_none_or(|since| receipt.created_at >= since)
             };
             let mut page = Vec::with_capacity(query.limit.min(1000));
@@ -704,9 +749,371 @@ impl Store for SledStore {
         self.blocking(|inner| scan(inner.trees.items.iter())).await
     }
 
+    async fn nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.nodes.iter())).await
+    }
+
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.accounts.iter())).await
+    }
+
+    async fn all_balances(&self) -> Result<Vec<(NodeId, ItemId, Balance)>, StoreError> {
+        self.blocking(|inner| balances(&inner.trees.stock)).await
+    }
+
+    async fn plan_pending(&self, now: OffsetDateTime) -> Result<Vec<PlanResult>, StoreError> {
+        let (results, changed) = self.blocking(move |inner| plan_pending(inner, now)).await?;
+        if changed {
+            self.inner.commit.durable().await?;
+        }
+        Ok(results)
+    }
+
+    async fn goods_receipt(
+        &self,
+        node: &NodeId,
+        item: &ItemId,
+        quantity: u32,
+        now: OffsetDateTime,
+    ) -> Result<Balance, StoreError> {
+        let (node, item) = (node.clone(), item.clone());
+        self.write(move |inner| {
+            let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let t = &inner.trees;
+            finish_store((&t.stock, &t.ledger).transaction(|(stock, ledger)| {
+                let effect = StockEffect { node: &node, on_hand_delta: i64::from(quantity), reserved_delta: 0 };
+                tx_apply(stock, ledger, &item, &effect, &Movement::GoodsReceipt, now)
+            }))
+        })
+        .await
+    }
+
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        let Some(seq) = id.seq() else {
+            return Ok(None);
+        };
+        self.blocking(move |inner| get(&inner.trees.deliveries, &seq.to_be_bytes())).await
+    }
+
+    async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let start = query.after.map_or(0, |after| after.saturating_add(1));
+            let mut page = Vec::new();
+            for entry in inner.trees.deliveries.range(start.to_be_bytes()..) {
+                if page.len() >= query.limit {
+                    break;
+                }
+                let (key, value) = entry.map_err(backend)?;
+                let delivery: Delivery = decode(&key, &value)?;
+                let keep = (!query.open_only || delivery.is_open())
+                    && query.assignee.as_ref().is_none_or(|a| delivery.assignee.as_ref() == Some(a))
+                    && query
+                        .entrusted_to
+                        .as_ref()
+                        .is_none_or(|n| matches!(&delivery.carrier, Carrier::Seller { seller } if seller == n));
+                if keep {
+                    page.push(delivery);
+                }
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn assign_delivery(
+        &self,
+        id: &DeliveryId,
+        by: &Principal,
+        courier: &CourierAccount,
+        now: OffsetDateTime,
+    ) -> Result<Step<Delivery, AssignRefusal>, StoreError> {
+        let Some(seq) = id.seq() else {
+            return Ok(Step::NotFound);
+        };
+        let (by, courier) = (by.clone(), courier.clone());
+        self.write(move |inner| {
+            let t = &inner.trees;
+            let trees = (&t.deliveries, &t.courier_load, &t.courier_deliveries);
+            finish_store(trees.transaction(|(deliveries, loads, index)| {
+                let Some(mut delivery) = tx_get::<Delivery>(deliveries, &seq.to_be_bytes())? else {
+                    return Ok(Step::NotFound);
+                };
+                if let Err(refusal) = check_assignment(&delivery, &by, &courier) {
+                    return Ok(Step::Refused(refusal));
+                }
+                if delivery.assignee.as_ref() == Some(&courier.username) {
+                    return Ok(Step::Done(delivery));
+                }
+                if let Some(previous) = &delivery.assignee {
+                    tx_add_load(loads, previous, -1)?;
+                    index.remove(pair_key(previous.as_str(), &seq.to_be_bytes()))?;
+                }
+                tx_add_load(loads, &courier.username, 1)?;
+                index.insert(pair_key(courier.username.as_str(), &seq.to_be_bytes()), &[])?;
+                delivery.version += 1;
+                delivery.assignee = Some(courier.username.clone());
+                delivery.assignments.push(Assignment {
+                    version: delivery.version,
+                    assignee: delivery.assignee.clone(),
+                    at: now,
+                    by: by.username.to_string(),
+                });
+                tx_put(deliveries, &seq.to_be_bytes(), &delivery)?;
+                Ok(Step::Done(delivery))
+            }))
+        })
+        .await
+    }
+
+    async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError> {
+        let Some((delivery_id, index)) = leg.split() else {
+            return Ok(Step::NotFound);
+        };
+        let Some(seq) = delivery_id.seq() else {
+            return Ok(Step::NotFound);
+        };
+        self.write(move |inner| {
+            let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let t = &inner.trees;
+            finish_store((&t.deliveries, &t.stock, &t.ledger).transaction(|(deliveries, stock, ledger)| {
+                let Some(mut delivery) = tx_get::<Delivery>(deliveries, &seq.to_be_bytes())? else {
+                    return Ok(Step::NotFound);
+                };
+                if index >= delivery.legs.len() {
+                    return Ok(Step::NotFound);
+                }
+                match check_issue(&delivery, index) {
+                    Err(refusal) => return Ok(Step::Refused(refusal)),
+                    Ok(false) => return Ok(Step::Done(delivery)),
+                    Ok(true) => {}
+                }
+                let leg = &delivery.legs[index];
+                let Destination::Node(to) = &leg.to else {
+                    return Err(abort(StoreError::Backend(format!("transfer leg {} ends at a customer", leg.leg_id))));
+                };
+                let [leaving, arriving] = transfer(&leg.from, to, delivery.quantity);
+                let leg_id = leg.leg_id.clone();
+                tx_apply(stock, ledger, &delivery.item_id, &leaving, &Movement::Issue { leg_id: leg_id.clone() }, now)?;
+                tx_apply(stock, ledger, &delivery.item_id, &arriving, &Movement::Arrive { leg_id }, now)?;
+                delivery.legs[index].status = LegStatus::Issued;
+                delivery.legs[index].issued_at = Some(now);
+                tx_put(deliveries, &seq.to_be_bytes(), &delivery)?;
+                Ok(Step::Done(delivery))
+            }))
+        })
+        .await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.inner.commit.durable().await
     }
+}
+
+/// Every balance of the stock tree, with its node and item.
+fn balances(stock: &sled::Tree) -> Result<Vec<(NodeId, ItemId, Balance)>, StoreError> {
+    let mut balances = Vec::new();
+    for entry in stock.iter() {
+        let (key, value) = entry.map_err(backend)?;
+        let split = key.iter().position(|b| *b == 0).ok_or_else(|| StoreError::Backend("bad stock key".into()))?;
+        let node = std::str::from_utf8(&key[..split]).ok().and_then(|raw| NodeId::parse(raw).ok());
+        let item = std::str::from_utf8(&key[split + 1..]).ok().and_then(|raw| ItemId::parse(raw).ok());
+        let (Some(node), Some(item)) = (node, item) else {
+            return Err(StoreError::Backend(format!("bad stock key {key:?}")));
+        };
+        balances.push((node, item, decode(&key, &value)?));
+    }
+    Ok(balances)
+}
+
+/// Applies one stock movement and records it in the ledger.
+fn tx_apply(
+    stock: &TransactionalTree,
+    ledger: &TransactionalTree,
+    item: &ItemId,
+    effect: &StockEffect<'_>,
+    movement: &Movement,
+    now: OffsetDateTime,
+) -> TxResult<Balance> {
+    let key = pair_key(effect.node.as_str(), item.as_str().as_bytes());
+    let balance: Balance = tx_get(stock, &key)?.unwrap_or_default();
+    let updated = effect.apply(balance).map_err(|_| {
+        abort(StoreError::Backend(format!("stock of {item} at {} would go negative ({movement:?})", effect.node)))
+    })?;
+    tx_put(stock, &key, &updated)?;
+    let seq = ledger.generate_id()?;
+    let entry = LedgerEntry {
+        seq,
+        at: now,
+        node_id: effect.node.clone(),
+        item_id: item.clone(),
+        on_hand_delta: effect.on_hand_delta,
+        reserved_delta: effect.reserved_delta,
+        movement: movement.clone(),
+    };
+    tx_put(ledger, &seq.to_be_bytes(), &entry)?;
+    Ok(updated)
+}
+
+/// Adds `delta` to a courier's count of open deliveries.
+fn tx_add_load(loads: &TransactionalTree, courier: &Username, delta: i64) -> TxResult<u64> {
+    let current = tx_get_counter(loads, courier.as_str().as_bytes())?;
+    let updated = current.saturating_add_signed(delta);
+    loads.insert(courier.as_str().as_bytes(), updated.to_be_bytes().as_slice())?;
+    Ok(updated)
+}
+
+/// What planning needs of the network, read once per run (nothing is ever deleted
+/// and a node's kind never changes, so it cannot go stale within the run).
+struct PlanningNetwork {
+    customers: HashMap<CustomerId, Customer>,
+    master: Option<NodeId>,
+    manufacturer: Option<NodeId>,
+    expediters: HashMap<NodeId, Vec<Username>>,
+}
+
+impl PlanningNetwork {
+    fn load(trees: &Trees) -> Result<Self, StoreError> {
+        let nodes: Vec<Node> = scan(trees.nodes.iter())?;
+        let first_of = |kind: NodeKind| nodes.iter().find(|node| node.kind == kind).map(|node| node.id.clone());
+        let customers: Vec<Customer> = scan(trees.customers.iter())?;
+        let accounts: Vec<Account> = scan(trees.accounts.iter())?;
+        let mut expediters: HashMap<NodeId, Vec<Username>> = HashMap::new();
+        for account in accounts {
+            if let Membership::Expediter { node_id } = account.membership {
+                expediters.entry(node_id).or_default().push(account.username);
+            }
+        }
+        Ok(PlanningNetwork {
+            customers: customers.into_iter().map(|customer| (customer.id.clone(), customer)).collect(),
+            master: first_of(NodeKind::MasterWarehouse),
+            manufacturer: first_of(NodeKind::Manufacturer),
+            expediters,
+        })
+    }
+}
+
+/// One planning run; returns what it did and whether it wrote anything.
+fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, bool), StoreError> {
+    let _one_run_at_a_time = inner.planning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let t = &inner.trees;
+    let pending: Vec<u64> = t
+        .unplanned
+        .iter()
+        .keys()
+        .map(|key| {
+            let key = key.map_err(backend)?;
+            let bytes: [u8; 8] =
+                key.as_ref().try_into().map_err(|_| StoreError::Backend("bad unplanned key".into()))?;
+            Ok(u64::from_be_bytes(bytes))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    if pending.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let network = PlanningNetwork::load(t)?;
+    let mut results = Vec::new();
+    let mut changed = false;
+    let trees = (&t.receipts, &t.unplanned, &t.stock, &t.ledger, &t.deliveries, &t.courier_load, &t.courier_deliveries);
+    for seq in pending {
+        let key = seq.to_be_bytes();
+        let (result, wrote) =
+            finish_store(trees.transaction(|(receipts, unplanned, stock, ledger, deliveries, loads, index)| {
+                let Some(mut receipt) = tx_get::<Receipt>(receipts, &key)?.filter(|r| !r.planned) else {
+                    unplanned.remove(&key)?;
+                    return Ok((None, true));
+                };
+                let customer = network.customers.get(&receipt.customer_id).ok_or_else(|| {
+                    abort(StoreError::Backend(format!(
+                        "receipt {} names unknown customer {}",
+                        receipt.receipt_id, receipt.customer_id
+                    )))
+                })?;
+                let nodes =
+                    CascadeNodes::for_customer(customer, network.master.as_ref(), network.manufacturer.as_ref());
+                let quantity = u64::from(receipt.quantity);
+                let mut read_failure = None;
+                let found = cascade(&nodes, quantity, |node| {
+                    let key = pair_key(node.as_str(), receipt.item_id.as_str().as_bytes());
+                    match tx_get::<Balance>(stock, &key) {
+                        Ok(balance) => balance.unwrap_or_default().available(),
+                        Err(err) => {
+                            read_failure = Some(err);
+                            0
+                        }
+                    }
+                });
+                if let Some(err) = read_failure {
+                    return Err(err);
+                }
+                let Some((source, node)) = found else {
+                    if receipt.backordered {
+                        return Ok((Some(PlanResult::Backordered(receipt.receipt_id)), false));
+                    }
+                    receipt.backordered = true;
+                    tx_put(receipts, &key, &receipt)?;
+                    return Ok((Some(PlanResult::Backordered(receipt.receipt_id)), true));
+                };
+                let delivery_id = DeliveryId::from_seq(seq);
+                let legs = plan_legs(&delivery_id, source, &nodes, &receipt.customer_id);
+                let carrier = match source {
+                    Source::Seller => Carrier::Seller { seller: node.clone() },
+                    _ => Carrier::Distributor {
+                        branch: legs.last().map_or_else(|| node.clone(), |leg| leg.from.clone()),
+                    },
+                };
+                let [reservation] = reserve(&node, receipt.quantity);
+                tx_apply(
+                    stock,
+                    ledger,
+                    &receipt.item_id,
+                    &reservation,
+                    &Movement::Reserve { delivery_id: delivery_id.clone() },
+                    now,
+                )?;
+                let assignee = match &carrier {
+                    Carrier::Seller { .. } => None,
+                    Carrier::Distributor { branch } => {
+                        let mut candidates = Vec::new();
+                        for name in network.expediters.get(branch).map(Vec::as_slice).unwrap_or_default() {
+                            candidates.push((name, tx_get_counter(loads, name.as_str().as_bytes())?));
+                        }
+                        choose_courier(candidates)
+                    }
+                };
+                if let Some(courier) = &assignee {
+                    tx_add_load(loads, courier, 1)?;
+                    index.insert(pair_key(courier.as_str(), &key), &[])?;
+                }
+                let delivery = Delivery {
+                    delivery_id: delivery_id.clone(),
+                    receipt_id: receipt.receipt_id.clone(),
+                    customer_id: receipt.customer_id.clone(),
+                    item_id: receipt.item_id.clone(),
+                    quantity: receipt.quantity,
+                    source,
+                    source_node: node,
+                    legs,
+                    carrier,
+                    assignee: assignee.clone(),
+                    version: 1,
+                    assignments: vec![Assignment { version: 1, assignee, at: now, by: "planner".into() }],
+                    state: DeliveryState::Open,
+                    planned_at: now,
+                };
+                receipt.planned = true;
+                receipt.backordered = false;
+                receipt.delivery_id = Some(delivery_id);
+                tx_put(receipts, &key, &receipt)?;
+                tx_put(deliveries, &key, &delivery)?;
+                unplanned.remove(&key)?;
+                Ok((Some(PlanResult::Planned(Box::new(delivery))), true))
+            }))?;
+        results.extend(result);
+        changed |= wrote;
+    }
+    Ok((results, changed))
 }
 
 /// Reads a big-endian counter inside a transaction (0 when absent).

@@ -1,0 +1,413 @@
+//! Shipment processing rules: the stock cascade, the goods-issue legs from the
+//! shipping node to the customer, who delivers, and what each step does to the
+//! stock ledger. Plain functions over plain data; the store applies their
+//! decisions atomically.
+
+use handover_shared::{CustomerId, DeliveryId, ItemId, LegId, NodeId, ReceiptId, Role, Username};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{
+    access::{Guarded, Principal},
+    network::Customer,
+    stock::{Balance, NegativeStock},
+};
+
+/// Where in the cascade a receipt found its stock, in cascade order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Branch1,
+    Branch2,
+    MasterWarehouse,
+    Seller,
+    Manufacturer,
+}
+
+impl Source {
+    pub const CASCADE: [Source; 5] =
+        [Source::Branch1, Source::Branch2, Source::MasterWarehouse, Source::Seller, Source::Manufacturer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Branch1 => "branch_1",
+            Source::Branch2 => "branch_2",
+            Source::MasterWarehouse => "master_warehouse",
+            Source::Seller => "seller",
+            Source::Manufacturer => "manufacturer",
+        }
+    }
+}
+
+/// The nodes a customer's cascade visits. The network has at most one master
+/// warehouse and one manufacturer; a network without them skips those steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CascadeNodes {
+    pub branch_1: NodeId,
+    pub branch_2: NodeId,
+    pub master: Option<NodeId>,
+    pub seller: NodeId,
+    pub manufacturer: Option<NodeId>,
+}
+
+impl CascadeNodes {
+    pub fn for_customer(customer: &Customer, master: Option<&NodeId>, manufacturer: Option<&NodeId>) -> Self {
+        CascadeNodes {
+            branch_1: customer.branch_1.clone(),
+            branch_2: customer.branch_2.clone(),
+            master: master.cloned(),
+            seller: customer.seller_id.clone(),
+            manufacturer: manufacturer.cloned(),
+        }
+    }
+
+    pub fn node(&self, source: Source) -> Option<&NodeId> {
+        match source {
+            Source::Branch1 => Some(&self.branch_1),
+            Source::Branch2 => Some(&self.branch_2),
+            Source::MasterWarehouse => self.master.as_ref(),
+            Source::Seller => Some(&self.seller),
+            Source::Manufacturer => self.manufacturer.as_ref(),
+        }
+    }
+}
+
+/// The cascade: the first node, in the fixed order, whose available stock covers
+/// the whole quantity. `available` reads the stock of the item at a node.
+pub fn cascade(
+    nodes: &CascadeNodes,
+    quantity: u64,
+    mut available: impl FnMut(&NodeId) -> u64,
+) -> Option<(Source, NodeId)> {
+    Source::CASCADE.into_iter().find_map(|source| {
+        let node = nodes.node(source)?;
+        (available(node) >= quantity).then(|| (source, node.clone()))
+    })
+}
+
+/// Where a leg goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum Destination {
+    Node(NodeId),
+    Customer(CustomerId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegStatus {
+    /// Stock is reserved at `from`, not yet moved.
+    Planned,
+    /// A transfer leg whose goods left `from` and arrived at the next node.
+    Issued,
+    /// The last leg, once the delivery to the customer is confirmed.
+    Completed,
+}
+
+/// One goods issue, in the flow of the goods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leg {
+    pub leg_id: LegId,
+    pub from: NodeId,
+    pub to: Destination,
+    pub status: LegStatus,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub issued_at: Option<OffsetDateTime>,
+}
+
+/// The legs from the shipping node to the customer:
+/// branch → customer; master → branch #1 → customer;
+/// manufacturer → master → branch #1 → customer; seller → customer.
+pub fn plan_legs(delivery: &DeliveryId, source: Source, nodes: &CascadeNodes, customer: &CustomerId) -> Vec<Leg> {
+    let mut stops: Vec<NodeId> = Vec::with_capacity(3);
+    match source {
+        Source::Branch1 => stops.push(nodes.branch_1.clone()),
+        Source::Branch2 => stops.push(nodes.branch_2.clone()),
+        Source::Seller => stops.push(nodes.seller.clone()),
+        Source::MasterWarehouse => stops.extend(nodes.master.iter().cloned().chain([nodes.branch_1.clone()])),
+        Source::Manufacturer => {
+            stops.extend(nodes.manufacturer.iter().chain(nodes.master.iter()).cloned().chain([nodes.branch_1.clone()]))
+        }
+    }
+    let destinations =
+        stops.iter().skip(1).cloned().map(Destination::Node).chain([Destination::Customer(customer.clone())]);
+    stops
+        .iter()
+        .zip(destinations)
+        .enumerate()
+        .map(|(index, (from, to))| Leg {
+            leg_id: delivery.leg(index),
+            from: from.clone(),
+            to,
+            status: LegStatus::Planned,
+            issued_at: None,
+        })
+        .collect()
+}
+
+/// Who carries a delivery to the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Carrier {
+    /// An expediter of the distributor serving the delivering branch.
+    Distributor { branch: NodeId },
+    /// Entrusted to the seller, whose account assigns one of its servicemen.
+    Seller { seller: NodeId },
+}
+
+impl Carrier {
+    /// The courier role that may carry it, and the node that courier belongs to.
+    pub fn courier(&self) -> (Role, &NodeId) {
+        match self {
+            Carrier::Distributor { branch } => (Role::Expediter, branch),
+            Carrier::Seller { seller } => (Role::Serviceman, seller),
+        }
+    }
+}
+
+/// Expediters are chosen among those serving the delivering branch, fewest open
+/// deliveries first; ties go to the first username, so the choice is repeatable.
+pub fn choose_courier<'a>(candidates: impl IntoIterator<Item = (&'a Username, u64)>) -> Option<Username> {
+    candidates.into_iter().min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(b.0))).map(|(name, _)| name.clone())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Open,
+    Delivered,
+    Cancelled,
+}
+
+/// One (re)assignment, kept forever: the sync needs who was assignee when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Bumped at each (re)assignment; a confirmation names the one it was captured under.
+    pub version: u64,
+    /// `None` while an entrusted delivery waits for the seller.
+    pub assignee: Option<Username>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who decided: `planner`, or the dispatcher or seller account.
+    pub by: String,
+}
+
+/// A delivery: the goods of one receipt, from one node, to its customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub delivery_id: DeliveryId,
+    pub receipt_id: ReceiptId,
+    pub customer_id: CustomerId,
+    pub item_id: ItemId,
+    pub quantity: u32,
+    pub source: Source,
+    pub source_node: NodeId,
+    pub legs: Vec<Leg>,
+    pub carrier: Carrier,
+    pub assignee: Option<Username>,
+    pub version: u64,
+    pub assignments: Vec<Assignment>,
+    pub state: DeliveryState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub planned_at: OffsetDateTime,
+}
+
+/// How a delivery looks to its courier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Upstream legs are not issued yet: the goods are not at the delivering node.
+    Upcoming,
+    /// The goods are at the delivering node, waiting for the courier.
+    Ready,
+    Delivered,
+    Cancelled,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Upcoming => "upcoming",
+            DeliveryStatus::Ready => "ready",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Delivery {
+    pub fn status(&self) -> DeliveryStatus {
+        match self.state {
+            DeliveryState::Delivered => DeliveryStatus::Delivered,
+            DeliveryState::Cancelled => DeliveryStatus::Cancelled,
+            DeliveryState::Open => {
+                let transfers = &self.legs[..self.legs.len().saturating_sub(1)];
+                if transfers.iter().all(|leg| leg.status == LegStatus::Issued) {
+                    DeliveryStatus::Ready
+                } else {
+                    DeliveryStatus::Upcoming
+                }
+            }
+        }
+    }
+
+    /// The node the courier picks the goods up at.
+    pub fn delivering_node(&self) -> &NodeId {
+        self.legs.last().map_or(&self.source_node, |leg| &leg.from)
+    }
+
+    /// Open deliveries count towards their courier's load.
+    pub fn is_open(&self) -> bool {
+        self.state == DeliveryState::Open
+    }
+}
+
+impl Guarded for Delivery {
+    fn describe(&self) -> String {
+        format!("delivery {}", self.delivery_id)
+    }
+
+    /// Dispatchers see every delivery; a courier the ones assigned to it; a seller
+    /// the ones entrusted to its node.
+    fn visible_to(&self, principal: &Principal) -> bool {
+        match principal.role {
+            Role::Dispatcher => true,
+            Role::Expediter | Role::Serviceman => self.assignee.as_ref() == Some(&principal.username),
+            Role::Seller => {
+                matches!(&self.carrier, Carrier::Seller { seller } if principal.node_id.as_ref() == Some(seller))
+            }
+            Role::Admin | Role::Customer => false,
+        }
+    }
+}
+
+/// Why an assignment is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignRefusal {
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("{assignee} cannot carry this delivery: {reason}")]
+    WrongCourier { assignee: Username, reason: String },
+    #[error("delivery {0} is {1} and can no longer be assigned")]
+    Closed(DeliveryId, DeliveryStatus),
+}
+
+/// The courier an assignment names, as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CourierAccount {
+    pub username: Username,
+    pub role: Role,
+    pub node_id: Option<NodeId>,
+}
+
+/// The assignment rule: a dispatcher may (re)assign any open delivery, a seller
+/// only those entrusted to its node; the courier must be of the carrier's kind
+/// and belong to its node (an expediter of the delivering branch, a serviceman
+/// of the seller).
+pub fn check_assignment(delivery: &Delivery, by: &Principal, courier: &CourierAccount) -> Result<(), AssignRefusal> {
+    match by.role {
+        Role::Dispatcher => {}
+        Role::Seller if matches!(&delivery.carrier, Carrier::Seller { seller } if by.node_id.as_ref() == Some(seller)) =>
+            {}
+        _ => {
+            return Err(AssignRefusal::NotAllowed(format!(
+                "{} {} may not assign delivery {}",
+                by.role, by.username, delivery.delivery_id
+            )))
+        }
+    }
+    if !delivery.is_open() {
+        return Err(AssignRefusal::Closed(delivery.delivery_id.clone(), delivery.status()));
+    }
+    let (role, node) = delivery.carrier.courier();
+    if courier.role != role || courier.node_id.as_ref() != Some(node) {
+        return Err(AssignRefusal::WrongCourier {
+            assignee: courier.username.clone(),
+            reason: format!(
+                "it needs {} of {node}, and {} is {} of {}",
+                role.with_article(),
+                courier.username,
+                courier.role.with_article(),
+                courier.node_id.as_ref().map_or("no node", |n| n.as_str())
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Why a leg cannot be issued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LegRefusal {
+    #[error("{0} is the last leg: it completes when the delivery is confirmed")]
+    LastLeg(LegId),
+    #[error("{0} must be issued first: legs are issued in the flow of the goods")]
+    PreviousNotIssued(LegId),
+    #[error("delivery {0} is {1}; its legs can no longer be issued")]
+    Closed(DeliveryId, DeliveryStatus),
+}
+
+/// Whether leg `index` of a delivery may be issued now: `Ok(true)` to issue it,
+/// `Ok(false)` when it already was (issuing twice changes nothing).
+pub fn check_issue(delivery: &Delivery, index: usize) -> Result<bool, LegRefusal> {
+    let leg = &delivery.legs[index];
+    if leg.status == LegStatus::Issued {
+        return Ok(false);
+    }
+    if !delivery.is_open() {
+        return Err(LegRefusal::Closed(delivery.delivery_id.clone(), delivery.status()));
+    }
+    if index + 1 == delivery.legs.len() {
+        return Err(LegRefusal::LastLeg(leg.leg_id.clone()));
+    }
+    if let Some(previous) = index.checked_sub(1).map(|i| &delivery.legs[i]) {
+        if previous.status != LegStatus::Issued {
+            return Err(LegRefusal::PreviousNotIssued(previous.leg_id.clone()));
+        }
+    }
+    Ok(true)
+}
+
+/// What a step of a delivery does to stock: one movement per node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockEffect<'a> {
+    pub node: &'a NodeId,
+    pub on_hand_delta: i64,
+    pub reserved_delta: i64,
+}
+
+/// Planning reserves the whole quantity at the shipping node.
+pub fn reserve(node: &NodeId, quantity: u32) -> [StockEffect<'_>; 1] {
+    [StockEffect { node, on_hand_delta: 0, reserved_delta: i64::from(quantity) }]
+}
+
+/// Issuing a transfer leg moves the reserved goods to the next node, where they
+/// stay reserved for the next leg.
+pub fn transfer<'a>(from: &'a NodeId, to: &'a NodeId, quantity: u32) -> [StockEffect<'a>; 2] {
+    let q = i64::from(quantity);
+    [
+        StockEffect { node: from, on_hand_delta: -q, reserved_delta: -q },
+        StockEffect { node: to, on_hand_delta: q, reserved_delta: q },
+    ]
+}
+
+/// Handing the goods to the customer takes them off the delivering node.
+pub fn hand_over(node: &NodeId, quantity: u32) -> [StockEffect<'_>; 1] {
+    let q = i64::from(quantity);
+    [StockEffect { node, on_hand_delta: -q, reserved_delta: -q }]
+}
+
+impl StockEffect<'_> {
+    pub fn apply(&self, balance: Balance) -> Result<Balance, NegativeStock> {
+        balance.apply(self.on_hand_delta, self.reserved_delta)
+    }
+}
+
+#[cfg(test)]
+#[path = "shipments_tests.rs"]
+mod tests;

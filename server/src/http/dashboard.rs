@@ -1,0 +1,367 @@
+//! The dispatcher's dashboard and the seller's page of entrusted deliveries.
+//! Server-rendered, behind the same session cookie and CSRF checks as the
+//! ordering screen; every change goes through the shipment service.
+
+use actix_web::{http::StatusCode, web, HttpResponse};
+use askama::Template;
+use handover_shared::{DeliveryId, LegId, ReceiptId, Role, Username};
+use serde::Deserialize;
+
+use super::{
+    pages::{check_csrf, html, redirect, PageError, PageUser},
+    shipments::delivery_view,
+    AppState,
+};
+use crate::{
+    domain::{network::Membership, shipments::Delivery},
+    orders, shipments,
+    shipments::ShipmentFailure,
+    store::{DeliveryQuery, ReceiptQuery},
+};
+
+type State = web::Data<AppState>;
+
+/// Rows per table page.
+const PAGE: usize = 25;
+
+struct ReceiptRow {
+    receipt_id: String,
+    customer_id: String,
+    item_id: String,
+    quantity: u32,
+    created: String,
+    planned: bool,
+    backordered: bool,
+    delivered: bool,
+    delivery_id: String,
+}
+
+struct LegRow {
+    from: String,
+    to: String,
+    status: String,
+}
+
+struct DeliveryRow {
+    delivery_id: String,
+    receipt_id: String,
+    customer_id: String,
+    item_id: String,
+    quantity: u32,
+    source: String,
+    source_node: String,
+    legs: Vec<LegRow>,
+    assignee: Option<String>,
+    entrusted_to: String,
+    status: String,
+    /// The next transfer leg that can be issued, if any.
+    next_leg: Option<String>,
+}
+
+struct StockRow {
+    node: String,
+    item_id: String,
+    on_hand: u64,
+    reserved: u64,
+    available: u64,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage<'a> {
+    username: &'a str,
+    csrf: &'a str,
+    notice: Option<&'a str>,
+    alert: Option<String>,
+    backorders: Vec<ReceiptRow>,
+    waiting: Vec<DeliveryRow>,
+    deliveries: Vec<DeliveryRow>,
+    deliveries_next: Option<String>,
+    receipts: Vec<ReceiptRow>,
+    receipts_next: Option<String>,
+    stock: Vec<StockRow>,
+}
+
+#[derive(Template)]
+#[template(path = "seller.html")]
+struct SellerPage<'a> {
+    username: &'a str,
+    csrf: &'a str,
+    seller: &'a str,
+    notice: Option<&'a str>,
+    alert: Option<String>,
+    deliveries: Vec<DeliveryRow>,
+    servicemen: Vec<Username>,
+}
+
+fn receipt_row(receipt: &crate::domain::orders::Receipt) -> ReceiptRow {
+    ReceiptRow {
+        receipt_id: receipt.receipt_id.to_string(),
+        customer_id: receipt.customer_id.to_string(),
+        item_id: receipt.item_id.to_string(),
+        quantity: receipt.quantity,
+        created: receipt
+            .created_at
+            .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]"))
+            .unwrap_or_default(),
+        planned: receipt.planned,
+        backordered: receipt.backordered,
+        delivered: receipt.delivered,
+        delivery_id: receipt.delivery_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+    }
+}
+
+fn delivery_row(delivery: &Delivery) -> DeliveryRow {
+    let view = delivery_view(delivery);
+    let last = view.legs.len().saturating_sub(1);
+    let next_leg = view.legs[..last].iter().find(|leg| leg.status == "planned").map(|leg| leg.leg_id.to_string());
+    DeliveryRow {
+        delivery_id: view.delivery_id.to_string(),
+        receipt_id: view.receipt_id.to_string(),
+        customer_id: view.customer_id.to_string(),
+        item_id: view.item_id.to_string(),
+        quantity: view.quantity,
+        source: view.source,
+        source_node: view.source_node.to_string(),
+        legs: view
+            .legs
+            .into_iter()
+            .map(|leg| LegRow { from: leg.from.to_string(), to: leg.to, status: leg.status })
+            .collect(),
+        assignee: view.assignee.map(|a| a.to_string()),
+        entrusted_to: view.entrusted_to.map(|n| n.to_string()).unwrap_or_default(),
+        status: view.status,
+        next_leg,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DashboardQuery {
+    notice: Option<String>,
+    receipts_after: Option<ReceiptId>,
+    deliveries_after: Option<DeliveryId>,
+}
+
+/// Only known notices are shown: the query never puts text on the page.
+fn notice(key: Option<&str>) -> Option<&'static str> {
+    match key {
+        Some("planned") => Some("Planning ran."),
+        Some("issued") => Some("The leg was issued."),
+        Some("assigned") => Some("The delivery was assigned."),
+        _ => None,
+    }
+}
+
+fn internal(err: impl std::fmt::Display) -> PageError {
+    PageError::Internal(err.to_string())
+}
+
+pub async fn dashboard(
+    state: State,
+    user: PageUser,
+    query: web::Query<DashboardQuery>,
+) -> Result<HttpResponse, PageError> {
+    let notice = notice(query.notice.as_deref());
+    match user.principal.role {
+        Role::Dispatcher => dispatcher_page(&state, &user, &query, notice, None, StatusCode::OK).await,
+        Role::Seller => seller_page(&state, &user, notice, None, StatusCode::OK).await,
+        role => Err(PageError::Forbidden(format!(
+            "The dashboard is for dispatchers and sellers; {} is {}.",
+            user.principal.username,
+            role.with_article()
+        ))),
+    }
+}
+
+async fn dispatcher_page(
+    state: &AppState,
+    user: &PageUser,
+    query: &DashboardQuery,
+    notice: Option<&str>,
+    alert: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, PageError> {
+    let store = state.store.as_ref();
+    let principal = &user.principal;
+    let backorders = orders::receipts(
+        store,
+        principal,
+        ReceiptQuery { backordered: Some(true), limit: PAGE * 4, ..ReceiptQuery::default() },
+    )
+    .await?;
+    let receipts = orders::receipts(
+        store,
+        principal,
+        ReceiptQuery {
+            after: query.receipts_after.as_ref().and_then(ReceiptId::seq),
+            limit: PAGE,
+            ..ReceiptQuery::default()
+        },
+    )
+    .await?;
+    let open = DeliveryQuery {
+        open_only: true,
+        after: query.deliveries_after.as_ref().and_then(DeliveryId::seq),
+        limit: PAGE,
+        ..DeliveryQuery::default()
+    };
+    let deliveries = shipments::deliveries(store, principal, open).await.map_err(page_error)?;
+    let unassigned = DeliveryQuery { open_only: true, limit: PAGE * 4, ..DeliveryQuery::default() };
+    let waiting: Vec<DeliveryRow> = shipments::deliveries(store, principal, unassigned)
+        .await
+        .map_err(page_error)?
+        .iter()
+        .filter(|d| d.assignee.is_none() && matches!(d.carrier, crate::domain::shipments::Carrier::Seller { .. }))
+        .map(delivery_row)
+        .collect();
+    let stock = store
+        .all_balances()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|(node, item, balance)| StockRow {
+            node: node.to_string(),
+            item_id: item.to_string(),
+            on_hand: balance.on_hand,
+            reserved: balance.reserved,
+            available: balance.available(),
+        })
+        .collect();
+    let csrf = user.csrf()?;
+    Ok(html(
+        status,
+        &DashboardPage {
+            username: principal.username.as_str(),
+            csrf: &csrf,
+            notice,
+            alert,
+            backorders: backorders.iter().map(receipt_row).collect(),
+            waiting,
+            deliveries_next: (deliveries.len() == PAGE)
+                .then(|| deliveries.last().map(|d| d.delivery_id.to_string()))
+                .flatten(),
+            deliveries: deliveries.iter().map(delivery_row).collect(),
+            receipts_next: (receipts.len() == PAGE)
+                .then(|| receipts.last().map(|r| r.receipt_id.to_string()))
+                .flatten(),
+            receipts: receipts.iter().map(receipt_row).collect(),
+            stock,
+        },
+    ))
+}
+
+async fn seller_page(
+    state: &AppState,
+    user: &PageUser,
+    notice: Option<&str>,
+    alert: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, PageError> {
+    let store = state.store.as_ref();
+    let seller = user.principal.node_id.clone().ok_or_else(|| internal("a seller account without a node"))?;
+    let query = DeliveryQuery { open_only: true, limit: PAGE * 4, ..DeliveryQuery::default() };
+    let deliveries = shipments::deliveries(store, &user.principal, query).await.map_err(page_error)?;
+    let servicemen = store
+        .accounts()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .filter(|a| matches!(&a.membership, Membership::Serviceman { node_id } if *node_id == seller))
+        .map(|a| a.username)
+        .collect();
+    let csrf = user.csrf()?;
+    Ok(html(
+        status,
+        &SellerPage {
+            username: user.principal.username.as_str(),
+            csrf: &csrf,
+            seller: seller.as_str(),
+            notice,
+            alert,
+            deliveries: deliveries.iter().map(delivery_row).collect(),
+            servicemen,
+        },
+    ))
+}
+
+fn page_error(failure: ShipmentFailure) -> PageError {
+    match failure {
+        ShipmentFailure::NotFound(message) => PageError::NotFound(message),
+        ShipmentFailure::Forbidden(forbidden) => PageError::Forbidden(forbidden.to_string()),
+        ShipmentFailure::Store(err) => internal(err),
+        other => PageError::BadRequest(other.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfOnly {
+    csrf: Option<String>,
+}
+
+fn dispatcher_only(user: &PageUser) -> Result<(), PageError> {
+    if user.principal.role == Role::Dispatcher {
+        Ok(())
+    } else {
+        Err(PageError::Forbidden(format!(
+            "Only dispatchers may do this; {} is {}.",
+            user.principal.username,
+            user.principal.role.with_article()
+        )))
+    }
+}
+
+pub async fn run_planning(state: State, user: PageUser, form: web::Form<CsrfOnly>) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    dispatcher_only(&user)?;
+    shipments::run(state.store.as_ref()).await.map_err(page_error)?;
+    Ok(redirect("/dashboard?notice=planned"))
+}
+
+pub async fn issue_leg(
+    state: State,
+    user: PageUser,
+    path: web::Path<LegId>,
+    form: web::Form<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    dispatcher_only(&user)?;
+    match shipments::issue_leg(state.store.as_ref(), &path).await {
+        Ok(_) => Ok(redirect("/dashboard?notice=issued")),
+        Err(failure @ ShipmentFailure::Leg(_)) => {
+            let query = DashboardQuery { notice: None, receipts_after: None, deliveries_after: None };
+            dispatcher_page(&state, &user, &query, None, Some(failure.to_string()), StatusCode::CONFLICT).await
+        }
+        Err(other) => Err(page_error(other)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AssignForm {
+    csrf: Option<String>,
+    assignee: Option<String>,
+}
+
+pub async fn assign(
+    state: State,
+    user: PageUser,
+    path: web::Path<DeliveryId>,
+    form: web::Form<AssignForm>,
+) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    let assignee = Username::parse(form.assignee.clone().unwrap_or_default())
+        .map_err(|_| PageError::BadRequest("Choose a serviceman to assign.".into()))?;
+    match shipments::assign(state.store.as_ref(), &user.principal, &path, &assignee).await {
+        Ok(_) => Ok(redirect("/dashboard?notice=assigned")),
+        Err(failure @ (ShipmentFailure::Assign(_) | ShipmentFailure::Invalid { .. })) => {
+            let alert = Some(failure.to_string());
+            match user.principal.role {
+                Role::Seller => seller_page(&state, &user, None, alert, StatusCode::UNPROCESSABLE_ENTITY).await,
+                _ => {
+                    let query = DashboardQuery { notice: None, receipts_after: None, deliveries_after: None };
+                    dispatcher_page(&state, &user, &query, None, alert, StatusCode::UNPROCESSABLE_ENTITY).await
+                }
+            }
+        }
+        Err(other) => Err(page_error(other)),
+    }
+}

@@ -1,0 +1,183 @@
+//! The shipment endpoints: planning runs, deliveries, assignment, goods
+//! receipts and leg issues.
+
+use actix_web::{web, HttpResponse};
+use handover_shared::{
+    api::{
+        AssignRequest, AssignmentView, DeliveryView, GoodsReceiptRequest, GoodsReceiptResult, LegView, PlannedDelivery,
+        ShipmentRun, StockLevel,
+    },
+    DeliveryId, LegId, NodeId,
+};
+use serde::Deserialize;
+
+use super::{
+    error::ApiError,
+    extract::{Auth, DeliveryAssigner, DeliveryReader, Dispatcher},
+    AppState,
+};
+use crate::{
+    domain::shipments::{Carrier, Delivery, Destination, LegStatus},
+    shipments,
+    store::{DeliveryQuery, PlanResult},
+};
+
+type State = web::Data<AppState>;
+
+pub fn run_view(results: &[PlanResult]) -> ShipmentRun {
+    let mut run = ShipmentRun::default();
+    for result in results {
+        match result {
+            PlanResult::Planned(delivery) => run.planned.push(PlannedDelivery {
+                receipt_id: delivery.receipt_id.clone(),
+                delivery_id: delivery.delivery_id.clone(),
+                source: delivery.source.as_str().to_owned(),
+                source_node: delivery.source_node.clone(),
+                assignee: delivery.assignee.clone(),
+                entrusted_to: entrusted_to(delivery),
+            }),
+            PlanResult::Backordered(receipt_id) => run.backordered.push(receipt_id.clone()),
+        }
+    }
+    run
+}
+
+fn entrusted_to(delivery: &Delivery) -> Option<NodeId> {
+    match &delivery.carrier {
+        Carrier::Seller { seller } => Some(seller.clone()),
+        Carrier::Distributor { .. } => None,
+    }
+}
+
+pub fn delivery_view(delivery: &Delivery) -> DeliveryView {
+    DeliveryView {
+        delivery_id: delivery.delivery_id.clone(),
+        receipt_id: delivery.receipt_id.clone(),
+        customer_id: delivery.customer_id.clone(),
+        item_id: delivery.item_id.clone(),
+        quantity: delivery.quantity,
+        source: delivery.source.as_str().to_owned(),
+        source_node: delivery.source_node.clone(),
+        delivering_node: delivery.delivering_node().clone(),
+        legs: delivery
+            .legs
+            .iter()
+            .map(|leg| LegView {
+                leg_id: leg.leg_id.clone(),
+                from: leg.from.clone(),
+                to: match &leg.to {
+                    Destination::Node(node) => node.to_string(),
+                    Destination::Customer(customer) => format!("customer:{customer}"),
+                },
+                status: match leg.status {
+                    LegStatus::Planned => "planned",
+                    LegStatus::Issued => "issued",
+                    LegStatus::Completed => "completed",
+                }
+                .to_owned(),
+            })
+            .collect(),
+        assignee: delivery.assignee.clone(),
+        entrusted_to: entrusted_to(delivery),
+        status: delivery.status().as_str().to_owned(),
+        version: delivery.version,
+        assignments: delivery
+            .assignments
+            .iter()
+            .map(|a| AssignmentView { version: a.version, assignee: a.assignee.clone(), at: a.at, by: a.by.clone() })
+            .collect(),
+    }
+}
+
+pub async fn run(state: State, _caller: Auth<Dispatcher>) -> Result<HttpResponse, ApiError> {
+    let results = shipments::run(state.store.as_ref()).await?;
+    Ok(HttpResponse::Ok().json(run_view(&results)))
+}
+
+pub async fn goods_receipt(
+    state: State,
+    _caller: Auth<Dispatcher>,
+    path: web::Path<NodeId>,
+    body: web::Json<GoodsReceiptRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let node_id = path.into_inner();
+    let (balance, results) =
+        shipments::goods_receipt(state.store.as_ref(), &node_id, &body.item_id, body.quantity).await?;
+    Ok(HttpResponse::Ok().json(GoodsReceiptResult {
+        node_id,
+        stock: StockLevel {
+            item_id: body.item_id.clone(),
+            on_hand: balance.on_hand,
+            reserved: balance.reserved,
+            available: balance.available(),
+        },
+        run: run_view(&results),
+    }))
+}
+
+pub async fn show(
+    state: State,
+    caller: Auth<DeliveryReader>,
+    path: web::Path<DeliveryId>,
+) -> Result<HttpResponse, ApiError> {
+    let delivery = shipments::delivery(state.store.as_ref(), &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(delivery_view(&delivery)))
+}
+
+/// The largest page of deliveries.
+pub const MAX_PAGE: usize = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryFilter {
+    open: Option<bool>,
+    after: Option<DeliveryId>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    state: State,
+    caller: Auth<DeliveryReader>,
+    filter: web::Query<DeliveryFilter>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = filter.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            code: "invalid_query",
+            message: format!("limit must be from 1 to {MAX_PAGE}"),
+        });
+    }
+    let after = match &filter.after {
+        None => None,
+        Some(id) => Some(id.seq().ok_or_else(|| ApiError::BadRequest {
+            code: "invalid_query",
+            message: format!("after must be a delivery id like D-000123, not {id}"),
+        })?),
+    };
+    let query = DeliveryQuery { open_only: filter.open.unwrap_or(false), after, limit, ..DeliveryQuery::default() };
+    let deliveries = shipments::deliveries(state.store.as_ref(), &caller, query).await?;
+    let next_after = (deliveries.len() == limit).then(|| deliveries.last().map(|d| d.delivery_id.clone())).flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "deliveries": deliveries.iter().map(delivery_view).collect::<Vec<_>>(),
+        "next_after": next_after,
+    })))
+}
+
+pub async fn assign(
+    state: State,
+    caller: Auth<DeliveryAssigner>,
+    path: web::Path<DeliveryId>,
+    body: web::Json<AssignRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let delivery = shipments::assign(state.store.as_ref(), &caller, &path, &body.assignee).await?;
+    Ok(HttpResponse::Ok().json(delivery_view(&delivery)))
+}
+
+pub async fn issue_leg(
+    state: State,
+    _caller: Auth<Dispatcher>,
+    path: web::Path<LegId>,
+) -> Result<HttpResponse, ApiError> {
+    let delivery = shipments::issue_leg(state.store.as_ref(), &path).await?;
+    Ok(HttpResponse::Ok().json(delivery_view(&delivery)))
+}
