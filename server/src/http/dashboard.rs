@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{
     pages::{check_csrf, html, redirect, PageError, PageUser},
+    paging,
     shipments::delivery_view,
     AppState,
 };
@@ -237,9 +238,7 @@ async fn dispatcher_page(
             alert,
             backorders: backorders.iter().map(receipt_row).collect(),
             waiting,
-            deliveries_next: (deliveries.len() == PAGE)
-                .then(|| deliveries.last().map(|d| d.delivery_id.to_string()))
-                .flatten(),
+            deliveries_next: paging::next_after(&deliveries, PAGE, |d| d.delivery_id.to_string()),
             deliveries: deliveries.iter().map(delivery_row).collect(),
             receipts_next: (receipts.len() == PAGE)
                 .then(|| receipts.last().map(|r| r.receipt_id.to_string()))

@@ -8,6 +8,7 @@ pub mod extract;
 mod handlers;
 mod orders;
 pub mod pages;
+mod paging;
 mod shipments;
 
 use std::sync::Arc;

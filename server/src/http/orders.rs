@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{
     error::ApiError,
     extract::{Auth, OrderPlacer},
-    AppState,
+    paging, AppState,
 };
 use crate::{
     domain::orders::{Draft, DraftState, OrderField, OrderProblem, OrderProblemCode, RawOrder, RawQuantity, Receipt},
@@ -169,9 +169,6 @@ pub async fn receipt(
     Ok(HttpResponse::Ok().json(receipt_view(&receipt)))
 }
 
-/// The largest page of receipts.
-pub const MAX_PAGE: usize = 500;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptFilter {
@@ -191,20 +188,8 @@ pub async fn list_receipts(
     filter: web::Query<ReceiptFilter>,
 ) -> Result<HttpResponse, ApiError> {
     let filter = filter.into_inner();
-    let limit = filter.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("limit must be from 1 to {MAX_PAGE}"),
-        });
-    }
-    let after = match &filter.after {
-        None => None,
-        Some(id) => Some(id.seq().ok_or_else(|| ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("after must be a receipt id like R-000123, not {id}"),
-        })?),
-    };
+    let limit = paging::limit(filter.limit)?;
+    let after = paging::after(filter.after.as_ref(), ReceiptId::seq, "a receipt id like R-000123")?;
     let query = ReceiptQuery {
         customer_id: filter.customer_id,
         delivered: filter.delivered,
@@ -214,7 +199,7 @@ pub async fn list_receipts(
         limit,
     };
     let receipts = orders::receipts(state.store.as_ref(), &caller, query).await?;
-    let next_after = (receipts.len() == limit).then(|| receipts.last().map(|r| r.receipt_id.clone())).flatten();
+    let next_after = paging::next_after(&receipts, limit, |r| r.receipt_id.clone());
     Ok(HttpResponse::Ok().json(ReceiptPage { receipts: receipts.iter().map(receipt_view).collect(), next_after }))
 }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::{
     error::ApiError,
     extract::{Auth, DeliveryAssigner, DeliveryReader, Dispatcher},
-    AppState,
+    paging, AppState,
 };
 use crate::{
     domain::shipments::{Carrier, Delivery, Destination, LegStatus},
@@ -124,9 +124,6 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(delivery_view(&delivery)))
 }
 
-/// The largest page of deliveries.
-pub const MAX_PAGE: usize = 500;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryFilter {
@@ -140,23 +137,11 @@ pub async fn list(
     caller: Auth<DeliveryReader>,
     filter: web::Query<DeliveryFilter>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = filter.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("limit must be from 1 to {MAX_PAGE}"),
-        });
-    }
-    let after = match &filter.after {
-        None => None,
-        Some(id) => Some(id.seq().ok_or_else(|| ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("after must be a delivery id like D-000123, not {id}"),
-        })?),
-    };
+    let limit = paging::limit(filter.limit)?;
+    let after = paging::after(filter.after.as_ref(), DeliveryId::seq, "a delivery id like D-000123")?;
     let query = DeliveryQuery { open_only: filter.open.unwrap_or(false), after, limit, ..DeliveryQuery::default() };
     let deliveries = shipments::deliveries(state.store.as_ref(), &caller, query).await?;
-    let next_after = (deliveries.len() == limit).then(|| deliveries.last().map(|d| d.delivery_id.clone())).flatten();
+    let next_after = paging::next_after(&deliveries, limit, |d| d.delivery_id.clone());
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "deliveries": deliveries.iter().map(delivery_view).collect::<Vec<_>>(),
         "next_after": next_after,
