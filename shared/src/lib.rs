@@ -8,6 +8,7 @@
 pub mod api;
 pub mod ids;
 pub mod kinds;
+pub mod sync;
 
 pub use ids::{CustomerId, DeliveryId, DeviceId, IdError, ItemId, LegId, NodeId, OrderId, ReceiptId, Username};
 pub use kinds::{NodeKind, Role, UnknownName};

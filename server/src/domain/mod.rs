@@ -3,6 +3,7 @@
 //! directly.
 
 pub mod access;
+pub mod confirmations;
 #[cfg(test)]
 mod fixtures;
 pub mod network;

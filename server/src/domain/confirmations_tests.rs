@@ -1,0 +1,188 @@
+//! Tests of the confirmation rules.
+
+use handover_shared::{
+    sync::{Confirmation, FailureReason, Outcome},
+    CustomerId, DeliveryId, ItemId, NodeId, ReceiptId,
+};
+use rstest::rstest;
+
+use super::*;
+use crate::domain::shipments::{Assignment, Carrier, Delivery, DeliveryState, Source};
+
+fn name(raw: &str) -> Username {
+    Username::parse(raw).expect("id")
+}
+
+/// A delivery of 3 units, assigned to exp1 at version 1, then to exp2 at version 2.
+fn delivery() -> Delivery {
+    let at = OffsetDateTime::UNIX_EPOCH;
+    Delivery {
+        delivery_id: DeliveryId::from_seq(1),
+        receipt_id: ReceiptId::from_seq(1),
+        customer_id: CustomerId::parse("C1").expect("id"),
+        item_id: ItemId::parse("TC-100").expect("id"),
+        quantity: 3,
+        source: Source::Branch1,
+        source_node: NodeId::parse("B1").expect("id"),
+        legs: Vec::new(),
+        carrier: Carrier::Distributor { branch: NodeId::parse("B1").expect("id") },
+        assignee: Some(name("exp2")),
+        version: 2,
+        assignments: vec![
+            Assignment { version: 1, assignee: Some(name("exp1")), at, by: "planner".into() },
+            Assignment { version: 2, assignee: Some(name("exp2")), at, by: "disp".into() },
+        ],
+        state: DeliveryState::Open,
+        planned_at: at,
+    }
+}
+
+fn delivered(version: u64) -> Confirmation {
+    Confirmation {
+        confirmation_id: "0192f1a2-0000-7000-8000-000000000001".into(),
+        delivery_id: DeliveryId::from_seq(1),
+        version,
+        outcome: Outcome::Delivered,
+        reason: None,
+        note: None,
+        quantity: 3,
+        recipient: Some("Ms Reception".into()),
+        empties_collected: 2,
+        // Days ahead: the device clock decides nothing.
+        captured_at: OffsetDateTime::now_utc() + time::Duration::days(9),
+        position: None,
+        signature: Some("data:image/png;base64,iVBORw0KGgo=".into()),
+        photo_digest: None,
+    }
+}
+
+fn failed(reason: FailureReason, note: Option<&str>) -> Confirmation {
+    Confirmation {
+        outcome: Outcome::Failed,
+        reason: Some(reason),
+        note: note.map(Into::into),
+        quantity: 0,
+        recipient: None,
+        empties_collected: 0,
+        ..delivered(2)
+    }
+}
+
+fn code(verdict: Verdict) -> Option<&'static str> {
+    match verdict {
+        Verdict::Reject { code, .. } => Some(code.as_str()),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_current_assignee_confirms_a_delivery() {
+    let c = delivered(2);
+    assert_eq!(judge(&c, &digest(&c), &name("exp2"), None, Some(&delivery())), Verdict::Apply);
+}
+
+#[test]
+fn a_courier_reassigned_since_capture_is_honoured_for_the_version_it_held() {
+    let c = delivered(1);
+    assert_eq!(judge(&c, &digest(&c), &name("exp1"), None, Some(&delivery())), Verdict::Apply);
+}
+
+#[test]
+fn a_version_the_uploader_never_held_is_not_its_delivery() {
+    let c = delivered(2);
+    let verdict = judge(&c, &digest(&c), &name("exp1"), None, Some(&delivery()));
+    assert_eq!(
+        verdict,
+        Verdict::Reject {
+            code: RejectCode::NotAssignee,
+            message: "exp1 did not hold delivery D-000001 at version 2".into()
+        }
+    );
+    let c = delivered(7);
+    assert_eq!(code(judge(&c, &digest(&c), &name("exp2"), None, Some(&delivery()))), Some("not_assignee"));
+}
+
+#[test]
+fn a_retry_gets_the_first_outcome_and_other_content_under_the_same_id_is_refused() {
+    let c = delivered(2);
+    let seen = SeenConfirmation {
+        confirmation_id: c.confirmation_id.clone(),
+        digest: digest(&c),
+        delivery_id: c.delivery_id.clone(),
+        uploader: name("exp2"),
+        device_id: DeviceId::parse("hh-1").expect("id"),
+        received_at: OffsetDateTime::UNIX_EPOCH,
+        outcome: FirstOutcome::Accepted,
+    };
+    let mut now_delivered = delivery();
+    now_delivered.state = DeliveryState::Delivered;
+    assert_eq!(
+        judge(&c, &digest(&c), &name("exp2"), Some(&seen), Some(&now_delivered)),
+        Verdict::Replay(FirstOutcome::Accepted),
+        "the retry of an accepted confirmation is not refused as already delivered"
+    );
+    let mut other = c.clone();
+    other.recipient = Some("Someone else".into());
+    assert_eq!(code(judge(&other, &digest(&other), &name("exp2"), Some(&seen), None)), Some("conflicting_duplicate"));
+}
+
+#[test]
+fn a_delivery_confirmed_first_by_another_refuses_the_later_one() {
+    let mut done = delivery();
+    done.state = DeliveryState::Delivered;
+    let c = delivered(1);
+    assert_eq!(code(judge(&c, &digest(&c), &name("exp1"), None, Some(&done))), Some("already_delivered"));
+    done.state = DeliveryState::Cancelled;
+    assert_eq!(code(judge(&c, &digest(&c), &name("exp1"), None, Some(&done))), Some("delivery_cancelled"));
+}
+
+#[test]
+fn a_failure_with_its_reason_is_applied() {
+    let c = failed(FailureReason::CustomerAbsent, None);
+    assert_eq!(judge(&c, &digest(&c), &name("exp2"), None, Some(&delivery())), Verdict::Apply);
+    let c = failed(FailureReason::Other, Some("gate locked"));
+    assert_eq!(judge(&c, &digest(&c), &name("exp2"), None, Some(&delivery())), Verdict::Apply);
+}
+
+#[rstest]
+#[case::not_a_uuid(|c: &mut Confirmation| c.confirmation_id = "abc".into())]
+#[case::version_zero(|c: &mut Confirmation| c.version = 0)]
+#[case::no_recipient(|c: &mut Confirmation| c.recipient = None)]
+#[case::blank_recipient(|c: &mut Confirmation| c.recipient = Some("   ".into()))]
+#[case::nothing_handed_over(|c: &mut Confirmation| c.quantity = 0)]
+#[case::more_than_the_delivery(|c: &mut Confirmation| c.quantity = 4)]
+#[case::reason_on_a_delivery(|c: &mut Confirmation| c.reason = Some(FailureReason::Refused))]
+#[case::failed_without_reason(|c: &mut Confirmation| { c.outcome = Outcome::Failed; c.quantity = 0; c.empties_collected = 0; })]
+#[case::other_without_note(|c: &mut Confirmation| { *c = failed(FailureReason::Other, Some(" ")); })]
+#[case::failed_handing_over(|c: &mut Confirmation| { *c = failed(FailureReason::Refused, None); c.quantity = 1; })]
+#[case::huge_note(|c: &mut Confirmation| c.note = Some("x".repeat(MAX_NOTE_LEN + 1)))]
+#[case::control_characters(|c: &mut Confirmation| c.recipient = Some("Ms\u{0}R".into()))]
+#[case::too_many_empties(|c: &mut Confirmation| c.empties_collected = MAX_EMPTIES + 1)]
+#[case::signature_not_png(|c: &mut Confirmation| c.signature = Some("<svg/>".into()))]
+#[case::signature_too_big(|c: &mut Confirmation| c.signature = Some(format!("data:image/png;base64,{}", "A".repeat(MAX_SIGNATURE_BYTES))))]
+#[case::bad_photo_digest(|c: &mut Confirmation| c.photo_digest = Some("beef".into()))]
+#[case::position_off_earth(|c: &mut Confirmation| c.position = Some(handover_shared::sync::Position { lat: 91.0, lon: 0.0, accuracy_m: None }))]
+fn invalid_data_is_rejected_as_invalid(#[case] spoil: fn(&mut Confirmation)) {
+    let mut c = delivered(2);
+    spoil(&mut c);
+    assert_eq!(code(judge(&c, &digest(&c), &name("exp2"), None, Some(&delivery()))), Some("invalid"));
+}
+
+#[test]
+fn an_unknown_delivery_is_invalid() {
+    let c = delivered(2);
+    assert_eq!(
+        judge(&c, &digest(&c), &name("exp2"), None, None),
+        Verdict::Reject { code: RejectCode::Invalid, message: "there is no delivery D-000001".into() }
+    );
+}
+
+#[test]
+fn the_digest_tells_content_apart_and_ignores_nothing() {
+    let c = delivered(2);
+    let mut d = c.clone();
+    assert_eq!(digest(&c), digest(&d));
+    d.empties_collected += 1;
+    assert_ne!(digest(&c), digest(&d));
+    assert_eq!(digest(&c).len(), 64);
+}

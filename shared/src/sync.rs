@@ -1,0 +1,154 @@
+//! The sync protocol between the handheld agent and the server: the
+//! assignments a courier pulls, and the delivery confirmations it pushes.
+//!
+//! Compatibility: the agent must ignore fields it does not know in what it
+//! pulls; the server refuses unknown fields in what is pushed.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{CustomerId, DeliveryId, DeviceId, ItemId, NodeId, ReceiptId};
+
+/// What the courier reports happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Delivered,
+    Failed,
+}
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    CustomerAbsent,
+    Refused,
+    Damaged,
+    WrongAddress,
+    /// Needs a note saying what happened.
+    Other,
+}
+
+/// Where the handheld was, when it knew.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    pub lat: f64,
+    pub lon: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy_m: Option<f64>,
+}
+
+/// One delivery confirmation, as captured on the handheld.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// Made by the agent (a UUID) before it says "saved"; the key of exactly-once.
+    pub confirmation_id: String,
+    pub delivery_id: DeliveryId,
+    /// The assignment version the handheld held when the courier captured this.
+    pub version: u64,
+    pub outcome: Outcome,
+    /// Required when `outcome` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Units handed over (`delivered`); 0 for `failed`.
+    pub quantity: u32,
+    /// Who took the goods (`delivered`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Used cartridges taken back.
+    #[serde(default)]
+    pub empties_collected: u32,
+    /// The handheld's clock: recorded, never trusted for decisions.
+    #[serde(with = "time::serde::rfc3339")]
+    pub captured_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    /// A drawn signature, as a `data:image/png;base64,...` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// SHA-256 (hex) of a photo kept on the handheld.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo_digest: Option<String>,
+}
+
+/// `POST /api/v1/sync/confirmations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationBatch {
+    pub device_id: DeviceId,
+    pub confirmations: Vec<Confirmation>,
+}
+
+/// What became of one pushed confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultStatus {
+    /// Applied now. Remove it from the outbox.
+    Accepted,
+    /// Already applied with the same content. Remove it from the outbox.
+    Duplicate,
+    /// Will never be applied; `code` says why. Move it to the rejected list.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationResult {
+    pub confirmation_id: String,
+    pub status: ResultStatus,
+    /// For `rejected`: `not_assignee`, `delivery_cancelled`, `already_delivered`,
+    /// `conflicting_duplicate` or `invalid`. New codes may be added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The answer to a batch: one result per confirmation, in order. The server
+/// answers only once what it accepted is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationResults {
+    pub results: Vec<ConfirmationResult>,
+}
+
+/// How an assignment stands for the courier who pulls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentStatus {
+    /// The goods are not at the delivering node yet.
+    Upcoming,
+    Ready,
+    Delivered,
+    Cancelled,
+    /// Given to another courier: drop it from the handheld.
+    ReassignedAway,
+}
+
+/// One assignment as the handheld keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub delivery_id: DeliveryId,
+    /// Quote it in confirmations captured under this assignment.
+    pub version: u64,
+    pub status: AssignmentStatus,
+    pub receipt_id: ReceiptId,
+    pub customer_id: CustomerId,
+    pub customer_name: String,
+    pub item_id: ItemId,
+    pub item_name: String,
+    pub quantity: u32,
+    pub empties_expected: u32,
+    /// Where the courier picks the goods up.
+    pub pickup_node: NodeId,
+}
+
+/// `GET /api/v1/sync/assignments?since=CURSOR`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentChanges {
+    /// Pass as `since` next time.
+    pub cursor: String,
+    pub assignments: Vec<Assignment>,
+}
