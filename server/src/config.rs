@@ -155,7 +155,28 @@ impl Settings {
         if overrides.demo {
             builder = builder.set_override("demo", true)?;
         }
-        builder.build()?.try_deserialize()
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Bounds that keep time arithmetic sane.
+    fn check(&self) -> Result<(), config::ConfigError> {
+        const YEAR: u64 = 365 * 24 * 3600;
+        let bounded = [
+            ("auth.access_ttl_secs", self.auth.access_ttl_secs, 24 * 3600),
+            ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs, YEAR),
+            ("orders.draft_ttl_secs", self.orders.draft_ttl_secs, YEAR),
+        ];
+        for (key, value, max) in bounded {
+            if value > max {
+                return Err(config::ConfigError::Message(format!("{key} must be at most {max}, got {value}")));
+            }
+        }
+        if self.auth.access_ttl_secs == 0 || self.auth.refresh_ttl_secs == 0 {
+            return Err(config::ConfigError::Message("token lifetimes must be at least 1 second".into()));
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +207,15 @@ mod tests {
         std::fs::write(&bad, "[auth]\naccess_ttl = 60\n").expect("write");
         let err = Settings::load(Some(&bad), &Overrides::default()).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("access_ttl")), "unknown key named in the error");
+    }
+
+    #[test]
+    fn lifetimes_out_of_bounds_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ttl.toml");
+        std::fs::write(&file, "[orders]\ndraft_ttl_secs = 1000000000000\n").expect("write");
+        let err = Settings::load(Some(&file), &Overrides::default()).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("orders.draft_ttl_secs must be at most 31536000, got 1000000000000"));
     }
 
     #[test]

@@ -59,8 +59,14 @@ pub async fn draft(store: &dyn Store, principal: &Principal, id: &OrderId) -> Re
 
 /// The open drafts the principal may see, newest first.
 pub async fn open_drafts(store: &dyn Store, principal: &Principal) -> Result<Vec<Draft>, OrderFailure> {
-    let customer = if principal.is_dispatcher() { None } else { principal.customer_id.clone() };
-    Ok(store.open_drafts(customer.as_ref()).await?)
+    if principal.is_dispatcher() {
+        return Ok(store.open_drafts(None).await?);
+    }
+    let customer = principal
+        .customer_id
+        .as_ref()
+        .ok_or_else(|| Forbidden(format!("{} has no orders to list", principal.username)))?;
+    Ok(store.open_drafts(Some(customer)).await?)
 }
 
 /// Confirms a draft: the receipt, and whether this call created it (a repeated

@@ -83,6 +83,7 @@ pub async fn run(store: &dyn Store) -> Result<Vec<PlanResult>, ShipmentFailure> 
 /// the item's stock at the node after that planning run.
 pub async fn goods_receipt(
     store: &dyn Store,
+    planner: &Planner,
     node_id: &NodeId,
     item_id: &ItemId,
     quantity: u32,
@@ -99,7 +100,13 @@ pub async fn goods_receipt(
     }
     store.goods_receipt(node_id, item_id, quantity, OffsetDateTime::now_utc()).await?;
     tracing::info!(node_id = %node_id, item_id = %item_id, quantity, "goods receipt");
-    let results = run(store).await?;
+    // The goods receipt is durable: a planning failure must not make the client
+    // retry it (and count the goods twice); the background planner tries again.
+    let results = run(store).await.unwrap_or_else(|err| {
+        tracing::error!(error = %err, "planning after a goods receipt failed");
+        planner.trigger();
+        Vec::new()
+    });
     // The figure after the run, which may have reserved some of what arrived.
     let balance = store
         .node_stock(node_id)
@@ -127,7 +134,11 @@ pub async fn deliveries(
     use handover_shared::Role;
     match principal.role {
         Role::Dispatcher => {}
-        Role::Seller => query.entrusted_to = principal.node_id.clone(),
+        Role::Seller => {
+            let seller = principal.node_id.clone();
+            query.entrusted_to =
+                Some(seller.ok_or_else(|| Forbidden(format!("seller {} has no node", principal.username)))?);
+        }
         Role::Expediter | Role::Serviceman => query.assignee = Some(principal.username.clone()),
         Role::Admin | Role::Customer => {
             return Err(Forbidden(format!("{} {} has no deliveries", principal.role, principal.username)).into())

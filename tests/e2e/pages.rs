@@ -345,3 +345,34 @@ async fn a_seller_assigns_its_entrusted_deliveries_to_its_servicemen_on_its_page
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(page.contains("The dashboard is for dispatchers and sellers; cust1 is a customer."));
 }
+
+#[tokio::test]
+async fn login_follows_only_local_pages_whatever_is_hidden_in_next() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let client = server.page_client(&sandbox);
+    log_in(&client, &server, "cust1").await;
+    // Already logged in, /login sends the user on at once: to a safe place only.
+    for hostile in ["/%09/evil.example/x", "/order%0d%0aX:%20y", "//evil.example", "/%5Cevil.example", "/elsewhere"] {
+        let (status, _, location) = get(&client, &server, &format!("/login?next={hostile}")).await;
+        assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/order")), "{hostile}");
+    }
+    let (_, _, location) = get(&client, &server, "/login?next=/receipts/R-000001").await;
+    assert_eq!(location.as_deref(), Some("/receipts/R-000001"));
+}
+
+#[tokio::test]
+async fn a_re_import_changes_what_a_logged_in_page_user_may_do_at_once() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let client = server.page_client(&sandbox);
+    log_in(&client, &server, "cust1").await;
+    let (_, page, _) = get(&client, &server, "/order").await;
+    assert!(page.contains("Order for Office A"));
+
+    let admin = server.token("admin").await;
+    let moved = json!({"accounts": [{"username": "cust1", "password": "handover-demo", "role": "customer", "customer_id": "C2"}]});
+    assert_eq!(server.post("/api/v1/admin/network", &moved, Some(&admin)).await.0, StatusCode::OK);
+    let (_, page, _) = get(&client, &server, "/order").await;
+    assert!(page.contains("Order for Office B"), "the page session follows the account: {page}");
+}

@@ -207,12 +207,17 @@ async fn dispatcher_page(
         ..DeliveryQuery::default()
     };
     let deliveries = shipments::deliveries(store, principal, open).await.map_err(page_error)?;
-    let unassigned = DeliveryQuery { open_only: true, limit: PAGE * 4, ..DeliveryQuery::default() };
+    let unassigned = DeliveryQuery {
+        open_only: true,
+        entrusted_only: true,
+        unassigned_only: true,
+        limit: PAGE * 4,
+        ..DeliveryQuery::default()
+    };
     let waiting: Vec<DeliveryRow> = shipments::deliveries(store, principal, unassigned)
         .await
         .map_err(page_error)?
         .iter()
-        .filter(|d| d.assignee.is_none() && matches!(d.carrier, crate::domain::shipments::Carrier::Seller { .. }))
         .map(delivery_row)
         .collect();
     let stock = store

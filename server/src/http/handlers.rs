@@ -55,8 +55,13 @@ pub async fn import_network(
     let summary = run_import(state.store.as_ref(), &body).await?;
     tracing::info!(?summary, "network imported");
     // A stock count may have brought what a backorder waits for.
+    // The import is durable: a planning failure is logged and retried in the
+    // background, not reported as a failed import.
     if summary.stock > 0 {
-        crate::shipments::run(state.store.as_ref()).await?;
+        if let Err(err) = crate::shipments::run(state.store.as_ref()).await {
+            tracing::error!(error = %err, "planning after an import failed");
+            state.planner.trigger();
+        }
     }
     Ok(web::Json(summary))
 }

@@ -144,7 +144,15 @@ pub(super) fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
 /// Only local paths are followed after login, so the page cannot be used to send
 /// a user elsewhere.
 fn safe_next(next: Option<&str>) -> Option<&str> {
-    next.filter(|path| path.starts_with('/') && !path.starts_with("//") && !path.contains('\\'))
+    const PAGES: [&str; 3] = ["/order", "/receipts/", "/dashboard"];
+    next.filter(|path| {
+        // Printable ASCII only: browsers drop tabs and newlines from URLs, which
+        // would turn "/\t/evil.example" into "//evil.example"; and a header value
+        // cannot hold control characters.
+        path.bytes().all(|b| b.is_ascii_graphic())
+            && !path.contains('\\')
+            && PAGES.iter().any(|page| path.starts_with(page))
+    })
 }
 
 /// Where a role lands after login when no page was asked for.
@@ -196,7 +204,9 @@ impl std::fmt::Debug for PageUser {
 }
 
 impl PageUser {
-    fn from_request_sync(req: &HttpRequest) -> Result<Self, PageError> {
+    /// The logged-in user. The account is read again on every page, so that a
+    /// re-import that changes its role or its customer takes effect at once.
+    async fn load(req: &HttpRequest) -> Result<Self, PageError> {
         let next = req.uri().path_and_query().map_or("/order", |pq| pq.as_str()).to_owned();
         let session = req.get_session();
         let login = session.get::<LoggedIn>(SESSION_KEY).ok().flatten();
@@ -210,17 +220,23 @@ impl PageUser {
             session.purge();
             return Err(PageError::LoginRequired { next });
         }
+        let Some(account) =
+            state.store.account(&login.username).await.map_err(|err| PageError::Internal(err.to_string()))?
+        else {
+            session.purge();
+            return Err(PageError::LoginRequired { next });
+        };
         let span = tracing::Span::current();
         span.record("username", login.username.as_str());
         span.record("device_id", login.device_id.as_str());
         Ok(PageUser {
             principal: Principal {
-                username: login.username,
-                role: login.role,
+                username: account.username,
+                role: account.membership.role(),
                 device_id: login.device_id,
                 session_id: login.session_id,
-                node_id: login.node_id,
-                customer_id: login.customer_id,
+                node_id: account.membership.node_id().cloned(),
+                customer_id: account.membership.customer_id().cloned(),
             },
             refresh_token: login.refresh_token,
             session,
@@ -246,10 +262,11 @@ impl PageUser {
 
 impl FromRequest for PageUser {
     type Error = PageError;
-    type Future = std::future::Ready<Result<Self, PageError>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, PageError>>>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        std::future::ready(Self::from_request_sync(req))
+        let req = req.clone();
+        Box::pin(async move { Self::load(&req).await })
     }
 }
 
@@ -268,7 +285,7 @@ pub struct NextQuery {
 }
 
 pub async fn home(req: HttpRequest) -> HttpResponse {
-    match PageUser::from_request_sync(&req) {
+    match PageUser::load(&req).await {
         Ok(user) => redirect(landing(user.principal.role)),
         Err(_) => redirect("/login"),
     }
@@ -594,7 +611,16 @@ mod tests {
     fn only_local_paths_are_followed_after_login() {
         assert_eq!(safe_next(Some("/order")), Some("/order"));
         assert_eq!(safe_next(Some("/receipts/R-000001")), Some("/receipts/R-000001"));
-        for hostile in ["https://evil.example/", "//evil.example/", "/\\evil.example", "order", ""] {
+        for hostile in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "order",
+            "",
+            "/\t/evil.example/x",
+            "/order\r\nX: y",
+            "/somewhere-else",
+        ] {
             assert_eq!(safe_next(Some(hostile)), None, "{hostile}");
         }
         assert_eq!(safe_next(None), None);

@@ -102,7 +102,7 @@ pub async fn goods_receipt(
 ) -> Result<HttpResponse, ApiError> {
     let node_id = path.into_inner();
     let (balance, results) =
-        shipments::goods_receipt(state.store.as_ref(), &node_id, &body.item_id, body.quantity).await?;
+        shipments::goods_receipt(state.store.as_ref(), &state.planner, &node_id, &body.item_id, body.quantity).await?;
     Ok(HttpResponse::Ok().json(GoodsReceiptResult {
         node_id,
         stock: StockLevel {

@@ -80,6 +80,10 @@ pub struct DeliveryQuery {
     pub assignee: Option<Username>,
     /// Only those entrusted to this seller node.
     pub entrusted_to: Option<NodeId>,
+    /// Only those entrusted to some seller.
+    pub entrusted_only: bool,
+    /// Only those nobody carries yet.
+    pub unassigned_only: bool,
     pub after: Option<u64>,
     pub limit: usize,
 }

@@ -301,6 +301,9 @@ impl Store for SledStore {
     async fn import_network(&self, plan: ImportPlan, now: OffsetDateTime) -> Result<ImportSummary, ImportError> {
         let inner = Arc::clone(&self.inner);
         let summary = tokio::task::spawn_blocking(move || {
+            // No planning run may read customers and couriers while they change
+            // (same lock order as planning: `planning`, then `stock_gate`).
+            let _no_planning = inner.planning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let t = &inner.trees;
             let trees = (&t.nodes, &t.items, &t.customers, &t.accounts, &t.stock, &t.ledger);
@@ -621,7 +624,9 @@ impl Store for SledStore {
                 }))
             })
             .await?;
-        if changed {
+        // A replay is answered only once the first confirm is durable too: a
+        // double click must not see a receipt that a crash could still lose.
+        if changed || matches!(step, DraftStep::Done(_)) {
             self.inner.commit.durable().await?;
         }
         Ok(step)
@@ -798,22 +803,45 @@ impl Store for SledStore {
     async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError> {
         let query = query.clone();
         self.blocking(move |inner| {
+            let t = &inner.trees;
             let start = query.after.map_or(0, |after| after.saturating_add(1));
-            let mut page = Vec::new();
-            for entry in inner.trees.deliveries.range(start.to_be_bytes()..) {
-                if page.len() >= query.limit {
-                    break;
-                }
-                let (key, value) = entry.map_err(backend)?;
-                let delivery: Delivery = decode(&key, &value)?;
-                let keep = (!query.open_only || delivery.is_open())
+            let keep = |delivery: &Delivery| {
+                (!query.open_only || delivery.is_open())
+                    && (!query.unassigned_only || delivery.assignee.is_none())
                     && query.assignee.as_ref().is_none_or(|a| delivery.assignee.as_ref() == Some(a))
                     && query
                         .entrusted_to
                         .as_ref()
-                        .is_none_or(|n| matches!(&delivery.carrier, Carrier::Seller { seller } if seller == n));
-                if keep {
-                    page.push(delivery);
+                        .is_none_or(|n| matches!(&delivery.carrier, Carrier::Seller { seller } if seller == n))
+                    && (!query.entrusted_only || matches!(delivery.carrier, Carrier::Seller { .. }))
+            };
+            let mut page = Vec::new();
+            match &query.assignee {
+                // A courier's deliveries come from its index, not a scan of them all.
+                Some(courier) => {
+                    let prefix = pair_key(courier.as_str(), b"");
+                    let from = pair_key(courier.as_str(), &start.to_be_bytes());
+                    for key in t.courier_deliveries.range(from..).keys() {
+                        let key = key.map_err(backend)?;
+                        if !key.starts_with(&prefix) || page.len() >= query.limit {
+                            break;
+                        }
+                        if let Some(delivery) = get::<Delivery>(&t.deliveries, &key[prefix.len()..])?.filter(keep) {
+                            page.push(delivery);
+                        }
+                    }
+                }
+                None => {
+                    for entry in t.deliveries.range(start.to_be_bytes()..) {
+                        if page.len() >= query.limit {
+                            break;
+                        }
+                        let (key, value) = entry.map_err(backend)?;
+                        let delivery: Delivery = decode(&key, &value)?;
+                        if keep(&delivery) {
+                            page.push(delivery);
+                        }
+                    }
                 }
             }
             Ok(page)
@@ -963,8 +991,8 @@ fn tx_add_load(loads: &TransactionalTree, courier: &Username, delta: i64) -> TxR
     Ok(updated)
 }
 
-/// What planning needs of the network, read once per run (nothing is ever deleted
-/// and a node's kind never changes, so it cannot go stale within the run).
+/// What planning needs of the network, read once per run. Imports, which change
+/// customers and couriers, wait for the run to end (they take the planning lock).
 struct PlanningNetwork {
     customers: HashMap<CustomerId, Customer>,
     master: Option<NodeId>,
@@ -996,7 +1024,6 @@ impl PlanningNetwork {
 /// One planning run; returns what it did and whether it wrote anything.
 fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, bool), StoreError> {
     let _one_run_at_a_time = inner.planning.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     let t = &inner.trees;
     let pending: Vec<u64> = t
         .unplanned
@@ -1018,6 +1045,8 @@ fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, 
     let trees = (&t.receipts, &t.unplanned, &t.stock, &t.ledger, &t.deliveries, &t.courier_load, &t.courier_deliveries);
     for seq in pending {
         let key = seq.to_be_bytes();
+        // Held per receipt, not per run, so that an audit waits for one receipt only.
+        let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (result, wrote) =
             finish_store(trees.transaction(|(receipts, unplanned, stock, ledger, deliveries, loads, index)| {
                 let Some(mut receipt) = tx_get::<Receipt>(receipts, &key)?.filter(|r| !r.planned) else {
