@@ -8,3 +8,4 @@ mod helpers;
 mod orders;
 mod pages;
 mod shipments;
+mod sync;

@@ -56,6 +56,13 @@ impl Roles for DeliveryAssigner {
     const ALLOWED: &'static [Role] = &[Role::Dispatcher, Role::Seller];
 }
 
+/// The couriers: expediters and servicemen, who carry handhelds.
+#[derive(Debug)]
+pub enum Courier {}
+impl Roles for Courier {
+    const ALLOWED: &'static [Role] = &[Role::Expediter, Role::Serviceman];
+}
+
 /// An authenticated caller whose role is in `R`.
 #[derive(Debug)]
 pub struct Auth<R: Roles> {

@@ -10,6 +10,7 @@ mod orders;
 pub mod pages;
 mod paging;
 mod shipments;
+mod sync;
 
 use std::sync::Arc;
 
@@ -56,6 +57,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/deliveries/{delivery_id}").get(shipments::show))
                 .service(web::resource("/deliveries/{delivery_id}/assign").post(shipments::assign))
                 .service(web::resource("/legs/{leg_id}/issue").post(shipments::issue_leg))
+                .service(web::resource("/sync/assignments").get(sync::assignments))
                 .service(web::resource("/orders").post(orders::create).get(orders::list_drafts))
                 .service(web::resource("/orders/{order_id}").get(orders::show))
                 .service(web::resource("/orders/{order_id}/confirm").post(orders::confirm))

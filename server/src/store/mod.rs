@@ -223,6 +223,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         courier: &CourierAccount,
         now: OffsetDateTime,
     ) -> Result<Step<Delivery, AssignRefusal>, StoreError>;
+    /// The deliveries that changed for a courier after change number `cursor`
+    /// (assigned, reassigned away, moved towards ready...), each once, in the
+    /// order of their latest change; and the number of the last change read.
+    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<Delivery>, u64), StoreError>;
     /// Applies `check_issue` and moves the goods along the leg in the ledger.
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
 

@@ -95,6 +95,9 @@ struct Trees {
     courier_load: sled::Tree,
     /// `username \0 delivery number` to nothing: a courier's deliveries.
     courier_deliveries: sled::Tree,
+    /// `username \0 change number` to a big-endian delivery number: every change
+    /// to a delivery that a courier holds or held, in order; pulls read it.
+    courier_feed: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -207,6 +210,7 @@ impl SledStore {
             deliveries: tree("deliveries")?,
             courier_load: tree("courier_load")?,
             courier_deliveries: tree("courier_deliveries")?,
+            courier_feed: tree("courier_feed")?,
         };
         let commit = GroupCommit::start(db.clone())?;
         Ok(Self {
@@ -862,8 +866,8 @@ impl Store for SledStore {
         let (by, courier) = (by.clone(), courier.clone());
         self.write(move |inner| {
             let t = &inner.trees;
-            let trees = (&t.deliveries, &t.courier_load, &t.courier_deliveries);
-            finish_store(trees.transaction(|(deliveries, loads, index)| {
+            let trees = (&t.deliveries, &t.courier_load, &t.courier_deliveries, &t.counters, &t.courier_feed);
+            finish_store(trees.transaction(|(deliveries, loads, index, counters, feed)| {
                 let Some(mut delivery) = tx_get::<Delivery>(deliveries, &seq.to_be_bytes())? else {
                     return Ok(Step::NotFound);
                 };
@@ -876,9 +880,12 @@ impl Store for SledStore {
                 if let Some(previous) = &delivery.assignee {
                     tx_add_load(loads, previous, -1)?;
                     index.remove(pair_key(previous.as_str(), &seq.to_be_bytes()))?;
+                    // The previous courier learns on its next pull that it was reassigned away.
+                    tx_feed(counters, feed, previous, seq)?;
                 }
                 tx_add_load(loads, &courier.username, 1)?;
                 index.insert(pair_key(courier.username.as_str(), &seq.to_be_bytes()), &[])?;
+                tx_feed(counters, feed, &courier.username, seq)?;
                 delivery.version += 1;
                 delivery.assignee = Some(courier.username.clone());
                 delivery.assignments.push(Assignment {
@@ -904,7 +911,8 @@ impl Store for SledStore {
         self.write(move |inner| {
             let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let t = &inner.trees;
-            finish_store((&t.deliveries, &t.stock, &t.ledger).transaction(|(deliveries, stock, ledger)| {
+            let trees = (&t.deliveries, &t.stock, &t.ledger, &t.counters, &t.courier_feed);
+            finish_store(trees.transaction(|(deliveries, stock, ledger, counters, feed)| {
                 let Some(mut delivery) = tx_get::<Delivery>(deliveries, &seq.to_be_bytes())? else {
                     return Ok(Step::NotFound);
                 };
@@ -926,9 +934,48 @@ impl Store for SledStore {
                 tx_apply(stock, ledger, &delivery.item_id, &arriving, &Movement::Arrive { leg_id }, now)?;
                 delivery.legs[index].status = LegStatus::Issued;
                 delivery.legs[index].issued_at = Some(now);
+                if let Some(courier) = &delivery.assignee {
+                    // Its courier sees it move from upcoming towards ready.
+                    tx_feed(counters, feed, courier, seq)?;
+                }
                 tx_put(deliveries, &seq.to_be_bytes(), &delivery)?;
                 Ok(Step::Done(delivery))
             }))
+        })
+        .await
+    }
+
+    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<Delivery>, u64), StoreError> {
+        let courier = courier.clone();
+        self.blocking(move |inner| {
+            let t = &inner.trees;
+            let prefix = pair_key(courier.as_str(), b"");
+            let from = pair_key(courier.as_str(), &cursor.saturating_add(1).to_be_bytes());
+            let mut changed: Vec<u64> = Vec::new();
+            let mut last_change = cursor;
+            for entry in t.courier_feed.range(from..) {
+                let (key, value) = entry.map_err(backend)?;
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                let change: [u8; 8] =
+                    key[prefix.len()..].try_into().map_err(|_| StoreError::Backend("bad feed key".into()))?;
+                let delivery: [u8; 8] =
+                    value.as_ref().try_into().map_err(|_| StoreError::Backend("bad feed value".into()))?;
+                last_change = u64::from_be_bytes(change);
+                changed.push(u64::from_be_bytes(delivery));
+            }
+            // Each changed delivery once, at the place of its latest change.
+            let mut seen = std::collections::HashSet::new();
+            let mut latest: Vec<u64> = changed.into_iter().rev().filter(|seq| seen.insert(*seq)).collect();
+            latest.reverse();
+            let mut deliveries = Vec::with_capacity(latest.len());
+            for seq in latest {
+                if let Some(delivery) = get(&t.deliveries, &seq.to_be_bytes())? {
+                    deliveries.push(delivery);
+                }
+            }
+            Ok((deliveries, last_change))
         })
         .await
     }
@@ -981,6 +1028,19 @@ fn tx_apply(
     };
     tx_put(ledger, &seq.to_be_bytes(), &entry)?;
     Ok(updated)
+}
+
+/// Records that a delivery changed for a courier, under the next change number.
+fn tx_feed(
+    counters: &TransactionalTree,
+    feed: &TransactionalTree,
+    courier: &Username,
+    delivery_seq: u64,
+) -> TxResult<()> {
+    let change = tx_get_counter(counters, b"feed")? + 1;
+    counters.insert(b"feed".as_slice(), change.to_be_bytes().as_slice())?;
+    feed.insert(pair_key(courier.as_str(), &change.to_be_bytes()), delivery_seq.to_be_bytes().as_slice())?;
+    Ok(())
 }
 
 /// Adds `delta` to a courier's count of open deliveries.
@@ -1042,13 +1102,23 @@ fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, 
     let network = PlanningNetwork::load(t)?;
     let mut results = Vec::new();
     let mut changed = false;
-    let trees = (&t.receipts, &t.unplanned, &t.stock, &t.ledger, &t.deliveries, &t.courier_load, &t.courier_deliveries);
+    let trees = (
+        &t.receipts,
+        &t.unplanned,
+        &t.stock,
+        &t.ledger,
+        &t.deliveries,
+        &t.courier_load,
+        &t.courier_deliveries,
+        &t.counters,
+        &t.courier_feed,
+    );
     for seq in pending {
         let key = seq.to_be_bytes();
         // Held per receipt, not per run, so that an audit waits for one receipt only.
         let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (result, wrote) =
-            finish_store(trees.transaction(|(receipts, unplanned, stock, ledger, deliveries, loads, index)| {
+        let (result, wrote) = finish_store(trees.transaction(
+            |(receipts, unplanned, stock, ledger, deliveries, loads, index, counters, feed)| {
                 let Some(mut receipt) = tx_get::<Receipt>(receipts, &key)?.filter(|r| !r.planned) else {
                     unplanned.remove(&key)?;
                     return Ok((None, true));
@@ -1114,6 +1184,7 @@ fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, 
                 if let Some(courier) = &assignee {
                     tx_add_load(loads, courier, 1)?;
                     index.insert(pair_key(courier.as_str(), &key), &[])?;
+                    tx_feed(counters, feed, courier, seq)?;
                 }
                 let delivery = Delivery {
                     delivery_id: delivery_id.clone(),
@@ -1138,7 +1209,8 @@ fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, 
                 tx_put(deliveries, &key, &delivery)?;
                 unplanned.remove(&key)?;
                 Ok((Some(PlanResult::Planned(Box::new(delivery))), true))
-            }))?;
+            },
+        ))?;
         results.extend(result);
         changed |= wrote;
     }
