@@ -57,6 +57,8 @@ pub struct LimitSettings {
     pub json_body_bytes: usize,
     /// The largest network file accepted by `POST /api/v1/admin/network`.
     pub network_body_bytes: usize,
+    /// The largest batch of confirmations (`POST /api/v1/sync/confirmations`).
+    pub sync_body_bytes: usize,
 }
 
 impl Default for Settings {
@@ -115,7 +117,7 @@ impl Default for AuthSettings {
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        Self { json_body_bytes: 64 * 1024, network_body_bytes: 8 * 1024 * 1024 }
+        Self { json_body_bytes: 64 * 1024, network_body_bytes: 8 * 1024 * 1024, sync_body_bytes: 16 * 1024 * 1024 }
     }
 }
 

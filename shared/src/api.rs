@@ -299,7 +299,7 @@ pub struct OrderView {
 }
 
 /// An order receipt, with its flags.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReceiptView {
     pub receipt_id: ReceiptId,
     pub order_id: OrderId,
@@ -316,13 +316,40 @@ pub struct ReceiptView {
     #[serde(default)]
     pub backordered: bool,
     pub delivered: bool,
+    /// Server time of the accepted confirmation.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub delivered_at: Option<OffsetDateTime>,
     pub delivery_id: Option<DeliveryId>,
+    /// Who delivered, and the proof, once delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<DeliveryProof>,
+}
+
+/// What the courier's handheld recorded when the goods were handed over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryProof {
+    pub confirmation_id: String,
+    pub delivered_by: Username,
+    pub device_id: DeviceId,
+    /// The handheld's clock (recorded, not trusted).
+    #[serde(with = "time::serde::rfc3339")]
+    pub captured_at: OffsetDateTime,
+    /// The server's clock when the confirmation was accepted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub recipient: String,
+    pub quantity: u32,
+    pub empties_collected: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<crate::sync::Position>,
+    /// A signature was drawn (kept on the server, not repeated here).
+    pub signed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo_digest: Option<String>,
 }
 
 /// `GET /api/v1/receipts`: one page, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReceiptPage {
     pub receipts: Vec<ReceiptView>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -331,7 +358,7 @@ pub struct ReceiptPage {
 }
 
 /// `GET /api/v1/customers/{id}`: the customer information.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomerInfo {
     pub customer_id: CustomerId,
     pub name: String,

@@ -149,3 +149,171 @@ async fn a_serviceman_pulls_an_entrusted_delivery_once_its_seller_assigns_it() {
     assert_eq!(summary(&after), vec![("D-000001".into(), "ready".into(), 2)]);
     assert_eq!(after["assignments"][0]["pickup_node"], "S1");
 }
+
+/// A delivered confirmation as a handheld would send it.
+fn delivered(id: &str, delivery: &str, version: u64, quantity: u32, empties: u32) -> Value {
+    json!({
+        "confirmation_id": id, "delivery_id": delivery, "version": version, "outcome": "delivered",
+        "quantity": quantity, "recipient": "Ms Reception", "empties_collected": empties,
+        // Days ahead: device clocks are recorded, never trusted.
+        "captured_at": "2031-01-01T09:00:00Z",
+        "position": {"lat": 48.85, "lon": 2.35},
+        "signature": "data:image/png;base64,iVBORw0KGgo="
+    })
+}
+
+async fn push(
+    server: &TestServer,
+    token: &str,
+    device: &str,
+    confirmations: Vec<Value>,
+) -> Vec<(String, Option<String>)> {
+    let body = json!({"device_id": device, "confirmations": confirmations});
+    let (status, answer) = server.post("/api/v1/sync/confirmations", &body, Some(token)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["status"].as_str().unwrap_or("").to_owned(), r["code"].as_str().map(str::to_owned)))
+        .collect()
+}
+
+const C1: &str = "0192f1a2-0000-7000-8000-000000000001";
+const C2: &str = "0192f1a2-0000-7000-8000-000000000002";
+
+#[tokio::test]
+async fn an_accepted_confirmation_flips_the_delivered_flag_once_and_a_retry_is_a_duplicate() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    confirmed(&server, &dispatcher, "C1", "TC-100", 3).await;
+    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
+
+    let first = push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 3, 2)]).await;
+    assert_eq!(first, vec![("accepted".to_owned(), None)]);
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!(receipt["delivered"], true);
+    assert_eq!(
+        (
+            &receipt["proof"]["delivered_by"],
+            &receipt["proof"]["device_id"],
+            &receipt["proof"]["recipient"],
+            &receipt["proof"]["captured_at"],
+            &receipt["proof"]["signed"]
+        ),
+        (&json!("exp1"), &json!("hh-1"), &json!("Ms Reception"), &json!("2031-01-01T09:00:00Z"), &json!(true))
+    );
+    let delivered_at = receipt["delivered_at"].clone();
+    let (_, customer) = server.get("/api/v1/customers/C1", Some(&dispatcher)).await;
+    assert_eq!((&customer["empties_expected"], &customer["collection_flag"]), (&json!(1), &json!(true)));
+    let (_, stock) = server.get("/api/v1/nodes/B1/stock", Some(&dispatcher)).await;
+    assert_eq!(stock["items"][0], json!({"item_id": "TC-100", "on_hand": 2, "reserved": 0, "available": 2}));
+
+    // The lost response: the same batch again changes nothing.
+    let again = push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 3, 2)]).await;
+    assert_eq!(again, vec![("duplicate".to_owned(), None)]);
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!(receipt["delivered_at"], delivered_at);
+    let (_, customer) = server.get("/api/v1/customers/C1", Some(&dispatcher)).await;
+    assert_eq!(customer["empties_expected"], 1, "the empties are not counted twice");
+    let other_content = push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 2, 2)]).await;
+    assert_eq!(other_content, vec![("rejected".to_owned(), Some("conflicting_duplicate".to_owned()))]);
+    let (_, audit) = server.get("/api/v1/stock/audit", Some(&dispatcher)).await;
+    assert_eq!(audit["balanced"], true, "{audit}");
+}
+
+#[tokio::test]
+async fn the_version_held_at_capture_decides_and_the_later_confirmation_is_already_delivered() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    confirmed(&server, &dispatcher, "C1", "TC-100", 2).await;
+    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
+    let exp2 = server.login("exp2", "handover-demo", Some("hh-2")).await.access_token;
+    let exp3 = server.login("exp3", "handover-demo", Some("hh-3")).await.access_token;
+
+    // Someone else's delivery.
+    let stranger = push(&server, &exp3, "hh-3", vec![delivered(C2, "D-000001", 1, 2, 0)]).await;
+    assert_eq!(stranger, vec![("rejected".to_owned(), Some("not_assignee".to_owned()))]);
+
+    // exp1 captured it at version 1, offline; meanwhile it went to exp2 (version 2).
+    let (status, _) =
+        server.post("/api/v1/deliveries/D-000001/assign", &json!({"assignee": "exp2"}), Some(&dispatcher)).await;
+    assert_eq!(status, StatusCode::OK);
+    let captured = push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 2, 0)]).await;
+    assert_eq!(captured, vec![("accepted".to_owned(), None)], "honoured: exp1 held version 1");
+    let later =
+        push(&server, &exp2, "hh-2", vec![delivered("0192f1a2-0000-7000-8000-000000000003", "D-000001", 2, 2, 0)])
+            .await;
+    assert_eq!(later, vec![("rejected".to_owned(), Some("already_delivered".to_owned()))]);
+
+    let (status, body) = server
+        .post("/api/v1/sync/confirmations", &json!({"device_id": "hh-9", "confirmations": []}), Some(&exp1))
+        .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::BAD_REQUEST, error("device_mismatch", "this session belongs to device hh-1, not hh-9"))
+    );
+}
+
+#[tokio::test]
+async fn a_failed_delivery_goes_back_to_the_dispatcher_and_can_be_delivered_later() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    confirmed(&server, &dispatcher, "C1", "DR-300", 1).await; // MFR -> MW -> B1
+    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
+    let failed = json!({
+        "confirmation_id": C1, "delivery_id": "D-000001", "version": 1, "outcome": "failed",
+        "reason": "customer_absent", "quantity": 0, "captured_at": "2020-01-01T00:00:00Z"
+    });
+    assert_eq!(push(&server, &exp1, "hh-1", vec![failed]).await, vec![("accepted".to_owned(), None)]);
+    let (_, delivery) = server.get("/api/v1/deliveries/D-000001", Some(&dispatcher)).await;
+    assert_eq!(
+        (&delivery["assignee"], &delivery["version"], &delivery["status"]),
+        (&Value::Null, &json!(2), &json!("upcoming"))
+    );
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!(receipt["delivered"], false);
+
+    // Reassigned, and delivered: the legs never issued are issued with the hand-over.
+    let (status, _) =
+        server.post("/api/v1/deliveries/D-000001/assign", &json!({"assignee": "exp2"}), Some(&dispatcher)).await;
+    assert_eq!(status, StatusCode::OK);
+    let exp2 = server.login("exp2", "handover-demo", Some("hh-2")).await.access_token;
+    assert_eq!(
+        push(&server, &exp2, "hh-2", vec![delivered(C2, "D-000001", 3, 1, 0)]).await,
+        vec![("accepted".to_owned(), None)]
+    );
+    let (_, delivery) = server.get("/api/v1/deliveries/D-000001", Some(&dispatcher)).await;
+    let legs: Vec<&str> =
+        delivery["legs"].as_array().expect("legs").iter().map(|l| l["status"].as_str().unwrap_or("")).collect();
+    assert_eq!((delivery["status"].as_str(), legs), (Some("delivered"), vec!["issued", "issued", "completed"]));
+    let (_, audit) = server.get("/api/v1/stock/audit", Some(&dispatcher)).await;
+    assert_eq!(audit["balanced"], true, "{audit}");
+    let (_, mfr) = server.get("/api/v1/nodes/MFR/stock", Some(&dispatcher)).await;
+    assert_eq!(mfr["items"][0]["on_hand"], 199);
+}
+
+#[tokio::test]
+async fn two_uploads_of_the_same_batch_racing_apply_it_once() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    confirmed(&server, &dispatcher, "C1", "TC-100", 3).await;
+    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
+    let uploads = (0..8).map(|_| push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 3, 3)]));
+    let answers = futures::future::join_all(uploads).await;
+    let accepted = answers.iter().filter(|a| a[0].0 == "accepted").count();
+    let duplicates = answers.iter().filter(|a| a[0].0 == "duplicate").count();
+    assert_eq!((accepted, duplicates), (1, 7), "{answers:?}");
+    let (_, customer) = server.get("/api/v1/customers/C1", Some(&dispatcher)).await;
+    assert_eq!(customer["empties_expected"], 0);
+    let (_, audit) = server.get("/api/v1/stock/audit", Some(&dispatcher)).await;
+    assert_eq!(audit["balanced"], true, "{audit}");
+}

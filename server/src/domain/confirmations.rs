@@ -68,6 +68,37 @@ pub struct SeenConfirmation {
     pub outcome: FirstOutcome,
 }
 
+/// What the server answers for one pushed confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    Accepted,
+    Duplicate,
+    Rejected { code: RejectCode, message: String },
+}
+
+impl PushOutcome {
+    /// The answer to a retry of a confirmation whose first outcome was `first`.
+    pub fn replay(first: &FirstOutcome) -> PushOutcome {
+        match first {
+            FirstOutcome::Accepted => PushOutcome::Duplicate,
+            FirstOutcome::Rejected { code, message } => PushOutcome::Rejected { code: *code, message: message.clone() },
+        }
+    }
+}
+
+/// One entry of the audit log: who did what to which delivery, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub actor: Username,
+    pub device_id: DeviceId,
+    pub action: String,
+    pub delivery_id: handover_shared::DeliveryId,
+    pub confirmation_id: String,
+    pub detail: String,
+}
+
 /// The server's decision for one pushed confirmation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -364,7 +364,7 @@ pub fn decide_cancel(draft: &Draft) -> Result<bool, DraftRefusal> {
 
 /// The order receipt: what Confirm generates. Its flags start off; shipment
 /// planning and delivery confirmation turn them on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
     pub receipt_id: handover_shared::ReceiptId,
     /// Position in receipt order (the number in the id).
@@ -387,6 +387,9 @@ pub struct Receipt {
     pub delivered_at: Option<OffsetDateTime>,
     #[serde(default)]
     pub delivery_id: Option<handover_shared::DeliveryId>,
+    /// Who delivered and what the handheld recorded, once delivered.
+    #[serde(default)]
+    pub proof: Option<handover_shared::api::DeliveryProof>,
 }
 
 impl Receipt {
@@ -407,6 +410,7 @@ impl Receipt {
             delivered: false,
             delivered_at: None,
             delivery_id: None,
+            proof: None,
         }
     }
 }
@@ -423,6 +427,15 @@ pub struct CustomerAccount {
 impl CustomerAccount {
     pub fn collection_flag(&self) -> bool {
         self.empties_expected > 0
+    }
+
+    /// Empties collected on a delivery clear what is expected; collecting more
+    /// than expected clears it, never below zero.
+    pub fn with_empties_collected(&self, collected: u32) -> CustomerAccount {
+        CustomerAccount {
+            empties_expected: self.empties_expected.saturating_sub(u64::from(collected)),
+            orders: self.orders,
+        }
     }
 
     /// What confirming `receipt` does to the customer information.

@@ -56,6 +56,8 @@ pub enum Movement {
     Arrive { leg_id: handover_shared::LegId },
     /// The last leg: the goods were handed to the customer.
     HandOver { leg_id: handover_shared::LegId },
+    /// Fewer units were handed over than reserved: the rest is free again.
+    Release { delivery_id: handover_shared::DeliveryId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,8 @@ pub struct AppState {
 /// Registers every route and the JSON body limits.
 pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSettings) {
     let json = web::JsonConfig::default().limit(limits.json_body_bytes).error_handler(error::json_error);
+    // Confirmations carry drawn signatures: a batch may be a few megabytes.
+    let sync_json = web::JsonConfig::default().limit(limits.sync_body_bytes).error_handler(error::json_error);
     let network_json = web::JsonConfig::default().limit(limits.network_body_bytes).error_handler(error::json_error);
     cfg.app_data(json)
         .app_data(web::PathConfig::default().error_handler(error::path_error))
@@ -58,6 +60,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/deliveries/{delivery_id}/assign").post(shipments::assign))
                 .service(web::resource("/legs/{leg_id}/issue").post(shipments::issue_leg))
                 .service(web::resource("/sync/assignments").get(sync::assignments))
+                .service(web::resource("/sync/confirmations").app_data(sync_json).post(sync::confirmations))
                 .service(web::resource("/orders").post(orders::create).get(orders::list_drafts))
                 .service(web::resource("/orders/{order_id}").get(orders::show))
                 .service(web::resource("/orders/{order_id}/confirm").post(orders::confirm))

@@ -118,6 +118,7 @@ pub fn receipt_view(receipt: &Receipt) -> ReceiptView {
         delivered: receipt.delivered,
         delivered_at: receipt.delivered_at,
         delivery_id: receipt.delivery_id.clone(),
+        proof: receipt.proof.clone(),
     }
 }
 

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use actix_web::{web, HttpResponse};
-use handover_shared::sync::{Assignment, AssignmentChanges, AssignmentStatus};
+use handover_shared::sync::{
+    Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
+    ResultStatus,
+};
 use serde::Deserialize;
 
 use super::{
@@ -11,7 +14,10 @@ use super::{
     extract::{Auth, Courier},
     AppState,
 };
-use crate::domain::shipments::DeliveryStatus;
+use crate::domain::{confirmations::PushOutcome, shipments::DeliveryStatus};
+
+/// The most confirmations one batch may carry.
+pub const MAX_BATCH: usize = 200;
 
 type State = web::Data<AppState>;
 
@@ -82,4 +88,51 @@ pub async fn assignments(
         });
     }
     Ok(HttpResponse::Ok().json(AssignmentChanges { cursor: last.to_string(), assignments }))
+}
+
+/// `POST /api/v1/sync/confirmations`: one result per confirmation, in order,
+/// answered once everything accepted is durable.
+pub async fn confirmations(
+    state: State,
+    caller: Auth<Courier>,
+    body: web::Json<ConfirmationBatch>,
+) -> Result<HttpResponse, ApiError> {
+    let batch = body.into_inner();
+    if batch.device_id != caller.device_id {
+        return Err(ApiError::BadRequest {
+            code: "device_mismatch",
+            message: format!("this session belongs to device {}, not {}", caller.device_id, batch.device_id),
+        });
+    }
+    if batch.confirmations.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest {
+            code: "batch_too_large",
+            message: format!("send at most {MAX_BATCH} confirmations per batch"),
+        });
+    }
+    let ids: Vec<String> = batch.confirmations.iter().map(|c| c.confirmation_id.clone()).collect();
+    let outcomes = state
+        .store
+        .push_confirmations(&caller.username, &caller.device_id, batch.confirmations, time::OffsetDateTime::now_utc())
+        .await?;
+    let results = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(confirmation_id, outcome)| match outcome {
+            PushOutcome::Accepted => {
+                ConfirmationResult { confirmation_id, status: ResultStatus::Accepted, code: None, message: None }
+            }
+            PushOutcome::Duplicate => {
+                ConfirmationResult { confirmation_id, status: ResultStatus::Duplicate, code: None, message: None }
+            }
+            PushOutcome::Rejected { code, message } => ConfirmationResult {
+                confirmation_id,
+                status: ResultStatus::Rejected,
+                code: Some(code.as_str().to_owned()),
+                message: Some(message),
+            },
+        })
+        .collect();
+    tracing::info!(username = %caller.username, device_id = %caller.device_id, "confirmations pushed");
+    Ok(HttpResponse::Ok().json(ConfirmationResults { results }))
 }

@@ -227,6 +227,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// (assigned, reassigned away, moved towards ready...), each once, in the
     /// order of their latest change; and the number of the last change read.
     async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<Delivery>, u64), StoreError>;
+    /// Judges and applies a batch of confirmations in order, each in its own
+    /// transaction (see `domain::confirmations`); returns once all of it is durable.
+    async fn push_confirmations(
+        &self,
+        uploader: &Username,
+        device: &DeviceId,
+        batch: Vec<handover_shared::sync::Confirmation>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<crate::domain::confirmations::PushOutcome>, StoreError>;
     /// Applies `check_issue` and moves the goods along the leg in the ledger.
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
 

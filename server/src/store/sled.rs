@@ -14,6 +14,7 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 use async_trait::async_trait;
 use handover_shared::{
     api::{ImportSummary, Problem},
+    sync::{Confirmation, Outcome},
     CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, NodeKind, OrderId, ReceiptId, Username,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -30,11 +31,12 @@ use super::{
 };
 use crate::domain::{
     access::Principal,
+    confirmations::{self as confirming, AuditEntry, FirstOutcome, PushOutcome, SeenConfirmation, Verdict},
     network::{Customer, Item, KnownNetwork, Membership, Node},
     orders::{decide_cancel, decide_confirm, ConfirmDecision, CustomerAccount, Draft, DraftState, Receipt},
     sessions::{decide_refresh, RefreshDecision, RefreshToken, RevokeReason, Session},
     shipments::{
-        cascade, check_assignment, check_issue, choose_courier, plan_legs, reserve, transfer, AssignRefusal,
+        cascade, check_assignment, check_issue, choose_courier, hand_over, plan_legs, reserve, transfer, AssignRefusal,
         Assignment, Carrier, CascadeNodes, CourierAccount, Delivery, DeliveryState, Destination, LegRefusal, LegStatus,
         Source, StockEffect,
     },
@@ -98,6 +100,10 @@ struct Trees {
     /// `username \0 change number` to a big-endian delivery number: every change
     /// to a delivery that a courier holds or held, in order; pulls read it.
     courier_feed: sled::Tree,
+    /// Confirmation id to [`SeenConfirmation`]: the first outcome of every id.
+    confirmations: sled::Tree,
+    /// Sequence number to [`AuditEntry`].
+    audit: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -211,6 +217,8 @@ impl SledStore {
             courier_load: tree("courier_load")?,
             courier_deliveries: tree("courier_deliveries")?,
             courier_feed: tree("courier_feed")?,
+            confirmations: tree("confirmations")?,
+            audit: tree("audit")?,
         };
         let commit = GroupCommit::start(db.clone())?;
         Ok(Self {
@@ -980,9 +988,212 @@ impl Store for SledStore {
         .await
     }
 
+    async fn push_confirmations(
+        &self,
+        uploader: &Username,
+        device: &DeviceId,
+        batch: Vec<Confirmation>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<PushOutcome>, StoreError> {
+        let (uploader, device) = (uploader.clone(), device.clone());
+        let (outcomes, wrote) = self
+            .blocking(move |inner| {
+                let mut outcomes = Vec::with_capacity(batch.len());
+                let mut wrote = false;
+                for confirmation in &batch {
+                    let (outcome, changed) = push_one(inner, &uploader, &device, confirmation, now)?;
+                    outcomes.push(outcome);
+                    wrote |= changed;
+                }
+                Ok((outcomes, wrote))
+            })
+            .await?;
+        // The batch is answered only once what it accepted is durable.
+        if wrote || !outcomes.is_empty() {
+            self.inner.commit.durable().await?;
+        }
+        Ok(outcomes)
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.inner.commit.durable().await
     }
+}
+
+/// Judges one confirmation and, when sound, applies it: all in one transaction,
+/// so that a crash leaves it either wholly applied (and remembered) or not at all.
+fn push_one(
+    inner: &Inner,
+    uploader: &Username,
+    device: &DeviceId,
+    c: &Confirmation,
+    now: OffsetDateTime,
+) -> Result<(PushOutcome, bool), StoreError> {
+    let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let t = &inner.trees;
+    let digest = confirming::digest(c);
+    let seq = c.delivery_id.seq();
+    let trees = (
+        &t.confirmations,
+        &t.deliveries,
+        &t.receipts,
+        &t.stock,
+        &t.ledger,
+        &t.customer_accounts,
+        &t.courier_load,
+        &t.courier_deliveries,
+        &t.counters,
+        &t.courier_feed,
+        &t.audit,
+    );
+    finish_store(trees.transaction(
+        |(confirmations, deliveries, receipts, stock, ledger, accounts, loads, index, counters, feed, audit)| {
+            let id_key = c.confirmation_id.as_bytes();
+            let seen: Option<SeenConfirmation> = tx_get(confirmations, id_key)?;
+            let delivery: Option<Delivery> = match seq {
+                Some(seq) => tx_get(deliveries, &seq.to_be_bytes())?,
+                None => None,
+            };
+            let remember = |outcome: FirstOutcome| -> TxResult<()> {
+                let record = SeenConfirmation {
+                    confirmation_id: c.confirmation_id.clone(),
+                    digest: digest.clone(),
+                    delivery_id: c.delivery_id.clone(),
+                    uploader: uploader.clone(),
+                    device_id: device.clone(),
+                    received_at: now,
+                    outcome,
+                };
+                tx_put(confirmations, id_key, &record)
+            };
+            let (Some(mut delivery), Some(seq)) =
+                (match confirming::judge(c, &digest, uploader, seen.as_ref(), delivery.as_ref()) {
+                    Verdict::Replay(first) => return Ok((PushOutcome::replay(&first), false)),
+                    Verdict::Reject { code, message } => {
+                        // Only well-formed ids are remembered: a malformed one has no identity to replay.
+                        if uuid::Uuid::parse_str(&c.confirmation_id).is_ok() {
+                            remember(FirstOutcome::Rejected { code, message: message.clone() })?;
+                        }
+                        return Ok((PushOutcome::Rejected { code, message }, true));
+                    }
+                    Verdict::Apply => (delivery, seq),
+                })
+            else {
+                return Err(abort(StoreError::Backend("an applied confirmation without its delivery".into())));
+            };
+            let key = seq.to_be_bytes();
+            let previous = delivery.assignee.clone();
+            if let Some(courier) = &previous {
+                tx_add_load(loads, courier, -1)?;
+            }
+            let action = match c.outcome {
+                Outcome::Delivered => {
+                    let item = delivery.item_id.clone();
+                    let last = delivery.legs.len().saturating_sub(1);
+                    // The goods were handed over, so they did travel: transfer legs
+                    // not recorded yet are issued now, in the flow of the goods.
+                    for index in 0..last {
+                        if delivery.legs[index].status == LegStatus::Issued {
+                            continue;
+                        }
+                        let leg = &delivery.legs[index];
+                        let Destination::Node(to) = &leg.to else {
+                            return Err(abort(StoreError::Backend(format!(
+                                "transfer leg {} ends at a customer",
+                                leg.leg_id
+                            ))));
+                        };
+                        let [leaving, arriving] = transfer(&leg.from, to, delivery.quantity);
+                        let leg_id = leg.leg_id.clone();
+                        tx_apply(stock, ledger, &item, &leaving, &Movement::Issue { leg_id: leg_id.clone() }, now)?;
+                        tx_apply(stock, ledger, &item, &arriving, &Movement::Arrive { leg_id }, now)?;
+                        delivery.legs[index].status = LegStatus::Issued;
+                        delivery.legs[index].issued_at = Some(now);
+                    }
+                    let from = delivery.delivering_node().clone();
+                    let leg_id = delivery.legs[last].leg_id.clone();
+                    let [handed] = hand_over(&from, c.quantity);
+                    tx_apply(stock, ledger, &item, &handed, &Movement::HandOver { leg_id }, now)?;
+                    let rest = delivery.quantity - c.quantity;
+                    if rest > 0 {
+                        let release = StockEffect { node: &from, on_hand_delta: 0, reserved_delta: -i64::from(rest) };
+                        tx_apply(
+                            stock,
+                            ledger,
+                            &item,
+                            &release,
+                            &Movement::Release { delivery_id: delivery.delivery_id.clone() },
+                            now,
+                        )?;
+                    }
+                    delivery.legs[last].status = LegStatus::Completed;
+                    delivery.legs[last].issued_at = Some(now);
+                    delivery.state = DeliveryState::Delivered;
+                    let mut receipt: Receipt = tx_get(receipts, &key)?.ok_or_else(|| {
+                        abort(StoreError::Backend(format!("receipt of {} is missing", delivery.delivery_id)))
+                    })?;
+                    receipt.delivered = true;
+                    receipt.delivered_at = Some(now);
+                    receipt.proof = Some(handover_shared::api::DeliveryProof {
+                        confirmation_id: c.confirmation_id.clone(),
+                        delivered_by: uploader.clone(),
+                        device_id: device.clone(),
+                        captured_at: c.captured_at,
+                        received_at: now,
+                        recipient: c.recipient.clone().unwrap_or_default(),
+                        quantity: c.quantity,
+                        empties_collected: c.empties_collected,
+                        position: c.position,
+                        signed: c.signature.is_some(),
+                        photo_digest: c.photo_digest.clone(),
+                    });
+                    tx_put(receipts, &key, &receipt)?;
+                    let account: CustomerAccount =
+                        tx_get(accounts, receipt.customer_id.as_str().as_bytes())?.unwrap_or_default();
+                    let account = account.with_empties_collected(c.empties_collected);
+                    tx_put(accounts, receipt.customer_id.as_str().as_bytes(), &account)?;
+                    format!(
+                        "delivered {} of {} to {}",
+                        c.quantity,
+                        delivery.quantity,
+                        c.recipient.as_deref().unwrap_or("")
+                    )
+                }
+                Outcome::Failed => {
+                    // Back to the dispatcher for another attempt.
+                    if let Some(courier) = &previous {
+                        index.remove(pair_key(courier.as_str(), &key))?;
+                    }
+                    delivery.version += 1;
+                    delivery.assignee = None;
+                    let reason = c.reason.map(|r| format!("{r:?}")).unwrap_or_default();
+                    delivery.assignments.push(Assignment {
+                        version: delivery.version,
+                        assignee: None,
+                        at: now,
+                        by: format!("{uploader} (failed: {reason})"),
+                    });
+                    format!("failed: {reason}; {}", c.note.as_deref().unwrap_or(""))
+                }
+            };
+            for courier in previous.iter().chain((previous.as_ref() != Some(uploader)).then_some(uploader)) {
+                tx_feed(counters, feed, courier, seq)?;
+            }
+            tx_put(deliveries, &key, &delivery)?;
+            let entry = AuditEntry {
+                at: now,
+                actor: uploader.clone(),
+                device_id: device.clone(),
+                action: format!("{:?}", c.outcome).to_lowercase(),
+                delivery_id: delivery.delivery_id.clone(),
+                confirmation_id: c.confirmation_id.clone(),
+                detail: action,
+            };
+            tx_put(audit, &audit.generate_id()?.to_be_bytes(), &entry)?;
+            remember(FirstOutcome::Accepted)?;
+            Ok((PushOutcome::Accepted, true))
+        },
+    ))
 }
 
 /// Every balance of the stock tree, with its node and item.
