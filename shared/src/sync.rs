@@ -81,6 +81,10 @@ pub struct Confirmation {
 pub struct ConfirmationBatch {
     pub device_id: DeviceId,
     pub confirmations: Vec<Confirmation>,
+    /// How many confirmations the outbox holds in all, this batch included: the
+    /// dashboard shows it per device.
+    #[serde(default)]
+    pub queued: Option<u64>,
 }
 
 /// What became of one pushed confirmation.

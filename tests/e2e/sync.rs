@@ -317,3 +317,37 @@ async fn two_uploads_of_the_same_batch_racing_apply_it_once() {
     let (_, audit) = server.get("/api/v1/stock/audit", Some(&dispatcher)).await;
     assert_eq!(audit["balanced"], true, "{audit}");
 }
+
+#[tokio::test]
+async fn the_dashboard_lists_rejected_confirmations_and_each_handhelds_last_sync() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    confirmed(&server, &dispatcher, "C1", "TC-100", 1).await;
+    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    let exp3 = server.login("exp3", "handover-demo", Some("hh-3")).await.access_token;
+    let body = json!({"device_id": "hh-3", "queued": 4, "confirmations": [delivered(C1, "D-000001", 1, 1, 0)]});
+    let (status, answer) = server.post("/api/v1/sync/confirmations", &body, Some(&exp3)).await;
+    assert_eq!((status, &answer["results"][0]["code"]), (StatusCode::OK, &json!("not_assignee")));
+    pull(&server, &exp3, None).await;
+
+    let client = server.page_client(&sandbox);
+    let login = client.get(format!("{}/login", server.url)).send().await.expect("answer").text().await.expect("page");
+    let marker = "name=\"csrf\" value=\"";
+    let start = login.find(marker).expect("csrf") + marker.len();
+    let csrf = login[start..].split('"').next().expect("token").to_owned();
+    let form = [("csrf", csrf.as_str()), ("username", "disp"), ("password", "handover-demo")];
+    client.post(format!("{}/login", server.url)).form(&form).send().await.expect("login");
+    let page =
+        client.get(format!("{}/dashboard", server.url)).send().await.expect("answer").text().await.expect("page");
+    let section = |id: &str| -> String {
+        let start = page.find(&format!("<section class=\"card\" id=\"{id}\">")).expect("the section");
+        page[start..].split("</section>").next().expect("its end").to_owned()
+    };
+    let rejected = section("rejected");
+    for expected in ["exp3", "hh-3", "D-000001", "not_assignee", "exp3 did not hold delivery D-000001 at version 1"] {
+        assert!(rejected.contains(expected), "{expected} missing: {rejected}");
+    }
+    let devices = section("devices");
+    assert!(devices.contains("<td>hh-3</td><td>exp3</td>") && devices.contains("<td>4</td>"), "{devices}");
+}

@@ -86,6 +86,16 @@ impl PushOutcome {
     }
 }
 
+/// The last time a device synced, and what it said it still had queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSync {
+    pub device_id: DeviceId,
+    pub username: Username,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_sync_at: OffsetDateTime,
+    pub reported_queued: Option<u64>,
+}
+
 /// One entry of the audit log: who did what to which delivery, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {

@@ -59,6 +59,22 @@ struct DeliveryRow {
     next_leg: Option<String>,
 }
 
+struct DeviceRow {
+    device_id: String,
+    username: String,
+    last_sync: String,
+    queued: String,
+}
+
+struct RejectedRow {
+    received: String,
+    username: String,
+    device_id: String,
+    delivery_id: String,
+    code: String,
+    message: String,
+}
+
 struct StockRow {
     node: String,
     item_id: String,
@@ -81,6 +97,8 @@ struct DashboardPage<'a> {
     receipts: Vec<ReceiptRow>,
     receipts_next: Option<String>,
     stock: Vec<StockRow>,
+    devices: Vec<DeviceRow>,
+    rejected: Vec<RejectedRow>,
 }
 
 #[derive(Template)]
@@ -233,10 +251,47 @@ async fn dispatcher_page(
             available: balance.available(),
         })
         .collect();
+    let minute = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    let devices = store
+        .device_syncs()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|d| DeviceRow {
+            device_id: d.device_id.to_string(),
+            username: d.username.to_string(),
+            last_sync: d.last_sync_at.format(minute).unwrap_or_default(),
+            queued: d.reported_queued.map_or_else(|| "not reported".to_owned(), |n| n.to_string()),
+        })
+        .collect();
+    let rejected = store
+        .rejected_confirmations(PAGE * 2)
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|seen| {
+            let (code, message) = match seen.outcome {
+                crate::domain::confirmations::FirstOutcome::Rejected { code, message } => {
+                    (code.as_str().to_owned(), message)
+                }
+                crate::domain::confirmations::FirstOutcome::Accepted => (String::new(), String::new()),
+            };
+            RejectedRow {
+                received: seen.received_at.format(minute).unwrap_or_default(),
+                username: seen.uploader.to_string(),
+                device_id: seen.device_id.to_string(),
+                delivery_id: seen.delivery_id.to_string(),
+                code,
+                message,
+            }
+        })
+        .collect();
     let csrf = user.csrf()?;
     Ok(html(
         status,
         &DashboardPage {
+            devices,
+            rejected,
             username: principal.username.as_str(),
             csrf: &csrf,
             notice,

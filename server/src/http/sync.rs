@@ -14,7 +14,10 @@ use super::{
     extract::{Auth, Courier},
     AppState,
 };
-use crate::domain::{confirmations::PushOutcome, shipments::DeliveryStatus};
+use crate::domain::{
+    confirmations::{DeviceSync, PushOutcome},
+    shipments::DeliveryStatus,
+};
 
 /// The most confirmations one batch may carry.
 pub const MAX_BATCH: usize = 200;
@@ -45,6 +48,14 @@ pub async fn assignments(
     };
     let store = state.store.as_ref();
     let (deliveries, last) = store.assignment_changes(&caller.username, cursor).await?;
+    store
+        .record_sync(DeviceSync {
+            device_id: caller.device_id.clone(),
+            username: caller.username.clone(),
+            last_sync_at: time::OffsetDateTime::now_utc(),
+            reported_queued: None,
+        })
+        .await?;
     let mut customers = HashMap::new();
     let mut items = HashMap::new();
     let mut assignments = Vec::with_capacity(deliveries.len());
@@ -111,6 +122,15 @@ pub async fn confirmations(
         });
     }
     let ids: Vec<String> = batch.confirmations.iter().map(|c| c.confirmation_id.clone()).collect();
+    state
+        .store
+        .record_sync(DeviceSync {
+            device_id: caller.device_id.clone(),
+            username: caller.username.clone(),
+            last_sync_at: time::OffsetDateTime::now_utc(),
+            reported_queued: batch.queued,
+        })
+        .await?;
     let outcomes = state
         .store
         .push_confirmations(&caller.username, &caller.device_id, batch.confirmations, time::OffsetDateTime::now_utc())

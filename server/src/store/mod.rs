@@ -236,6 +236,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         batch: Vec<handover_shared::sync::Confirmation>,
         now: OffsetDateTime,
     ) -> Result<Vec<crate::domain::confirmations::PushOutcome>, StoreError>;
+    /// Records that a device synced (pull or push).
+    async fn record_sync(&self, sync: crate::domain::confirmations::DeviceSync) -> Result<(), StoreError>;
+    /// Every device's last sync, by device id.
+    async fn device_syncs(&self) -> Result<Vec<crate::domain::confirmations::DeviceSync>, StoreError>;
+    /// Rejected confirmations, for the dispatcher to review.
+    async fn rejected_confirmations(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::confirmations::SeenConfirmation>, StoreError>;
     /// Applies `check_issue` and moves the goods along the leg in the ledger.
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
 

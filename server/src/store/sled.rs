@@ -31,7 +31,7 @@ use super::{
 };
 use crate::domain::{
     access::Principal,
-    confirmations::{self as confirming, AuditEntry, FirstOutcome, PushOutcome, SeenConfirmation, Verdict},
+    confirmations::{self as confirming, AuditEntry, DeviceSync, FirstOutcome, PushOutcome, SeenConfirmation, Verdict},
     network::{Customer, Item, KnownNetwork, Membership, Node},
     orders::{decide_cancel, decide_confirm, ConfirmDecision, CustomerAccount, Draft, DraftState, Receipt},
     sessions::{decide_refresh, RefreshDecision, RefreshToken, RevokeReason, Session},
@@ -104,6 +104,8 @@ struct Trees {
     confirmations: sled::Tree,
     /// Sequence number to [`AuditEntry`].
     audit: sled::Tree,
+    /// Device id to [`DeviceSync`].
+    device_syncs: sled::Tree,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -219,6 +221,7 @@ impl SledStore {
             courier_feed: tree("courier_feed")?,
             confirmations: tree("confirmations")?,
             audit: tree("audit")?,
+            device_syncs: tree("device_syncs")?,
         };
         let commit = GroupCommit::start(db.clone())?;
         Ok(Self {
@@ -1013,6 +1016,43 @@ impl Store for SledStore {
             self.inner.commit.durable().await?;
         }
         Ok(outcomes)
+    }
+
+    async fn record_sync(&self, mut sync: DeviceSync) -> Result<(), StoreError> {
+        // Bookkeeping for the dashboard: not worth a flush of its own.
+        self.blocking(move |inner| {
+            let tree = &inner.trees.device_syncs;
+            let key = sync.device_id.as_str().as_bytes().to_vec();
+            if sync.reported_queued.is_none() {
+                // A pull reports nothing queued: keep what the last push said.
+                sync.reported_queued = get::<DeviceSync>(tree, &key)?.and_then(|before| before.reported_queued);
+            }
+            tree.insert(key, encode(&sync)?).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_syncs(&self) -> Result<Vec<DeviceSync>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.device_syncs.iter())).await
+    }
+
+    async fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError> {
+        self.blocking(move |inner| {
+            let mut rejected = Vec::new();
+            for entry in inner.trees.confirmations.iter() {
+                let (key, value) = entry.map_err(backend)?;
+                let seen: SeenConfirmation = decode(&key, &value)?;
+                if matches!(seen.outcome, FirstOutcome::Rejected { .. }) {
+                    rejected.push(seen);
+                }
+            }
+            // Newest first.
+            rejected.sort_by_key(|seen| std::cmp::Reverse(seen.received_at));
+            rejected.truncate(limit);
+            Ok(rejected)
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
