@@ -708,35 +708,8 @@ impl Store for SledStore {
                     && query.backordered.is_none_or(|backordered| receipt.backordered == backordered)
                     && query.since.is_none_or(|since| receipt.created_at >= since)
             };
-            let mut page = Vec::with_capacity(query.limit.min(1000));
-            match &query.customer_id {
-                Some(customer) => {
-                    let prefix = pair_key(customer.as_str(), b"");
-                    let from = pair_key(customer.as_str(), &start.to_be_bytes());
-                    for key in t.customer_receipts.range(from..).keys() {
-                        let key = key.map_err(backend)?;
-                        if !key.starts_with(&prefix) || page.len() >= query.limit {
-                            break;
-                        }
-                        if let Some(receipt) = get::<Receipt>(&t.receipts, &key[prefix.len()..])?.filter(keep) {
-                            page.push(receipt);
-                        }
-                    }
-                }
-                None => {
-                    for entry in t.receipts.range(start.to_be_bytes()..) {
-                        if page.len() >= query.limit {
-                            break;
-                        }
-                        let (key, value) = entry.map_err(backend)?;
-                        let receipt: Receipt = decode(&key, &value)?;
-                        if keep(&receipt) {
-                            page.push(receipt);
-                        }
-                    }
-                }
-            }
-            Ok(page)
+            let index = query.customer_id.as_ref().map(|customer| (&t.customer_receipts, customer.as_str()));
+            page(&t.receipts, index, start, query.limit, keep)
         })
         .await
     }
@@ -830,36 +803,9 @@ impl Store for SledStore {
                         .is_none_or(|n| matches!(&delivery.carrier, Carrier::Seller { seller } if seller == n))
                     && (!query.entrusted_only || matches!(delivery.carrier, Carrier::Seller { .. }))
             };
-            let mut page = Vec::new();
-            match &query.assignee {
-                // A courier's deliveries come from its index, not a scan of them all.
-                Some(courier) => {
-                    let prefix = pair_key(courier.as_str(), b"");
-                    let from = pair_key(courier.as_str(), &start.to_be_bytes());
-                    for key in t.courier_deliveries.range(from..).keys() {
-                        let key = key.map_err(backend)?;
-                        if !key.starts_with(&prefix) || page.len() >= query.limit {
-                            break;
-                        }
-                        if let Some(delivery) = get::<Delivery>(&t.deliveries, &key[prefix.len()..])?.filter(keep) {
-                            page.push(delivery);
-                        }
-                    }
-                }
-                None => {
-                    for entry in t.deliveries.range(start.to_be_bytes()..) {
-                        if page.len() >= query.limit {
-                            break;
-                        }
-                        let (key, value) = entry.map_err(backend)?;
-                        let delivery: Delivery = decode(&key, &value)?;
-                        if keep(&delivery) {
-                            page.push(delivery);
-                        }
-                    }
-                }
-            }
-            Ok(page)
+            // A courier's deliveries come from its index, not a scan of them all.
+            let index = query.assignee.as_ref().map(|courier| (&t.courier_deliveries, courier.as_str()));
+            page(&t.deliveries, index, start, query.limit, keep)
         })
         .await
     }
@@ -1234,6 +1180,46 @@ fn push_one(
             Ok((PushOutcome::Accepted, true))
         },
     ))
+}
+
+/// One page of records keyed by a big-endian number, in key order, from `start`
+/// on: through a secondary index (`owner \0 number` to nothing) when one is
+/// given, else over the main tree. Records that `keep` refuses are skipped.
+fn page<T: DeserializeOwned>(
+    main: &sled::Tree,
+    index: Option<(&sled::Tree, &str)>,
+    start: u64,
+    limit: usize,
+    keep: impl Fn(&T) -> bool,
+) -> Result<Vec<T>, StoreError> {
+    let mut page = Vec::new();
+    match index {
+        Some((index, owner)) => {
+            let prefix = pair_key(owner, b"");
+            for key in index.range(pair_key(owner, &start.to_be_bytes())..).keys() {
+                let key = key.map_err(backend)?;
+                if !key.starts_with(&prefix) || page.len() >= limit {
+                    break;
+                }
+                if let Some(record) = get::<T>(main, &key[prefix.len()..])?.filter(|record| keep(record)) {
+                    page.push(record);
+                }
+            }
+        }
+        None => {
+            for entry in main.range(start.to_be_bytes()..) {
+                if page.len() >= limit {
+                    break;
+                }
+                let (key, value) = entry.map_err(backend)?;
+                let record: T = decode(&key, &value)?;
+                if keep(&record) {
+                    page.push(record);
+                }
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// Every balance of the stock tree, with its node and item.
