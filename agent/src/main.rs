@@ -1,16 +1,293 @@
-//! The handheld agent. Its commands (login, pull, confirm, sync, daemon) come
-//! with the sync issue; for now it only knows its own version, and proves that
-//! the agent builds without actix or sled.
+//! `handover-agent`: the courier's handheld. It keeps the assignments and an
+//! outbox of delivery confirmations in a local sled store, works with no
+//! network, and syncs with the server when it can. It never links actix or the
+//! server; it speaks the wire types of `handover-shared` over HTTPS.
 
-use clap::Parser;
+mod client;
+mod store;
+mod sync;
+
+use std::{io::Read as _, path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use handover_shared::{
+    api::LoginRequest,
+    sync::{AssignmentStatus, Confirmation, FailureReason, Outcome},
+    DeliveryId, DeviceId,
+};
+use serde_json::json;
+
+use crate::{client::Client, store::LocalStore, store::Session};
 
 /// Handover handheld agent.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Cli {}
+struct Cli {
+    /// Where the local store lives.
+    #[arg(long, global = true, value_name = "DIR", default_value = "./agent-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    eprintln!("handover-agent: no commands yet; see the README");
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Log in and keep the session on this handheld.
+    Login {
+        #[arg(long)]
+        server: String,
+        /// The CA certificate to trust (the server's `certs/ca.pem` in development).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input instead of asking for it.
+        #[arg(long)]
+        password_stdin: bool,
+        /// This handheld's id; by default the one it already has, or a new one.
+        #[arg(long)]
+        device_id: Option<String>,
+    },
+    /// Fetch the assignments that changed since the last pull.
+    Pull,
+    /// List the assignments kept on this handheld (works offline).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record a delivery as delivered (works offline; saved before it says so).
+    Confirm {
+        delivery_id: String,
+        #[arg(long)]
+        recipient: String,
+        /// Units handed over [default: the whole delivery].
+        #[arg(long)]
+        quantity: Option<u32>,
+        /// Used cartridges taken back.
+        #[arg(long, default_value_t = 0)]
+        empties: u32,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Record a failed delivery attempt (works offline).
+    Fail {
+        delivery_id: String,
+        /// customer_absent, refused, damaged, wrong_address or other (needs --note).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Push the outbox, then pull.
+    Sync {
+        #[arg(long)]
+        json: bool,
+    },
+    /// What is queued, rejected, and when the last sync was.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The confirmations the server refused, with the reason.
+    Rejected {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("handover-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let store = LocalStore::open(&cli.data_dir)?;
+    match cli.command {
+        Command::Login { server, ca, username, password_stdin, device_id } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_to_string(&mut line).context("reading the password from standard input")?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                rpassword::prompt_password("password: ").context("reading the password")?
+            };
+            let device_id = match device_id {
+                Some(raw) => DeviceId::parse(raw).context("invalid --device-id")?,
+                None => match store.session() {
+                    Ok(previous) => previous.device_id,
+                    Err(_) => DeviceId::parse(format!("hh-{}", uuid::Uuid::new_v4().simple()))?,
+                },
+            };
+            let client = Client::new(&server, ca.as_deref())?;
+            let answer = client
+                .login(&LoginRequest { username, password, device_id: Some(device_id) })
+                .map_err(|err| anyhow::anyhow!("login failed: {err}"))?;
+            let ca = ca.map(|path| std::fs::canonicalize(&path).unwrap_or(path).display().to_string());
+            store.save_session(&Session {
+                server,
+                ca,
+                username: answer.username.clone(),
+                device_id: answer.device_id.clone(),
+                access_token: answer.access_token,
+                refresh_token: answer.refresh_token,
+            })?;
+            println!("logged in as {} ({}) on device {}", answer.username, answer.role, answer.device_id);
+            Ok(())
+        }
+        Command::Pull => {
+            let changed = sync::pull(&store)?;
+            println!("{changed} assignment(s) changed");
+            Ok(())
+        }
+        Command::List { json } => list(&store, json),
+        Command::Confirm { delivery_id, recipient, quantity, empties, note } => {
+            let id = DeliveryId::parse(delivery_id).context("invalid delivery id")?;
+            let assignment = open_assignment(&store, &id)?;
+            let quantity = quantity.unwrap_or(assignment.quantity);
+            if quantity == 0 || quantity > assignment.quantity {
+                bail!("the quantity must be from 1 to {} for {id}", assignment.quantity);
+            }
+            if recipient.trim().is_empty() {
+                bail!("name the recipient with --recipient");
+            }
+            let confirmation = capture(&assignment, Outcome::Delivered, None, note, quantity, Some(recipient), empties);
+            store.enqueue(&confirmation)?;
+            println!("{}", confirmation.confirmation_id);
+            Ok(())
+        }
+        Command::Fail { delivery_id, reason, note } => {
+            let id = DeliveryId::parse(delivery_id).context("invalid delivery id")?;
+            let reason: FailureReason = serde_json::from_value(json!(reason)).map_err(|_| {
+                anyhow::anyhow!("unknown reason {reason:?}: customer_absent, refused, damaged, wrong_address or other")
+            })?;
+            if reason == FailureReason::Other && note.as_deref().map(str::trim).unwrap_or_default().is_empty() {
+                bail!("reason `other` needs --note");
+            }
+            let assignment = open_assignment(&store, &id)?;
+            let confirmation = capture(&assignment, Outcome::Failed, Some(reason), note, 0, None, 0);
+            store.enqueue(&confirmation)?;
+            println!("{}", confirmation.confirmation_id);
+            Ok(())
+        }
+        Command::Sync { json } => {
+            let report = sync::sync(&store)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "pushed: {} accepted, {} duplicate, {} rejected; pulled: {} change(s); queued: {}",
+                    report.accepted, report.duplicate, report.rejected, report.pulled, report.queued
+                );
+            }
+            Ok(())
+        }
+        Command::Status { json } => {
+            let session = store.session().ok();
+            let status = json!({
+                "queued": store.queued(),
+                "rejected": store.rejected()?.len(),
+                "last_sync_at": store.last_sync_at()?,
+                "username": session.as_ref().map(|s| s.username.to_string()),
+                "device_id": session.as_ref().map(|s| s.device_id.to_string()),
+                "server": session.as_ref().map(|s| s.server.clone()),
+            });
+            if json {
+                println!("{status}");
+            } else {
+                println!(
+                    "queued: {}, rejected: {}, last sync: {}",
+                    status["queued"],
+                    status["rejected"],
+                    status["last_sync_at"].as_str().unwrap_or("never")
+                );
+            }
+            Ok(())
+        }
+        Command::Rejected { json } => {
+            let rejected = store.rejected()?;
+            if json {
+                let rows: Vec<_> = rejected
+                    .iter()
+                    .map(|r| json!({"confirmation_id": r.confirmation.confirmation_id, "delivery_id": r.confirmation.delivery_id, "code": r.code, "message": r.message}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in &rejected {
+                    println!(
+                        "{}  {}  {}: {}",
+                        r.confirmation.confirmation_id, r.confirmation.delivery_id, r.code, r.message
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The assignment a confirmation is captured against, checked on this device.
+fn open_assignment(store: &LocalStore, id: &DeliveryId) -> anyhow::Result<handover_shared::sync::Assignment> {
+    let Some(assignment) = store.assignment(id)? else {
+        bail!("{id} is not among this handheld's assignments (run `handover-agent pull` when online)");
+    };
+    if !matches!(assignment.status, AssignmentStatus::Upcoming | AssignmentStatus::Ready) {
+        bail!("{id} is {:?}; nothing to confirm", assignment.status);
+    }
+    if let Some(previous) = store.captured_for(id)? {
+        bail!("{id} was already confirmed on this handheld ({previous})");
+    }
+    Ok(assignment)
+}
+
+fn capture(
+    assignment: &handover_shared::sync::Assignment,
+    outcome: Outcome,
+    reason: Option<FailureReason>,
+    note: Option<String>,
+    quantity: u32,
+    recipient: Option<String>,
+    empties_collected: u32,
+) -> Confirmation {
+    Confirmation {
+        confirmation_id: uuid::Uuid::now_v7().to_string(),
+        delivery_id: assignment.delivery_id.clone(),
+        version: assignment.version,
+        outcome,
+        reason,
+        note,
+        quantity,
+        recipient,
+        empties_collected,
+        captured_at: time::OffsetDateTime::now_utc(),
+        position: None,
+        signature: None,
+        photo_digest: None,
+    }
+}
+
+fn list(store: &LocalStore, json: bool) -> anyhow::Result<()> {
+    let assignments = store.assignments()?;
+    if json {
+        println!("{}", serde_json::to_string(&assignments)?);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<9} {:>4}  {:<8} {:<10} {:<8} CAPTURED",
+        "DELIVERY", "STATUS", "QTY", "ITEM", "CUSTOMER", "PICKUP"
+    );
+    for a in assignments {
+        let captured = if store.captured_for(&a.delivery_id)?.is_some() { "yes" } else { "" };
+        let status = serde_json::to_value(a.status)?.as_str().unwrap_or_default().to_owned();
+        println!(
+            "{:<10} {:<9} {:>4}  {:<8} {:<10} {:<8} {}",
+            a.delivery_id, status, a.quantity, a.item_id, a.customer_id, a.pickup_node, captured
+        );
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The agent binary builds and answers; its commands come with the sync issue.
-//! (This integration test also makes `cargo test --workspace` build the binary.)
+//! The agent binary answers on its own. (This integration test also makes
+//! `cargo test --workspace` build the binary that the end-to-end tests run.)
 
 #[test]
 fn the_agent_reports_its_version() {

@@ -108,7 +108,8 @@ impl TestServer {
             .arg(sandbox.data_dir())
             .arg("--certs-dir")
             .arg(sandbox.certs_dir())
-            .args(["--listen", "127.0.0.1:0"])
+            // Port 0 unless the test names an address (to come back on the same one).
+            .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(extra)
             .env("HANDOVER__AUTH__JWT_SECRET", JWT_SECRET)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -295,4 +296,25 @@ pub fn base_network() -> Value {
 /// Checks that a JSON value is a network file, so fixtures stay honest.
 pub fn assert_network_shape(value: &Value) {
     let _: NetworkFile = serde_json::from_value(value.clone()).expect("a network file");
+}
+
+impl Sandbox {
+    /// Runs `handover-agent ARGS --data-dir SANDBOX/agent-NAME`, with `stdin` fed.
+    pub fn agent(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(binary("handover-agent"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.path(&format!("agent-{name}")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("handover-agent runs");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("stdin written");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("handover-agent ends")
+    }
 }

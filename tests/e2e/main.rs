@@ -2,6 +2,7 @@
 //! binaries, started on port 0 in temporary directories, spoken to over real TLS.
 //! One test binary, so that linking happens once.
 
+mod agent;
 mod browser;
 mod foundation;
 mod helpers;

@@ -1,0 +1,290 @@
+//! The handheld's local store (sled under `--data-dir`): the session, the
+//! assignments as last pulled, the outbox of confirmations not yet accepted, the
+//! rejected list and the sync cursor. Every write the courier is told about is
+//! flushed before the command returns.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use handover_shared::{
+    sync::{Assignment, AssignmentStatus, Confirmation},
+    DeliveryId, DeviceId, Username,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::Transactional as _;
+
+/// Who is logged in on this handheld, and where the server is.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub server: String,
+    pub ca: Option<String>,
+    pub username: Username,
+    pub device_id: DeviceId,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A confirmation the server refused, kept for the courier to see.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rejected {
+    pub confirmation: Confirmation,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    assignments: sled::Tree,
+    /// UUIDv7 confirmation id (time-ordered) to [`Confirmation`].
+    outbox: sled::Tree,
+    rejected: sled::Tree,
+    /// Delivery id to the confirmation id captured for it on this device.
+    captured: sled::Tree,
+}
+
+fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes).context("a local record is unreadable")
+}
+
+impl LocalStore {
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let db = sled::open(dir.join("agent.v1")).map_err(|err| match err {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                anyhow::anyhow!("{} is in use by another handover-agent (a daemon?)", dir.display())
+            }
+            other => anyhow::anyhow!("cannot open the local store in {}: {other}", dir.display()),
+        })?;
+        Ok(Self {
+            meta: db.open_tree("meta")?,
+            assignments: db.open_tree("assignments")?,
+            outbox: db.open_tree("outbox")?,
+            rejected: db.open_tree("rejected")?,
+            captured: db.open_tree("captured")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.db.flush().context("flushing the local store")?;
+        Ok(())
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &str) -> anyhow::Result<Option<T>> {
+        self.meta.get(key)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> anyhow::Result<()> {
+        self.meta.insert(key, encode(value)?)?;
+        Ok(())
+    }
+
+    pub fn session(&self) -> anyhow::Result<Session> {
+        match self.get_meta("session")? {
+            Some(session) => Ok(session),
+            None => bail!("not logged in on this handheld: run `handover-agent login` first"),
+        }
+    }
+
+    pub fn save_session(&self, session: &Session) -> anyhow::Result<()> {
+        self.put_meta("session", session)?;
+        self.flush()
+    }
+
+    pub fn cursor(&self) -> anyhow::Result<Option<String>> {
+        self.get_meta("cursor")
+    }
+
+    pub fn last_sync_at(&self) -> anyhow::Result<Option<String>> {
+        self.get_meta("last_sync_at")
+    }
+
+    /// Keeps what a pull brought and moves the cursor, in one transaction.
+    pub fn apply_pull(&self, assignments: &[Assignment], cursor: &str, at: &str) -> anyhow::Result<()> {
+        let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = assignments
+            .iter()
+            .map(|a| {
+                let key = a.delivery_id.as_str().as_bytes().to_vec();
+                // Gone from this courier: forget it.
+                let keep = !matches!(a.status, AssignmentStatus::ReassignedAway | AssignmentStatus::Cancelled);
+                Ok((key, if keep { Some(encode(a)?) } else { None }))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let (cursor, at) = (encode(&cursor)?, encode(&at)?);
+        (&self.assignments, &self.meta)
+            .transaction(|(assignments, meta)| {
+                for (key, value) in &records {
+                    match value {
+                        Some(value) => assignments.insert(key.as_slice(), value.as_slice())?,
+                        None => assignments.remove(key.as_slice())?,
+                    };
+                }
+                meta.insert("cursor", cursor.as_slice())?;
+                meta.insert("last_sync_at", at.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|err| anyhow::anyhow!("saving the pulled assignments failed: {err:?}"))?;
+        self.flush()
+    }
+
+    pub fn assignments(&self) -> anyhow::Result<Vec<Assignment>> {
+        self.assignments.iter().values().map(|v| decode(&v?)).collect()
+    }
+
+    pub fn assignment(&self, id: &DeliveryId) -> anyhow::Result<Option<Assignment>> {
+        self.assignments.get(id.as_str())?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The confirmation already captured on this device for a delivery.
+    pub fn captured_for(&self, id: &DeliveryId) -> anyhow::Result<Option<String>> {
+        self.captured.get(id.as_str())?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Queues a confirmation durably: after this returns, power loss loses nothing.
+    pub fn enqueue(&self, confirmation: &Confirmation) -> anyhow::Result<()> {
+        let key = confirmation.confirmation_id.as_bytes().to_vec();
+        let value = encode(confirmation)?;
+        let delivery = confirmation.delivery_id.as_str().as_bytes().to_vec();
+        let id = encode(&confirmation.confirmation_id)?;
+        (&self.outbox, &self.captured)
+            .transaction(|(outbox, captured)| {
+                outbox.insert(key.as_slice(), value.as_slice())?;
+                captured.insert(delivery.as_slice(), id.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|err| anyhow::anyhow!("saving the confirmation failed: {err:?}"))?;
+        self.flush()
+    }
+
+    /// The outbox, oldest first.
+    pub fn outbox(&self) -> anyhow::Result<Vec<Confirmation>> {
+        self.outbox.iter().values().map(|v| decode(&v?)).collect()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The server took it (accepted or duplicate): it leaves the outbox.
+    pub fn settle(&self, confirmation_id: &str) -> anyhow::Result<()> {
+        self.outbox.remove(confirmation_id)?;
+        Ok(())
+    }
+
+    /// The server refused it: it moves to the rejected list, in one step.
+    pub fn reject(&self, confirmation: &Confirmation, code: &str, message: &str) -> anyhow::Result<()> {
+        let key = confirmation.confirmation_id.as_bytes().to_vec();
+        let record =
+            encode(&Rejected { confirmation: confirmation.clone(), code: code.into(), message: message.into() })?;
+        (&self.outbox, &self.rejected)
+            .transaction(|(outbox, rejected)| {
+                outbox.remove(key.as_slice())?;
+                rejected.insert(key.as_slice(), record.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|err| anyhow::anyhow!("moving a rejected confirmation failed: {err:?}"))?;
+        Ok(())
+    }
+
+    pub fn rejected(&self) -> anyhow::Result<Vec<Rejected>> {
+        self.rejected.iter().values().map(|v| decode(&v?)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use handover_shared::{sync::Outcome, CustomerId, ItemId, NodeId, ReceiptId};
+
+    use super::*;
+
+    fn assignment(delivery: u64, status: AssignmentStatus) -> Assignment {
+        Assignment {
+            delivery_id: DeliveryId::from_seq(delivery),
+            version: 1,
+            status,
+            receipt_id: ReceiptId::from_seq(delivery),
+            customer_id: CustomerId::parse("C1").expect("id"),
+            customer_name: "Office".into(),
+            item_id: ItemId::parse("TC-100").expect("id"),
+            item_name: "Toner".into(),
+            quantity: 2,
+            empties_expected: 2,
+            pickup_node: NodeId::parse("B1").expect("id"),
+        }
+    }
+
+    fn confirmation(delivery: u64) -> Confirmation {
+        Confirmation {
+            confirmation_id: uuid::Uuid::now_v7().to_string(),
+            delivery_id: DeliveryId::from_seq(delivery),
+            version: 1,
+            outcome: Outcome::Delivered,
+            reason: None,
+            note: None,
+            quantity: 2,
+            recipient: Some("Front desk".into()),
+            empties_collected: 0,
+            captured_at: time::OffsetDateTime::UNIX_EPOCH,
+            position: None,
+            signature: None,
+            photo_digest: None,
+        }
+    }
+
+    #[test]
+    fn a_queued_confirmation_survives_reopening_and_leaves_only_when_settled_or_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = confirmation(1);
+        let second = confirmation(2);
+        {
+            let store = LocalStore::open(dir.path()).expect("open");
+            store.enqueue(&first).expect("queued");
+            store.enqueue(&second).expect("queued");
+        }
+        let store = LocalStore::open(dir.path()).expect("reopen");
+        let ids: Vec<String> = store.outbox().expect("outbox").into_iter().map(|c| c.confirmation_id).collect();
+        assert_eq!(ids, vec![first.confirmation_id.clone(), second.confirmation_id.clone()], "oldest first");
+        assert_eq!(store.captured_for(&DeliveryId::from_seq(1)).expect("read"), Some(first.confirmation_id.clone()));
+
+        store.settle(&first.confirmation_id).expect("settled");
+        store.reject(&second, "not_assignee", "not yours").expect("rejected");
+        assert_eq!(store.queued(), 0);
+        let rejected = store.rejected().expect("rejected");
+        assert_eq!((rejected.len(), rejected[0].code.as_str()), (1, "not_assignee"));
+    }
+
+    #[test]
+    fn a_pull_keeps_assignments_forgets_those_gone_and_moves_the_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        store
+            .apply_pull(
+                &[assignment(1, AssignmentStatus::Ready), assignment(2, AssignmentStatus::Upcoming)],
+                "7",
+                "now",
+            )
+            .expect("applied");
+        store.apply_pull(&[assignment(2, AssignmentStatus::ReassignedAway)], "9", "later").expect("applied");
+        let kept: Vec<u64> = store.assignments().expect("list").iter().filter_map(|a| a.delivery_id.seq()).collect();
+        assert_eq!(kept, vec![1]);
+        assert_eq!(store.cursor().expect("cursor").as_deref(), Some("9"));
+        assert_eq!(store.last_sync_at().expect("read").as_deref(), Some("later"));
+    }
+}
