@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{Sandbox, TestServer, DEMO_PASSWORD};
+use crate::helpers::{Sandbox, DEMO_PASSWORD};
 
 fn text(output: &std::process::Output) -> (String, String) {
     (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
@@ -17,12 +17,24 @@ fn ok(sandbox: &Sandbox, args: &[&str]) -> String {
     stdout
 }
 
-async fn confirmed(server: &TestServer, dispatcher: &str, customer: &str, item: &str, quantity: u32) {
-    let body = json!({"customer_id": customer, "item_id": item, "quantity": quantity});
-    let (status, draft) = server.post("/api/v1/orders", &body, Some(dispatcher)).await;
-    assert_eq!(status, StatusCode::CREATED, "{draft}");
-    let path = format!("/api/v1/orders/{}/confirm", draft["order_id"].as_str().expect("id"));
-    assert_eq!(server.post(&path, &json!({}), Some(dispatcher)).await.0, StatusCode::CREATED);
+/// `handover-agent login` as exp1 against `server`, trusting the sandbox's CA.
+fn log_in(sandbox: &Sandbox, server_url: &str, device: Option<&str>) -> std::process::Output {
+    let ca = sandbox.certs_dir().join("ca.pem");
+    let mut args = vec![
+        "login",
+        "--server",
+        server_url,
+        "--ca",
+        ca.to_str().expect("path"),
+        "--username",
+        "exp1",
+        "--password-stdin",
+    ];
+    if let Some(device) = device {
+        args.extend(["--device-id", device]);
+    }
+    // With the newline `echo` or a person would add: the agent trims it.
+    sandbox.agent("exp1", &args, Some(&format!("{DEMO_PASSWORD}\n")))
 }
 
 #[tokio::test]
@@ -30,28 +42,12 @@ async fn a_day_offline_loses_nothing_and_syncs_when_the_server_is_back() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-100", 2).await; // D-000001: exp1
-    confirmed(&server, &dispatcher, "C1", "TC-100", 1).await; // D-000002: exp2
-    confirmed(&server, &dispatcher, "C1", "TC-100", 1).await; // D-000003: exp1
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-100", 2).await; // D-000001: exp1
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await; // D-000002: exp2
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await; // D-000003: exp1
+    server.plan(&dispatcher).await;
 
-    let ca = sandbox.certs_dir().join("ca.pem");
-    let login = sandbox.agent(
-        "exp1",
-        &[
-            "login",
-            "--server",
-            &server.url,
-            "--ca",
-            ca.to_str().expect("path"),
-            "--username",
-            "exp1",
-            "--password-stdin",
-            "--device-id",
-            "hh-exp1",
-        ],
-        Some(&format!("{DEMO_PASSWORD}\n")),
-    );
+    let login = log_in(&sandbox, &server.url, Some("hh-exp1"));
     assert!(login.status.success(), "{:?}", text(&login));
     assert_eq!(text(&login).0, "logged in as exp1 (expediter) on device hh-exp1\n");
     assert_eq!(ok(&sandbox, &["pull"]), "2 assignment(s) changed\n");
@@ -110,25 +106,9 @@ async fn a_revoked_handheld_is_told_to_log_in_again_and_keeps_its_outbox() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-100", 1).await;
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
-    let ca = sandbox.certs_dir().join("ca.pem");
-    let login = sandbox.agent(
-        "exp1",
-        &[
-            "login",
-            "--server",
-            &server.url,
-            "--ca",
-            ca.to_str().expect("path"),
-            "--username",
-            "exp1",
-            "--password-stdin",
-            "--device-id",
-            "lost-1",
-        ],
-        Some(DEMO_PASSWORD),
-    );
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
+    server.plan(&dispatcher).await;
+    let login = log_in(&sandbox, &server.url, Some("lost-1"));
     assert!(login.status.success(), "{:?}", text(&login));
     ok(&sandbox, &["pull"]);
     ok(&sandbox, &["confirm", "D-000001", "--recipient", "Front desk"]);
@@ -143,20 +123,7 @@ async fn a_revoked_handheld_is_told_to_log_in_again_and_keeps_its_outbox() {
     assert_eq!(status["queued"], 1, "the outbox is kept");
 
     // Logged in again on the same handheld, the confirmation goes through.
-    let again = sandbox.agent(
-        "exp1",
-        &[
-            "login",
-            "--server",
-            &server.url,
-            "--ca",
-            ca.to_str().expect("path"),
-            "--username",
-            "exp1",
-            "--password-stdin",
-        ],
-        Some(DEMO_PASSWORD),
-    );
+    let again = log_in(&sandbox, &server.url, None);
     assert!(again.status.success(), "{:?}", text(&again));
     let report: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
     assert_eq!((&report["accepted"], &report["queued"]), (&json!(1), &json!(0)));

@@ -207,6 +207,25 @@ impl TestServer {
         serde_json::from_value(body).expect("a login response")
     }
 
+    /// Places an order and confirms it as `token`'s account; returns the receipt id.
+    pub async fn confirm_order(&self, token: &str, customer: &str, item: &str, quantity: u32) -> String {
+        let body = json!({"customer_id": customer, "item_id": item, "quantity": quantity});
+        let (status, draft) = self.post("/api/v1/orders", &body, Some(token)).await;
+        assert_eq!(status, StatusCode::CREATED, "order of {quantity} {item} for {customer}: {draft}");
+        let order_id = draft["order_id"].as_str().expect("a draft has an order id");
+        let (status, receipt) = self.post(&format!("/api/v1/orders/{order_id}/confirm"), &json!({}), Some(token)).await;
+        assert_eq!(status, StatusCode::CREATED, "confirm of {order_id}: {receipt}");
+        receipt["receipt_id"].as_str().expect("a receipt has an id").to_owned()
+    }
+
+    /// Runs planning as the dispatcher `token`: a barrier after which every
+    /// confirmed receipt is planned or backordered. Returns the run's answer.
+    pub async fn plan(&self, token: &str) -> Value {
+        let (status, body) = self.post("/api/v1/shipments/run", &json!({}), Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "planning run: {body}");
+        body
+    }
+
     /// Logs in with the demo password and returns the access token.
     pub async fn token(&self, username: &str) -> String {
         self.login(username, DEMO_PASSWORD, None).await.access_token

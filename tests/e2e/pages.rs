@@ -232,28 +232,18 @@ async fn a_session_cookie_replayed_after_logout_is_refused() {
     assert_eq!(response.headers().get("location").and_then(|v| v.to_str().ok()), Some("/login?next=%2Forder"));
 }
 
-/// Places and confirms an order through the API as the dispatcher.
-async fn ordered(server: &TestServer, dispatcher: &str, customer: &str, item: &str, quantity: u32) {
-    let body = json!({"customer_id": customer, "item_id": item, "quantity": quantity});
-    let (status, draft) = server.post("/api/v1/orders", &body, Some(dispatcher)).await;
-    assert_eq!(status, StatusCode::CREATED, "{draft}");
-    let path = format!("/api/v1/orders/{}/confirm", draft["order_id"].as_str().expect("id"));
-    let (status, _) = server.post(&path, &json!({}), Some(dispatcher)).await;
-    assert_eq!(status, StatusCode::CREATED);
-}
-
 #[tokio::test]
 async fn the_dispatcher_dashboard_shows_backorders_deliveries_receipts_and_stock() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    ordered(&server, &dispatcher, "C1", "TC-100", 3).await;
-    ordered(&server, &dispatcher, "C1", "TC-200", 2).await;
-    ordered(&server, &dispatcher, "C1", "DR-300", 1).await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 3).await;
+    server.confirm_order(&dispatcher, "C1", "TC-200", 2).await;
+    server.confirm_order(&dispatcher, "C1", "DR-300", 1).await;
     let admin = server.token("admin").await;
     let new_item = json!({"items": [{"id": "NEW-1", "name": "New", "collectable": false, "max_per_order": 5}]});
     assert_eq!(server.post("/api/v1/admin/network", &new_item, Some(&admin)).await.0, StatusCode::OK);
-    ordered(&server, &dispatcher, "C1", "NEW-1", 1).await;
+    server.confirm_order(&dispatcher, "C1", "NEW-1", 1).await;
 
     let client = server.page_client(&sandbox);
     let (_, login, _) = get(&client, &server, "/login").await;
@@ -308,9 +298,9 @@ async fn a_seller_assigns_its_entrusted_deliveries_to_its_servicemen_on_its_page
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    ordered(&server, &dispatcher, "C1", "TC-200", 2).await;
-    ordered(&server, &dispatcher, "C1", "TC-100", 1).await;
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-200", 2).await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
+    server.plan(&dispatcher).await;
 
     let seller = server.page_client(&sandbox);
     let (_, login, _) = get(&seller, &server, "/login").await;

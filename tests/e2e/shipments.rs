@@ -18,24 +18,10 @@ use crate::helpers::{error, Sandbox, TestServer};
 /// Every node of the demo network.
 const NODES: [&str; 7] = ["MFR", "MW", "B1", "B2", "B3", "S1", "S2"];
 
-/// Places an order and confirms it; returns the receipt id.
-async fn confirm_order(server: &TestServer, token: &str, customer: &str, item: &str, quantity: u32) -> String {
-    let (status, draft) = server
-        .post("/api/v1/orders", &json!({"customer_id": customer, "item_id": item, "quantity": quantity}), Some(token))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "order of {quantity} {item} for {customer}: {draft}");
-    let order_id = draft["order_id"].as_str().expect("a draft has an order id");
-    let (status, receipt) = server.post(&format!("/api/v1/orders/{order_id}/confirm"), &json!({}), Some(token)).await;
-    assert_eq!(status, StatusCode::CREATED, "confirm of {order_id}: {receipt}");
-    receipt["receipt_id"].as_str().expect("a receipt has an id").to_owned()
-}
-
 /// One planning run; when it returns, every receipt confirmed before it was
 /// planned or backordered.
 async fn run(server: &TestServer, dispatcher: &str) -> Value {
-    let (status, body) = server.post("/api/v1/shipments/run", &json!({}), Some(dispatcher)).await;
-    assert_eq!(status, StatusCode::OK, "planning run: {body}");
-    body
+    server.plan(dispatcher).await
 }
 
 async fn receipt(server: &TestServer, dispatcher: &str, id: &str) -> Value {
@@ -169,7 +155,7 @@ async fn each_node_of_the_cascade_ships_the_orders_it_can_cover_for_customer_c1(
     // B1 holds 5 TC-100, B2 10, MW 40; S1 holds 6 TC-200; only MFR holds DR-300.
     let orders = [("TC-100", 3), ("TC-100", 7), ("TC-100", 15), ("TC-200", 2), ("DR-300", 1)];
     for (item, quantity) in orders {
-        confirm_order(&server, &dispatcher, "C1", item, quantity).await;
+        server.confirm_order(&dispatcher, "C1", item, quantity).await;
     }
     run(&server, &dispatcher).await;
 
@@ -259,9 +245,9 @@ async fn expediters_of_the_delivering_branch_with_the_fewest_open_deliveries_are
     let dispatcher = server.token("disp").await;
 
     // Two deliveries from B1: one to each of its expediters.
-    confirm_order(&server, &dispatcher, "C1", "TC-100", 1).await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
     run(&server, &dispatcher).await;
-    confirm_order(&server, &dispatcher, "C1", "TC-100", 1).await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
     run(&server, &dispatcher).await;
     let first = delivery(&server, &dispatcher, "D-000001").await["assignee"].clone();
     let second = delivery(&server, &dispatcher, "D-000002").await["assignee"].clone();
@@ -270,9 +256,9 @@ async fn expediters_of_the_delivering_branch_with_the_fewest_open_deliveries_are
     // C2's branch #1 is B2: three deliveries all go to exp3, though the B1
     // expediters have fewer open deliveries; C3's branch #1 is B3, served by exp4.
     for _ in 0..3 {
-        confirm_order(&server, &dispatcher, "C2", "TC-100", 1).await;
+        server.confirm_order(&dispatcher, "C2", "TC-100", 1).await;
     }
-    confirm_order(&server, &dispatcher, "C3", "TC-100", 1).await;
+    server.confirm_order(&dispatcher, "C3", "TC-100", 1).await;
     run(&server, &dispatcher).await;
     for (id, courier, branch) in
         [("D-000003", "exp3", "B2"), ("D-000004", "exp3", "B2"), ("D-000005", "exp3", "B2"), ("D-000006", "exp4", "B3")]
@@ -286,7 +272,7 @@ async fn expediters_of_the_delivering_branch_with_the_fewest_open_deliveries_are
     let first_name = first.as_str().expect("a username");
     let (status, body) = assign(&server, &dispatcher, "D-000002", first_name).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    confirm_order(&server, &dispatcher, "C1", "TC-100", 15).await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 15).await;
     run(&server, &dispatcher).await;
     let from_master = delivery(&server, &dispatcher, "D-000007").await;
     assert_eq!(
@@ -302,7 +288,7 @@ async fn an_order_no_node_can_cover_waits_as_a_backorder_until_goods_arrive() {
     let dispatcher = server.token("disp").await;
     import_item(&server, "NEW-1").await;
 
-    let id = confirm_order(&server, &dispatcher, "C1", "NEW-1", 4).await;
+    let id = server.confirm_order(&dispatcher, "C1", "NEW-1", 4).await;
     wait_until_backordered(&server, &dispatcher, &id).await;
     run(&server, &dispatcher).await;
     let waiting = receipt(&server, &dispatcher, &id).await;
@@ -394,7 +380,7 @@ async fn a_stock_count_from_a_network_import_plans_the_waiting_backorders() {
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
     import_item(&server, "NEW-1").await;
-    let id = confirm_order(&server, &dispatcher, "C1", "NEW-1", 2).await;
+    let id = server.confirm_order(&dispatcher, "C1", "NEW-1", 2).await;
     wait_until_backordered(&server, &dispatcher, &id).await;
     run(&server, &dispatcher).await;
 
@@ -418,8 +404,8 @@ async fn transfer_legs_are_issued_in_the_flow_of_the_goods_and_move_stock_throug
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirm_order(&server, &dispatcher, "C1", "DR-300", 2).await;
-    confirm_order(&server, &dispatcher, "C1", "TC-100", 1).await;
+    server.confirm_order(&dispatcher, "C1", "DR-300", 2).await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
     run(&server, &dispatcher).await;
     let planned = delivery(&server, &dispatcher, "D-000001").await;
     assert_eq!(planned["source_node"], "MFR", "{planned}");
@@ -503,8 +489,8 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirm_order(&server, &dispatcher, "C1", "TC-100", 1).await;
-    confirm_order(&server, &dispatcher, "C1", "TC-200", 1).await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
+    server.confirm_order(&dispatcher, "C1", "TC-200", 1).await;
     run(&server, &dispatcher).await;
     let (from_branch, entrusted) = ("D-000001", "D-000002");
     let planned = delivery(&server, &dispatcher, from_branch).await;
@@ -742,7 +728,7 @@ async fn concurrent_planning_runs_and_goods_receipts_keep_stock_and_deliveries_c
     for _ in 0..30 {
         let customer = customers[random.below(3) as usize];
         let quantity = 1 + random.below(5) as u32;
-        let id = confirm_order(&server, &dispatcher, customer, "NEW-1", quantity).await;
+        let id = server.confirm_order(&dispatcher, customer, "NEW-1", quantity).await;
         ordered.insert(id, (customer, quantity));
     }
     run(&server, &dispatcher).await;

@@ -5,14 +5,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::{error, Sandbox, TestServer};
 
-async fn confirmed(server: &TestServer, dispatcher: &str, customer: &str, item: &str, quantity: u32) {
-    let body = json!({"customer_id": customer, "item_id": item, "quantity": quantity});
-    let (status, draft) = server.post("/api/v1/orders", &body, Some(dispatcher)).await;
-    assert_eq!(status, StatusCode::CREATED, "{draft}");
-    let path = format!("/api/v1/orders/{}/confirm", draft["order_id"].as_str().expect("id"));
-    assert_eq!(server.post(&path, &json!({}), Some(dispatcher)).await.0, StatusCode::CREATED);
-}
-
 async fn pull(server: &TestServer, courier: &str, since: Option<&str>) -> Value {
     let path = match since {
         Some(cursor) => format!("/api/v1/sync/assignments?since={cursor}"),
@@ -43,10 +35,10 @@ async fn a_courier_pulls_its_assignments_then_only_what_changed_since_its_cursor
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-100", 3).await; // B1: exp1
-    confirmed(&server, &dispatcher, "C1", "TC-100", 2).await; // B1: exp2
-    confirmed(&server, &dispatcher, "C1", "DR-300", 1).await; // MFR -> MW -> B1: exp1 (fewest open)
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-100", 3).await; // B1: exp1
+    server.confirm_order(&dispatcher, "C1", "TC-100", 2).await; // B1: exp2
+    server.confirm_order(&dispatcher, "C1", "DR-300", 1).await; // MFR -> MW -> B1: exp1 (fewest open)
+    server.plan(&dispatcher).await;
     let exp1 = server.token("exp1").await;
     let exp2 = server.token("exp2").await;
 
@@ -135,8 +127,8 @@ async fn a_serviceman_pulls_an_entrusted_delivery_once_its_seller_assigns_it() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-200", 2).await; // entrusted to S1
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-200", 2).await; // entrusted to S1
+    server.plan(&dispatcher).await;
     let svc1 = server.token("svc1").await;
     let before = pull(&server, &svc1, None).await;
     assert_eq!(summary(&before), vec![]);
@@ -187,8 +179,8 @@ async fn an_accepted_confirmation_flips_the_delivered_flag_once_and_a_retry_is_a
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-100", 3).await;
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-100", 3).await;
+    server.plan(&dispatcher).await;
     let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
 
     let first = push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 3, 2)]).await;
@@ -229,8 +221,8 @@ async fn the_version_held_at_capture_decides_and_the_later_confirmation_is_alrea
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-100", 2).await;
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-100", 2).await;
+    server.plan(&dispatcher).await;
     let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
     let exp2 = server.login("exp2", "handover-demo", Some("hh-2")).await.access_token;
     let exp3 = server.login("exp3", "handover-demo", Some("hh-3")).await.access_token;
@@ -264,8 +256,8 @@ async fn a_failed_delivery_goes_back_to_the_dispatcher_and_can_be_delivered_late
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "DR-300", 1).await; // MFR -> MW -> B1
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "DR-300", 1).await; // MFR -> MW -> B1
+    server.plan(&dispatcher).await;
     let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
     let failed = json!({
         "confirmation_id": C1, "delivery_id": "D-000001", "version": 1, "outcome": "failed",
@@ -304,8 +296,8 @@ async fn two_uploads_of_the_same_batch_racing_apply_it_once() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-100", 3).await;
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-100", 3).await;
+    server.plan(&dispatcher).await;
     let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
     let uploads = (0..8).map(|_| push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 3, 3)]));
     let answers = futures::future::join_all(uploads).await;
@@ -323,8 +315,8 @@ async fn the_dashboard_lists_rejected_confirmations_and_each_handhelds_last_sync
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let dispatcher = server.token("disp").await;
-    confirmed(&server, &dispatcher, "C1", "TC-100", 1).await;
-    assert_eq!(server.post("/api/v1/shipments/run", &json!({}), Some(&dispatcher)).await.0, StatusCode::OK);
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
+    server.plan(&dispatcher).await;
     let exp3 = server.login("exp3", "handover-demo", Some("hh-3")).await.access_token;
     let body = json!({"device_id": "hh-3", "queued": 4, "confirmations": [delivered(C1, "D-000001", 1, 1, 0)]});
     let (status, answer) = server.post("/api/v1/sync/confirmations", &body, Some(&exp3)).await;
