@@ -3,22 +3,33 @@
 //! network, and syncs with the server when it can. It never links actix or the
 //! server; it speaks the wire types of `handover-shared` over HTTPS.
 
+mod capture;
 mod client;
+mod daemon;
+mod page;
 mod store;
 mod sync;
 
-use std::{io::Read as _, path::PathBuf, process::ExitCode};
+use std::{
+    io::{IsTerminal as _, Read as _},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use handover_shared::{
-    api::LoginRequest,
-    sync::{AssignmentStatus, Confirmation, FailureReason, Outcome},
-    DeliveryId, DeviceId,
-};
+use handover_shared::{api::LoginRequest, sync::FailureReason, DeliveryId, DeviceId};
 use serde_json::json;
 
-use crate::{client::Client, store::LocalStore, store::Session};
+use crate::{
+    capture::{Delivered, Failed},
+    client::Client,
+    daemon::{Schedule, Syncer},
+    store::{LocalStore, Session},
+    sync::SyncOptions,
+};
 
 /// Handover handheld agent.
 #[derive(Debug, Parser)]
@@ -83,6 +94,9 @@ enum Command {
     Sync {
         #[arg(long)]
         json: bool,
+        /// Confirmations per request (1 to 200).
+        #[arg(long, default_value_t = sync::DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..=200))]
+        batch_size: u16,
     },
     /// What is queued, rejected, and when the last sync was.
     Status {
@@ -93,6 +107,19 @@ enum Command {
     Rejected {
         #[arg(long)]
         json: bool,
+    },
+    /// Sync in the background and serve the handheld page on 127.0.0.1.
+    Daemon {
+        /// The page's port on 127.0.0.1 (0 picks a free one; the line
+        /// `handheld page on http://127.0.0.1:PORT` says which).
+        #[arg(long, default_value_t = 8790)]
+        port: u16,
+        /// Seconds between syncs while the server answers.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        interval: u64,
+        /// The longest wait, in seconds, between tries while the server is unreachable.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+        max_backoff: u64,
     },
 }
 
@@ -142,24 +169,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pull => {
-            let changed = sync::pull(&store)?;
+            let changed = sync::pull(&store, &SyncOptions::default())?;
             println!("{changed} assignment(s) changed");
             Ok(())
         }
         Command::List { json } => list(&store, json),
         Command::Confirm { delivery_id, recipient, quantity, empties, note } => {
             let id = DeliveryId::parse(delivery_id).context("invalid delivery id")?;
-            let assignment = open_assignment(&store, &id)?;
-            let quantity = quantity.unwrap_or(assignment.quantity);
-            if quantity == 0 || quantity > assignment.quantity {
-                bail!("the quantity must be from 1 to {} for {id}", assignment.quantity);
-            }
             if recipient.trim().is_empty() {
                 bail!("name the recipient with --recipient");
             }
-            let confirmation = capture(&assignment, Outcome::Delivered, None, note, quantity, Some(recipient), empties);
-            store.enqueue(&confirmation)?;
-            println!("{}", confirmation.confirmation_id);
+            let report = Delivered { recipient, quantity, empties, note, signature: None };
+            println!("{}", capture::deliver(&store, &id, report, None)?);
             Ok(())
         }
         Command::Fail { delivery_id, reason, note } => {
@@ -170,14 +191,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if reason == FailureReason::Other && note.as_deref().map(str::trim).unwrap_or_default().is_empty() {
                 bail!("reason `other` needs --note");
             }
-            let assignment = open_assignment(&store, &id)?;
-            let confirmation = capture(&assignment, Outcome::Failed, Some(reason), note, 0, None, 0);
-            store.enqueue(&confirmation)?;
-            println!("{}", confirmation.confirmation_id);
+            println!("{}", capture::fail(&store, &id, Failed { reason, note }, None)?);
             Ok(())
         }
-        Command::Sync { json } => {
-            let report = sync::sync(&store)?;
+        Command::Sync { json, batch_size } => {
+            let progress = !json && std::io::stdout().is_terminal();
+            let report =
+                sync::sync(&store, &SyncOptions { batch_size: batch_size.into(), progress, ..SyncOptions::default() })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -210,6 +230,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Daemon { port, interval, max_backoff } => daemon(
+            store,
+            port,
+            Schedule { interval: Duration::from_secs(interval), max_backoff: Duration::from_secs(max_backoff) },
+        ),
         Command::Rejected { json } => {
             let rejected = store.rejected()?;
             if json {
@@ -231,46 +256,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The assignment a confirmation is captured against, checked on this device.
-fn open_assignment(store: &LocalStore, id: &DeliveryId) -> anyhow::Result<handover_shared::sync::Assignment> {
-    let Some(assignment) = store.assignment(id)? else {
-        bail!("{id} is not among this handheld's assignments (run `handover-agent pull` when online)");
-    };
-    if !matches!(assignment.status, AssignmentStatus::Upcoming | AssignmentStatus::Ready) {
-        bail!("{id} is {:?}; nothing to confirm", assignment.status);
-    }
-    if let Some(previous) = store.captured_for(id)? {
-        bail!("{id} was already confirmed on this handheld ({previous})");
-    }
-    Ok(assignment)
-}
-
-fn capture(
-    assignment: &handover_shared::sync::Assignment,
-    outcome: Outcome,
-    reason: Option<FailureReason>,
-    note: Option<String>,
-    quantity: u32,
-    recipient: Option<String>,
-    empties_collected: u32,
-) -> Confirmation {
-    Confirmation {
-        confirmation_id: uuid::Uuid::now_v7().to_string(),
-        delivery_id: assignment.delivery_id.clone(),
-        version: assignment.version,
-        outcome,
-        reason,
-        note,
-        quantity,
-        recipient,
-        empties_collected,
-        captured_at: time::OffsetDateTime::now_utc(),
-        position: None,
-        signature: None,
-        photo_digest: None,
-    }
-}
-
 fn list(store: &LocalStore, json: bool) -> anyhow::Result<()> {
     let assignments = store.assignments()?;
     if json {
@@ -282,12 +267,25 @@ fn list(store: &LocalStore, json: bool) -> anyhow::Result<()> {
         "DELIVERY", "STATUS", "QTY", "ITEM", "CUSTOMER", "PICKUP"
     );
     for a in assignments {
-        let captured = if store.captured_for(&a.delivery_id)?.is_some() { "yes" } else { "" };
+        let captured = if store.captured_for(&a.delivery_id, a.version)?.is_some() { "yes" } else { "" };
         let status = serde_json::to_value(a.status)?.as_str().unwrap_or_default().to_owned();
         println!(
             "{:<10} {:<9} {:>4}  {:<8} {:<10} {:<8} {}",
             a.delivery_id, status, a.quantity, a.item_id, a.customer_id, a.pickup_node, captured
         );
     }
+    Ok(())
+}
+
+/// Starts the background sync, then serves the page on this thread.
+fn daemon(store: LocalStore, port: u16, schedule: Schedule) -> anyhow::Result<()> {
+    let server = tiny_http::Server::http(("127.0.0.1", port))
+        .map_err(|err| anyhow::anyhow!("cannot serve the handheld page on 127.0.0.1:{port}: {err}"))?;
+    let port = server.server_addr().to_ip().map(|a| a.port()).context("the page listens on an IP address")?;
+    let syncer = Arc::new(Syncer::new(store.clone()));
+    let background = Arc::clone(&syncer);
+    std::thread::Builder::new().name("sync".into()).spawn(move || background.run(schedule))?;
+    println!("handheld page on http://127.0.0.1:{port}");
+    page::Page::new(store, syncer, port).serve(&server);
     Ok(())
 }

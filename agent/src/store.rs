@@ -50,8 +50,24 @@ pub struct LocalStore {
     /// UUIDv7 confirmation id (time-ordered) to [`Confirmation`].
     outbox: sled::Tree,
     rejected: sled::Tree,
-    /// Delivery id to the confirmation id captured for it on this device.
+    /// `DELIVERY_ID@VERSION` to the confirmation id captured under that
+    /// assignment version on this device: one capture per version, so a delivery
+    /// that failed and came back (a new version) can be captured again.
     captured: sled::Tree,
+}
+
+/// What became of a save.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    Saved,
+    /// This very confirmation was saved before (a form sent twice).
+    AlreadySaved,
+    /// Another confirmation holds this assignment version: its id.
+    Taken(String),
+}
+
+fn captured_key(id: &DeliveryId, version: u64) -> String {
+    format!("{id}@{version}")
 }
 
 fn encode<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
@@ -152,25 +168,46 @@ impl LocalStore {
         self.assignments.get(id.as_str())?.map(|v| decode(&v)).transpose()
     }
 
-    /// The confirmation already captured on this device for a delivery.
-    pub fn captured_for(&self, id: &DeliveryId) -> anyhow::Result<Option<String>> {
-        self.captured.get(id.as_str())?.map(|v| decode(&v)).transpose()
+    /// The confirmation already captured on this device under an assignment
+    /// version.
+    pub fn captured_for(&self, id: &DeliveryId, version: u64) -> anyhow::Result<Option<String>> {
+        self.captured.get(captured_key(id, version))?.map(|v| decode(&v)).transpose()
     }
 
-    /// Queues a confirmation durably: after this returns, power loss loses nothing.
-    pub fn enqueue(&self, confirmation: &Confirmation) -> anyhow::Result<()> {
+    /// Queues a confirmation durably: after this returns `Saved`, power loss
+    /// loses nothing. The check that nothing else was captured under the same
+    /// assignment version is part of the same transaction, so two saves racing
+    /// (a double tap on the page) keep one.
+    pub fn enqueue(&self, confirmation: &Confirmation) -> anyhow::Result<Enqueued> {
         let key = confirmation.confirmation_id.as_bytes().to_vec();
         let value = encode(confirmation)?;
-        let delivery = confirmation.delivery_id.as_str().as_bytes().to_vec();
+        let slot = captured_key(&confirmation.delivery_id, confirmation.version);
         let id = encode(&confirmation.confirmation_id)?;
-        (&self.outbox, &self.captured)
+        let outcome = (&self.outbox, &self.captured)
             .transaction(|(outbox, captured)| {
+                if let Some(previous) = captured.get(slot.as_bytes())? {
+                    return Ok(if previous.as_ref() == id.as_slice() {
+                        Enqueued::AlreadySaved
+                    } else {
+                        Enqueued::Taken(decode(&previous).unwrap_or_default())
+                    });
+                }
                 outbox.insert(key.as_slice(), value.as_slice())?;
-                captured.insert(delivery.as_slice(), id.as_slice())?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                captured.insert(slot.as_bytes(), id.as_slice())?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(Enqueued::Saved)
             })
             .map_err(|err| anyhow::anyhow!("saving the confirmation failed: {err:?}"))?;
-        self.flush()
+        self.flush()?;
+        Ok(outcome)
+    }
+
+    /// The confirmation if it still waits in the outbox.
+    pub fn queued_confirmation(&self, confirmation_id: &str) -> anyhow::Result<Option<Confirmation>> {
+        self.outbox.get(confirmation_id)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub fn rejection(&self, confirmation_id: &str) -> anyhow::Result<Option<Rejected>> {
+        self.rejected.get(confirmation_id)?.map(|v| decode(&v)).transpose()
     }
 
     /// The outbox, oldest first.
@@ -255,13 +292,20 @@ mod tests {
         let second = confirmation(2);
         {
             let store = LocalStore::open(dir.path()).expect("open");
-            store.enqueue(&first).expect("queued");
-            store.enqueue(&second).expect("queued");
+            assert_eq!(store.enqueue(&first).expect("queued"), Enqueued::Saved);
+            assert_eq!(store.enqueue(&second).expect("queued"), Enqueued::Saved);
         }
         let store = LocalStore::open(dir.path()).expect("reopen");
         let ids: Vec<String> = store.outbox().expect("outbox").into_iter().map(|c| c.confirmation_id).collect();
         assert_eq!(ids, vec![first.confirmation_id.clone(), second.confirmation_id.clone()], "oldest first");
-        assert_eq!(store.captured_for(&DeliveryId::from_seq(1)).expect("read"), Some(first.confirmation_id.clone()));
+        assert_eq!(store.captured_for(&DeliveryId::from_seq(1), 1).expect("read"), Some(first.confirmation_id.clone()));
+        assert_eq!(store.enqueue(&first).expect("read"), Enqueued::AlreadySaved, "the same form sent twice");
+        let other = confirmation(1);
+        assert_eq!(store.enqueue(&other).expect("read"), Enqueued::Taken(first.confirmation_id.clone()));
+        let mut next_version = confirmation(1);
+        next_version.version = 2;
+        assert_eq!(store.enqueue(&next_version).expect("queued"), Enqueued::Saved, "a new assignment version");
+        store.settle(&next_version.confirmation_id).expect("settled");
 
         store.settle(&first.confirmation_id).expect("settled");
         store.reject(&second, "not_assignee", "not yours").expect("rejected");

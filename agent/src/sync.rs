@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
 use handover_shared::sync::{ConfirmationBatch, ResultStatus};
+use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng as _;
 use serde::Serialize;
 
@@ -13,10 +13,41 @@ use crate::{
     store::{LocalStore, Session},
 };
 
-/// Confirmations per request.
-const BATCH: usize = 100;
-/// Tries per request before the sync gives up (the outbox keeps everything).
-const ATTEMPTS: u32 = 4;
+/// Confirmations per request unless told otherwise (the server takes up to 200).
+pub const DEFAULT_BATCH: u16 = 100;
+/// The most confirmations per request the server takes.
+pub const MAX_BATCH: usize = 200;
+
+/// How a sync behaves.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Confirmations per request, 1 to [`MAX_BATCH`].
+    pub batch_size: usize,
+    /// Tries per request before the sync gives up; the daemon makes one and
+    /// does its own backoff between syncs.
+    pub attempts: u32,
+    /// A progress bar on the terminal while the outbox drains.
+    pub progress: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        Self { batch_size: DEFAULT_BATCH.into(), attempts: 4, progress: false }
+    }
+}
+
+/// Why a sync stopped. Whatever it is, the outbox keeps what was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No server to talk to now: try again later.
+    #[error("{message}; {queued} confirmation(s) stay queued, run `handover-agent sync` again later")]
+    Offline { message: String, queued: usize },
+    /// The session is over (revoked device, expired refresh token).
+    #[error("{0}; log in again with `handover-agent login` — nothing queued is lost")]
+    SessionEnded(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
 
 #[derive(Debug, Default, Serialize)]
 pub struct SyncReport {
@@ -33,8 +64,9 @@ fn authorized<T>(
     store: &LocalStore,
     session: &mut Session,
     client: &Client,
+    attempts: u32,
     call: impl Fn(&str) -> Result<T, CallError>,
-) -> anyhow::Result<T> {
+) -> Result<T, SyncError> {
     let mut refreshed = false;
     let mut attempt = 0;
     loop {
@@ -48,53 +80,73 @@ fn authorized<T>(
                         session.refresh_token = pair.refresh_token;
                         store.save_session(session)?;
                     }
-                    Err(CallError::Unauthorized { message, .. }) => bail!(
-                        "this handheld's session ended ({message}); log in again with `handover-agent login` — nothing queued is lost"
-                    ),
-                    Err(err) => bail!("refreshing the session failed: {err}"),
+                    Err(CallError::Unauthorized { message, .. }) => {
+                        return Err(SyncError::SessionEnded(format!("this handheld's session ended ({message})")))
+                    }
+                    Err(err) if err.is_transient() => {
+                        return Err(SyncError::Offline { message: err.to_string(), queued: store.queued() })
+                    }
+                    Err(err) => return Err(anyhow::anyhow!("refreshing the session failed: {err}").into()),
                 }
             }
             Err(CallError::Unauthorized { message, .. }) => {
-                bail!("the server refused this handheld's session ({message}); log in again — nothing queued is lost")
+                return Err(SyncError::SessionEnded(format!("the server refused this handheld's session ({message})")))
             }
-            Err(err) if err.is_transient() && attempt + 1 < ATTEMPTS => {
+            Err(err) if err.is_transient() && attempt + 1 < attempts => {
                 attempt += 1;
                 let base = 200u64.saturating_mul(1 << attempt).min(2_000);
                 let jitter = rand::rng().random_range(0..=base / 2);
                 std::thread::sleep(Duration::from_millis(base + jitter));
             }
             Err(err) if err.is_transient() => {
-                bail!("{err}; {} confirmation(s) stay queued, run `handover-agent sync` again later", store.queued())
+                return Err(SyncError::Offline { message: err.to_string(), queued: store.queued() })
             }
-            Err(err) => bail!("{err}"),
+            Err(err) => return Err(anyhow::anyhow!("{err}").into()),
         }
     }
 }
 
 /// Fetches what changed since the cursor; returns how many assignments changed.
-pub fn pull(store: &LocalStore) -> anyhow::Result<usize> {
-    let mut session = store.session()?;
+pub fn pull(store: &LocalStore, options: &SyncOptions) -> Result<usize, SyncError> {
+    let (mut session, client) = connect(store)?;
+    pull_with(store, &mut session, &client, options)
+}
+
+fn connect(store: &LocalStore) -> anyhow::Result<(Session, Client)> {
+    let session = store.session()?;
     let client = Client::new(&session.server, session.ca.as_deref().map(std::path::Path::new))?;
+    Ok((session, client))
+}
+
+fn pull_with(
+    store: &LocalStore,
+    session: &mut Session,
+    client: &Client,
+    options: &SyncOptions,
+) -> Result<usize, SyncError> {
     let cursor = store.cursor()?;
-    let changes = authorized(store, &mut session, &client, |token| client.pull(token, cursor.as_deref()))?;
-    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
+    let changes = authorized(store, session, client, options.attempts, |token| client.pull(token, cursor.as_deref()))?;
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(anyhow::Error::from)?;
     store.apply_pull(&changes.assignments, &changes.cursor, &now)?;
     Ok(changes.assignments.len())
 }
 
 /// Pushes the outbox in batches, applying each result as it comes, then pulls.
-pub fn sync(store: &LocalStore) -> anyhow::Result<SyncReport> {
-    let mut session = store.session()?;
-    let client = Client::new(&session.server, session.ca.as_deref().map(std::path::Path::new))?;
+pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, SyncError> {
+    let (mut session, client) = connect(store)?;
     let mut report = SyncReport::default();
     let outbox = store.outbox()?;
-    for chunk in outbox.chunks(BATCH) {
+    let batch_size = options.batch_size.clamp(1, MAX_BATCH);
+    let bar = progress_bar(options.progress && outbox.len() > batch_size, outbox.len());
+    for chunk in outbox.chunks(batch_size) {
         let batch = ConfirmationBatch {
             device_id: session.device_id.clone(),
             confirmations: chunk.to_vec(),
             queued: Some(store.queued() as u64),
         };
-        let answer = authorized(store, &mut session, &client, |token| client.push(token, &batch))?;
+        let answer = authorized(store, &mut session, &client, options.attempts, |token| client.push(token, &batch))?;
         for (confirmation, result) in chunk.iter().zip(answer.results) {
             match result.status {
                 ResultStatus::Accepted => {
@@ -113,8 +165,23 @@ pub fn sync(store: &LocalStore) -> anyhow::Result<SyncReport> {
             }
         }
         store.flush()?;
+        bar.inc(chunk.len() as u64);
     }
-    report.pulled = pull(store)?;
+    bar.finish_and_clear();
+    report.pulled = pull_with(store, &mut session, &client, options)?;
     report.queued = store.queued();
     Ok(report)
+}
+
+/// A bar on standard error when asked for, a hidden one otherwise.
+fn progress_bar(shown: bool, total: usize) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template("pushing {bar:30} {pos}/{len} confirmations, {per_sec}, {eta} left")
+    {
+        bar.set_style(style);
+    }
+    bar
 }

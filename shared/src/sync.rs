@@ -75,6 +75,82 @@ pub struct Confirmation {
     pub photo_digest: Option<String>,
 }
 
+pub const MAX_RECIPIENT_LEN: usize = 200;
+pub const MAX_NOTE_LEN: usize = 1000;
+/// A drawn signature as a PNG data URL stays well under this.
+pub const MAX_SIGNATURE_BYTES: usize = 256 * 1024;
+pub const MAX_EMPTIES: u32 = 10_000;
+
+impl Confirmation {
+    /// Checks what a confirmation says on its own, before anyone looks at the
+    /// delivery. The server judges pushed confirmations with it, and the agent
+    /// checks a capture with it before saving, so that nothing the courier is
+    /// told "saved" can come back `invalid`.
+    pub fn check(&self) -> Result<(), String> {
+        if uuid::Uuid::try_parse(&self.confirmation_id).is_err() {
+            return Err(format!("confirmation_id {:?} is not a UUID", self.confirmation_id));
+        }
+        if self.version == 0 {
+            return Err("version must be the assignment version the handheld held (1 or more)".into());
+        }
+        let text_ok = |text: &str, max: usize| text.chars().count() <= max && !text.chars().any(char::is_control);
+        if let Some(note) = &self.note {
+            if !text_ok(note, MAX_NOTE_LEN) {
+                return Err(format!("note must be at most {MAX_NOTE_LEN} characters, without control characters"));
+            }
+        }
+        if self.empties_collected > MAX_EMPTIES {
+            return Err(format!("empties_collected must be at most {MAX_EMPTIES}"));
+        }
+        if let Some(signature) = &self.signature {
+            if signature.len() > MAX_SIGNATURE_BYTES || !signature.starts_with("data:image/png;base64,") {
+                return Err(format!("signature must be a PNG data URL of at most {MAX_SIGNATURE_BYTES} bytes"));
+            }
+        }
+        if let Some(digest) = &self.photo_digest {
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err("photo_digest must be a SHA-256 in hex (64 characters)".into());
+            }
+        }
+        if let Some(position) = &self.position {
+            if !(-90.0..=90.0).contains(&position.lat) || !(-180.0..=180.0).contains(&position.lon) {
+                return Err("position must have a latitude in -90..90 and a longitude in -180..180".into());
+            }
+        }
+        match self.outcome {
+            Outcome::Delivered => {
+                let recipient = self.recipient.as_deref().map(str::trim).unwrap_or_default();
+                if recipient.is_empty() || !text_ok(recipient, MAX_RECIPIENT_LEN) {
+                    return Err(format!(
+                        "a delivered confirmation names its recipient (1 to {MAX_RECIPIENT_LEN} characters)"
+                    ));
+                }
+                if self.quantity == 0 {
+                    return Err("a delivered confirmation hands over at least 1 unit".into());
+                }
+                if self.reason.is_some() {
+                    return Err("a delivered confirmation has no failure reason".into());
+                }
+            }
+            Outcome::Failed => {
+                match self.reason {
+                    None => return Err("a failed confirmation gives its reason".into()),
+                    Some(FailureReason::Other)
+                        if self.note.as_deref().map(str::trim).unwrap_or_default().is_empty() =>
+                    {
+                        return Err("reason `other` needs a note".into())
+                    }
+                    Some(_) => {}
+                }
+                if self.quantity != 0 || self.empties_collected != 0 {
+                    return Err("a failed confirmation hands over nothing and collects nothing".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `POST /api/v1/sync/confirmations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,40 +1,24 @@
 //! The real handheld agent against the real server: a day offline.
 
+use std::process::Stdio;
+
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{Sandbox, DEMO_PASSWORD};
+use crate::helpers::{base_network, Sandbox, TestServer, DEMO_PASSWORD};
 
 fn text(output: &std::process::Output) -> (String, String) {
     (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// Runs the agent and insists that it succeeds; returns its standard output.
+/// Runs exp1's agent and insists that it succeeds; returns its standard output.
 fn ok(sandbox: &Sandbox, args: &[&str]) -> String {
-    let output = sandbox.agent("exp1", args, None);
-    let (stdout, stderr) = text(&output);
-    assert!(output.status.success(), "handover-agent {args:?} failed:\n{stdout}\n{stderr}");
-    stdout
+    sandbox.agent_ok("exp1", args)
 }
 
-/// `handover-agent login` as exp1 against `server`, trusting the sandbox's CA.
+/// `handover-agent login` as the demo's exp1.
 fn log_in(sandbox: &Sandbox, server_url: &str, device: Option<&str>) -> std::process::Output {
-    let ca = sandbox.certs_dir().join("ca.pem");
-    let mut args = vec![
-        "login",
-        "--server",
-        server_url,
-        "--ca",
-        ca.to_str().expect("path"),
-        "--username",
-        "exp1",
-        "--password-stdin",
-    ];
-    if let Some(device) = device {
-        args.extend(["--device-id", device]);
-    }
-    // With the newline `echo` or a person would add: the agent trims it.
-    sandbox.agent("exp1", &args, Some(&format!("{DEMO_PASSWORD}\n")))
+    sandbox.agent_login("exp1", server_url, "exp1", DEMO_PASSWORD, device)
 }
 
 #[tokio::test]
@@ -127,4 +111,178 @@ async fn a_revoked_handheld_is_told_to_log_in_again_and_keeps_its_outbox() {
     assert!(again.status.success(), "{:?}", text(&again));
     let report: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
     assert_eq!((&report["accepted"], &report["queued"]), (&json!(1), &json!(0)));
+}
+
+/// A server on a network whose only expediter, exp1, holds `deliveries`
+/// deliveries of 2 units each for C1 (stock plenty), and exp1's agent logged
+/// in and pulled. Returns the server and the delivery ids.
+pub async fn busy_courier(sandbox: &Sandbox, deliveries: usize, env: &[(&str, &str)]) -> (TestServer, Vec<String>) {
+    let mut network = base_network();
+    network["stock"][0]["quantity"] = json!(STOCK);
+    let file = sandbox.write_network("busy.json", &network);
+    let imported = sandbox.server_command(&["import", file.to_str().expect("path")]);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let server = sandbox.start_with_env(&[], env);
+    let dispatcher = server.login("disp", "disp-password", None).await.access_token;
+    for _ in 0..deliveries {
+        server.confirm_order(&dispatcher, "C1", "TC-100", 2).await;
+    }
+    server.plan(&dispatcher).await;
+    let login = sandbox.agent_login("exp1", &server.url, "exp1", "exp1-password", Some("hh-busy"));
+    assert!(login.status.success(), "{:?}", text(&login));
+    assert_eq!(ok(sandbox, &["pull"]), format!("{deliveries} assignment(s) changed\n"));
+    let ids = (1..=deliveries).map(|n| format!("D-{n:06}")).collect();
+    (server, ids)
+}
+
+const STOCK: u64 = 10_000;
+
+/// Checks, as the dispatcher, that every delivery was applied exactly once:
+/// each receipt delivered with the proof of `confirmation_ids` (when given), the
+/// stock moved by 2 units per delivery and the empties counted once (1 of the
+/// 2 expected per delivery).
+pub async fn assert_applied_once(server: &TestServer, deliveries: usize, confirmation_ids: &[String]) {
+    let dispatcher = server.login("disp", "disp-password", None).await.access_token;
+    let mut proofs = Vec::new();
+    for n in 1..=deliveries {
+        let (_, receipt) = server.get(&format!("/api/v1/receipts/R-{n:06}"), Some(&dispatcher)).await;
+        assert_eq!(receipt["delivered"], true, "{receipt}");
+        proofs.push(receipt["proof"]["confirmation_id"].as_str().unwrap_or_default().to_owned());
+    }
+    for id in confirmation_ids {
+        assert!(proofs.contains(id), "{id} was reported saved but is not the proof of any receipt");
+    }
+    let (_, stock) = server.get("/api/v1/nodes/B1/stock", Some(&dispatcher)).await;
+    let line = &stock["items"][0];
+    assert_eq!((line["on_hand"].as_u64(), line["reserved"].as_u64()), (Some(STOCK - 2 * deliveries as u64), Some(0)));
+    let (_, customer) = server.get("/api/v1/customers/C1", Some(&dispatcher)).await;
+    assert_eq!(customer["empties_expected"], json!(deliveries), "2 expected and 1 collected per delivery");
+}
+
+#[tokio::test]
+async fn an_access_token_that_expires_mid_day_is_refreshed_by_the_agent() {
+    let sandbox = Sandbox::new();
+    // One second, plus the server's five seconds of leeway.
+    let (server, _) = busy_courier(&sandbox, 2, &[("HANDOVER__AUTH__ACCESS_TTL_SECS", "1")]).await;
+    ok(&sandbox, &["confirm", "D-000001", "--recipient", "Front desk", "--empties", "1"]);
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+
+    let report: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
+    assert_eq!((&report["accepted"], &report["queued"]), (&json!(1), &json!(0)));
+    let log = server.log();
+    assert!(
+        log.contains("the access token has expired") && log.contains("/api/v1/auth/refresh"),
+        "refreshed once expired:\n{log}"
+    );
+
+    // The refreshed pair was kept: the next sync needs no login either.
+    ok(&sandbox, &["confirm", "D-000002", "--recipient", "Front desk", "--empties", "1"]);
+    let report: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
+    assert_eq!((&report["accepted"], &report["queued"]), (&json!(1), &json!(0)));
+    assert_applied_once(&server, 2, &[]).await;
+}
+
+#[tokio::test]
+async fn an_agent_killed_in_the_middle_of_confirm_saves_it_whole_or_not_at_all() {
+    let sandbox = Sandbox::new();
+    const DELIVERIES: usize = 16;
+    let (server, deliveries) = busy_courier(&sandbox, DELIVERIES, &[]).await;
+    let confirm = |id: &str| ["confirm", id, "--recipient", "Front desk", "--empties", "1"].map(str::to_owned);
+    let mut reported_saved = Vec::new();
+    let (mut killed_before_saving, mut killed_after_saving) = (0, 0);
+    for (n, delivery) in deliveries.iter().enumerate() {
+        // Spread the kills over the command's life: start-up, opening the
+        // store, the write, the flush, the answer.
+        let delay = std::time::Duration::from_micros((n as u64 * 2_371) % 25_000);
+        let args = confirm(delivery);
+        let mut child = sandbox
+            .agent_command("exp1", &args.each_ref().map(String::as_str))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the agent starts");
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("the killed agent is reaped");
+        let said = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+
+        // Run again to the end: it saves it now, or finds it saved already.
+        let again = sandbox.agent("exp1", &args.each_ref().map(String::as_str), None);
+        let (stdout, stderr) = text(&again);
+        if again.status.success() {
+            assert!(said.is_empty(), "{delivery}: said saved ({said}) but was not");
+            killed_before_saving += 1;
+            reported_saved.push(stdout.trim().to_owned());
+        } else {
+            assert!(stderr.contains("was already confirmed on this handheld"), "{delivery}: {stderr}");
+            if !said.is_empty() {
+                assert!(stderr.contains(&said), "{delivery}: saved as {said}, found {stderr}");
+                reported_saved.push(said);
+            }
+            killed_after_saving += 1;
+        }
+    }
+    eprintln!("kill -9 during confirm: {killed_before_saving} before the save, {killed_after_saving} after it");
+    let status: Value = serde_json::from_str(&ok(&sandbox, &["status", "--json"])).expect("json");
+    assert_eq!(status["queued"], json!(DELIVERIES), "one queued confirmation per delivery");
+
+    let report: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
+    assert_eq!(
+        (&report["accepted"], &report["rejected"], &report["queued"]),
+        (&json!(DELIVERIES), &json!(0), &json!(0))
+    );
+    assert_applied_once(&server, DELIVERIES, &reported_saved).await;
+}
+
+#[tokio::test]
+async fn an_agent_killed_in_the_middle_of_sync_loses_nothing_and_applies_nothing_twice() {
+    let sandbox = Sandbox::new();
+    const DELIVERIES: usize = 60;
+    let (server, deliveries) = busy_courier(&sandbox, DELIVERIES, &[]).await;
+    let mut saved = Vec::new();
+    for delivery in &deliveries {
+        saved.push(
+            ok(&sandbox, &["confirm", delivery, "--recipient", "Front desk", "--empties", "1"]).trim().to_owned(),
+        );
+    }
+
+    // One confirmation per request, so that a kill lands between requests, in
+    // a request, or between the answer and the outbox update.
+    let mut interrupted_midway = 0;
+    let mut finished = false;
+    for round in 0..40u64 {
+        let mut child = sandbox
+            .agent_command("exp1", &["sync", "--batch-size", "1", "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the agent starts");
+        // A sync of one confirmation per request takes some tens of
+        // milliseconds here: kill early and late in it.
+        std::thread::sleep(std::time::Duration::from_millis(8 + (round * 7) % 45));
+        if child.try_wait().expect("the agent's status").is_some_and(|status| status.success()) {
+            finished = true;
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let status: Value = serde_json::from_str(&ok(&sandbox, &["status", "--json"])).expect("json");
+        let queued = status["queued"].as_u64().expect("a count");
+        if queued > 0 && queued < DELIVERIES as u64 {
+            interrupted_midway += 1;
+        }
+        if queued == 0 {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "the outbox drains in the end");
+    assert!(interrupted_midway > 0, "no kill landed in the middle of a sync: the test proved nothing");
+    eprintln!("kill -9 during sync: {interrupted_midway} kill(s) with the outbox part-drained");
+
+    let report: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
+    assert_eq!((&report["rejected"], &report["queued"]), (&json!(0), &json!(0)));
+    let status: Value = serde_json::from_str(&ok(&sandbox, &["status", "--json"])).expect("json");
+    assert_eq!(status["rejected"], json!(0), "nothing was refused: retries came back `duplicate`");
+    assert_applied_once(&server, DELIVERIES, &saved).await;
 }

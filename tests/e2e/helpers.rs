@@ -122,22 +122,10 @@ impl TestServer {
             command.stderr(Stdio::from(log_file));
         }
         let mut child = command.spawn().context("spawning handover-server")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (lines, first_url) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    let _ = lines.send(url.to_owned());
-                }
-            }
-        });
-        let url = match first_url.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("the server did not print `listening on`; log:\n{}", std::fs::read_to_string(&log)?);
-            }
+        let Some(url) = announced_url(&mut child, "listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the server did not print `listening on`; log:\n{}", std::fs::read_to_string(&log)?);
         };
         let client = if url.starts_with("https://") {
             tls_client(&sandbox.certs_dir().join("ca.pem"))?
@@ -239,6 +227,36 @@ impl Drop for TestServer {
     }
 }
 
+/// The address a child prints on a line starting with `prefix` (its stdout is
+/// drained on a thread from then on), or `None` if it prints none within a minute.
+fn announced_url(child: &mut Child, prefix: &'static str) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (lines, first_url) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix(prefix) {
+                let _ = lines.send(url.to_owned());
+            }
+        }
+    });
+    first_url.recv_timeout(Duration::from_secs(60)).ok()
+}
+
+/// A running `handover-agent daemon`; killed (SIGKILL) when dropped, which it
+/// survives by design: every save is durable before the page says so.
+pub struct AgentDaemon {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of its handheld page.
+    pub url: String,
+}
+
+impl Drop for AgentDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A client that trusts only the given CA.
 pub fn tls_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
     let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -318,13 +336,62 @@ pub fn assert_network_shape(value: &Value) {
 }
 
 impl Sandbox {
+    /// `handover-agent ARGS --data-dir SANDBOX/agent-NAME`, not started yet.
+    pub fn agent_command(&self, name: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("handover-agent"));
+        command.args(args).arg("--data-dir").arg(self.path(&format!("agent-{name}")));
+        command
+    }
+
+    /// Starts `handover-agent daemon --port 0 ARGS` for the agent `name`.
+    pub fn agent_daemon(&self, name: &str, args: &[&str]) -> AgentDaemon {
+        let log = std::fs::File::create(self.path(&format!("daemon-{name}-{}.log", uuid_like()))).expect("a log file");
+        let mut child = self
+            .agent_command(name, &[&["daemon", "--port", "0"], args].concat())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("handover-agent daemon runs");
+        let url = announced_url(&mut child, "handheld page on ");
+        let daemon = AgentDaemon { child, url: url.unwrap_or_default() };
+        assert!(!daemon.url.is_empty(), "the daemon did not print `handheld page on`");
+        daemon
+    }
+
+    /// Runs the agent `name` and insists that it succeeds; returns its standard output.
+    pub fn agent_ok(&self, name: &str, args: &[&str]) -> String {
+        let output = self.agent(name, args, None);
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "handover-agent {args:?} failed:\n{stdout}\n{stderr}");
+        stdout.into_owned()
+    }
+
+    /// `handover-agent login` for the agent `name` as `username` against
+    /// `server_url`, trusting the sandbox's CA, the password on stdin.
+    pub fn agent_login(
+        &self,
+        name: &str,
+        server_url: &str,
+        username: &str,
+        password: &str,
+        device: Option<&str>,
+    ) -> Output {
+        let ca = self.certs_dir().join("ca.pem");
+        let ca = ca.to_str().expect("a UTF-8 path");
+        let mut args = vec!["login", "--server", server_url, "--ca", ca, "--username", username, "--password-stdin"];
+        if let Some(device) = device {
+            args.extend(["--device-id", device]);
+        }
+        // With the newline `echo` or a person would add: the agent trims it.
+        self.agent(name, &args, Some(&format!("{password}\n")))
+    }
+
     /// Runs `handover-agent ARGS --data-dir SANDBOX/agent-NAME`, with `stdin` fed.
     pub fn agent(&self, name: &str, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write as _;
-        let mut child = Command::new(binary("handover-agent"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.path(&format!("agent-{name}")))
+        let mut child = self
+            .agent_command(name, args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

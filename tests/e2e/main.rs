@@ -5,6 +5,7 @@
 mod agent;
 mod browser;
 mod foundation;
+mod handheld;
 mod helpers;
 mod orders;
 mod pages;

@@ -14,11 +14,7 @@ use time::OffsetDateTime;
 
 use super::shipments::{Delivery, DeliveryState};
 
-pub const MAX_RECIPIENT_LEN: usize = 200;
-pub const MAX_NOTE_LEN: usize = 1000;
-/// A drawn signature as a PNG data URL stays well under this.
-pub const MAX_SIGNATURE_BYTES: usize = 256 * 1024;
-pub const MAX_EMPTIES: u32 = 10_000;
+pub use handover_shared::sync::{MAX_EMPTIES, MAX_NOTE_LEN, MAX_RECIPIENT_LEN, MAX_SIGNATURE_BYTES};
 
 /// Why a confirmation will never be applied. Stable wire codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,71 +128,6 @@ pub fn digest(confirmation: &Confirmation) -> String {
     Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks what a confirmation says on its own, before looking at the delivery.
-pub fn check_content(c: &Confirmation) -> Result<(), String> {
-    if uuid::Uuid::parse_str(&c.confirmation_id).is_err() {
-        return Err(format!("confirmation_id {:?} is not a UUID", c.confirmation_id));
-    }
-    if c.version == 0 {
-        return Err("version must be the assignment version the handheld held (1 or more)".into());
-    }
-    let text_ok = |text: &str, max: usize| text.chars().count() <= max && !text.chars().any(char::is_control);
-    if let Some(note) = &c.note {
-        if !text_ok(note, MAX_NOTE_LEN) {
-            return Err(format!("note must be at most {MAX_NOTE_LEN} characters, without control characters"));
-        }
-    }
-    if c.empties_collected > MAX_EMPTIES {
-        return Err(format!("empties_collected must be at most {MAX_EMPTIES}"));
-    }
-    if let Some(signature) = &c.signature {
-        if signature.len() > MAX_SIGNATURE_BYTES || !signature.starts_with("data:image/png;base64,") {
-            return Err(format!("signature must be a PNG data URL of at most {MAX_SIGNATURE_BYTES} bytes"));
-        }
-    }
-    if let Some(digest) = &c.photo_digest {
-        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("photo_digest must be a SHA-256 in hex (64 characters)".into());
-        }
-    }
-    if let Some(position) = &c.position {
-        if !(-90.0..=90.0).contains(&position.lat) || !(-180.0..=180.0).contains(&position.lon) {
-            return Err("position must have a latitude in -90..90 and a longitude in -180..180".into());
-        }
-    }
-    match c.outcome {
-        Outcome::Delivered => {
-            let recipient = c.recipient.as_deref().map(str::trim).unwrap_or_default();
-            if recipient.is_empty() || !text_ok(recipient, MAX_RECIPIENT_LEN) {
-                return Err(format!(
-                    "a delivered confirmation names its recipient (1 to {MAX_RECIPIENT_LEN} characters)"
-                ));
-            }
-            if c.quantity == 0 {
-                return Err("a delivered confirmation hands over at least 1 unit".into());
-            }
-            if c.reason.is_some() {
-                return Err("a delivered confirmation has no failure reason".into());
-            }
-        }
-        Outcome::Failed => {
-            match c.reason {
-                None => return Err("a failed confirmation gives its reason".into()),
-                Some(handover_shared::sync::FailureReason::Other)
-                    if c.note.as_deref().map(str::trim).unwrap_or_default().is_empty() =>
-                {
-                    return Err("reason `other` needs a note".into())
-                }
-                Some(_) => {}
-            }
-            if c.quantity != 0 || c.empties_collected != 0 {
-                return Err("a failed confirmation hands over nothing and collects nothing".into());
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Judges a pushed confirmation. `seen` is what the server remembers of its id,
 /// `delivery` the delivery it names, as of now.
 pub fn judge(
@@ -216,7 +147,7 @@ pub fn judge(
             )
         };
     }
-    if let Err(message) = check_content(confirmation) {
+    if let Err(message) = confirmation.check() {
         return reject(RejectCode::Invalid, message);
     }
     let Some(delivery) = delivery else {

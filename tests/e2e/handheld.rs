@@ -1,0 +1,209 @@
+//! The handheld page that `handover-agent daemon` serves: over plain HTTP from
+//! a client, for its guards, and in a real phone-sized browser, for a day's
+//! confirmation with a drawn signature while the server is away.
+
+use std::time::{Duration, Instant};
+
+use fantoccini::actions::{InputSource as _, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
+use reqwest::{redirect::Policy, StatusCode};
+use serde_json::{json, Value};
+
+use crate::{
+    agent::{assert_applied_once, busy_courier},
+    browser::Browser,
+    helpers::{AgentDaemon, Sandbox},
+};
+
+/// How long the daemon may take to notice the server went or came back.
+const LINK_WAIT: Duration = Duration::from_secs(20);
+
+fn page_client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(Policy::none()).build().expect("a client")
+}
+
+async fn page(client: &reqwest::Client, daemon: &AgentDaemon, path: &str) -> (StatusCode, String) {
+    let response = client.get(format!("{}{path}", daemon.url)).send().await.expect("the page answers");
+    (response.status(), response.text().await.expect("a body"))
+}
+
+/// The value of the first hidden field `name` in a page.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).map(|at| at + marker.len()).unwrap_or_else(|| panic!("no {name} in:\n{html}"));
+    html[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
+async fn status(client: &reqwest::Client, daemon: &AgentDaemon) -> Value {
+    let (_, body) = page(client, daemon, "/status").await;
+    serde_json::from_str(&body).expect("JSON status")
+}
+
+/// Polls the daemon's status until `done` holds, or fails after [`LINK_WAIT`].
+async fn wait_for_status(client: &reqwest::Client, daemon: &AgentDaemon, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + LINK_WAIT;
+    loop {
+        let status = status(client, daemon).await;
+        if done(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "waited {LINK_WAIT:?} for {what}; status: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_handheld_page_saves_through_the_agents_rules_once_and_refuses_other_sites() {
+    let sandbox = Sandbox::new();
+    let (server, _) = busy_courier(&sandbox, 2, &[]).await;
+    let daemon = sandbox.agent_daemon("exp1", &["--interval", "1", "--max-backoff", "1"]);
+    let client = page_client();
+
+    // Another site's page, or a DNS name rebound to 127.0.0.1, is not served.
+    let rebound = client.get(&daemon.url).header("Host", "evil.example:80").send().await.expect("an answer");
+    assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
+
+    let (status_code, list) = page(&client, &daemon, "/").await;
+    assert_eq!(status_code, StatusCode::OK);
+    assert!(list.contains("D-000001") && list.contains("D-000002"), "{list}");
+    let (_, form) = page(&client, &daemon, "/deliveries/D-000001").await;
+    let (token, confirmation_id) = (hidden(&form, "token"), hidden(&form, "confirmation_id"));
+    let confirm_url = format!("{}/deliveries/D-000001/confirm", daemon.url);
+    let post = |fields: Vec<(&'static str, String)>| client.post(&confirm_url).form(&fields).send();
+
+    // A post without the page's token (a cross-site form) saves nothing.
+    let forged =
+        post(vec![("recipient", "X".into()), ("quantity", "2".into()), ("confirmation_id", confirmation_id.clone())]);
+    assert_eq!(forged.await.expect("an answer").status(), StatusCode::FORBIDDEN);
+
+    // The agent's own rules, with what was typed kept.
+    let fields = |quantity: &str, recipient: &str| {
+        vec![
+            ("token", token.clone()),
+            ("confirmation_id", confirmation_id.clone()),
+            ("recipient", recipient.to_owned()),
+            ("quantity", quantity.to_owned()),
+            ("empties", "1".to_owned()),
+            ("note", String::new()),
+        ]
+    };
+    let too_many = post(fields("9", "Ms Front")).await.expect("an answer");
+    assert_eq!(too_many.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let shown = too_many.text().await.expect("a body");
+    assert!(shown.contains("the quantity must be from 1 to 2 for D-000001") && shown.contains("Ms Front"), "{shown}");
+    let nameless = post(fields("2", "  ")).await.expect("an answer");
+    assert_eq!(nameless.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status(&client, &daemon).await["queued"], 0, "nothing saved from refused forms");
+
+    // A double tap sends the same form twice: saved once.
+    let (first, second) = tokio::join!(post(fields("2", "Ms Front")), post(fields("2", "Ms Front")));
+    for answer in [first, second] {
+        let answer = answer.expect("an answer");
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        assert_eq!(answer.headers()["location"], "/?saved=D-000001");
+    }
+    // Another form for the same delivery is refused: it was confirmed here (and,
+    // if the daemon was quick, the server already says delivered).
+    let (_, form_again) = page(&client, &daemon, "/deliveries/D-000001").await;
+    assert!(!form_again.contains("confirm-form"), "no second confirm form: {form_again}");
+    let mut other = fields("2", "Someone else");
+    other[1].1 = uuid_v7_like();
+    let refused = post(other).await.expect("an answer");
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let shown = refused.text().await.expect("a body");
+    assert!(
+        shown.contains("was already confirmed on this handheld") || shown.contains("D-000001 is delivered"),
+        "{shown}"
+    );
+
+    // The daemon syncs it at once; the command line waits its turn meanwhile.
+    wait_for_status(&client, &daemon, "the confirmation to be sent", |s| s["queued"] == 0 && s["online"] == true).await;
+    let busy = sandbox.agent("exp1", &["status"], None);
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use by another handover-agent"));
+    let dispatcher = server.login("disp", "disp-password", None).await.access_token;
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!((&receipt["delivered"], &receipt["proof"]["recipient"]), (&json!(true), &json!("Ms Front")));
+    let (_, receipt) = server.get("/api/v1/receipts/R-000002", Some(&dispatcher)).await;
+    assert_eq!(receipt["delivered"], false);
+}
+
+/// A fresh UUIDv7-shaped id, as the page would put in a new form.
+fn uuid_v7_like() -> String {
+    "01890a5d-ac96-774b-bcce-b302099a8057".to_owned()
+}
+
+#[tokio::test]
+async fn a_courier_confirms_with_a_drawn_signature_while_the_server_is_down_and_it_syncs_later() {
+    let Some(browser) = Browser::start().await else { return };
+    let sandbox = Sandbox::new();
+    let (server, _) = busy_courier(&sandbox, 1, &[]).await;
+    let daemon = sandbox.agent_daemon("exp1", &["--interval", "2", "--max-backoff", "2"]);
+    let client = page_client();
+    wait_for_status(&client, &daemon, "a first sync", |s| s["online"] == true).await;
+
+    // The server goes away (the van is in a tunnel).
+    let port = server.url.rsplit(':').next().expect("a port").to_owned();
+    assert!(server.stop().success());
+
+    browser.goto(&daemon.url).await;
+    browser.click_and_load("a#open-D-000001").await;
+    browser.fill("input#recipient", "Ms Reception").await;
+    browser.fill("input#empties", "1").await;
+    let canvas = browser.find("canvas#signature-pad").await;
+    let stroke = MouseActions::new("finger".into())
+        .then(PointerAction::MoveToElement { element: canvas.clone(), duration: None, x: -120.0, y: 10.0 })
+        .then(PointerAction::Down { button: MOUSE_BUTTON_LEFT })
+        .then(PointerAction::MoveToElement {
+            element: canvas.clone(),
+            duration: Some(Duration::from_millis(80)),
+            x: -40.0,
+            y: -25.0,
+        })
+        .then(PointerAction::MoveToElement {
+            element: canvas.clone(),
+            duration: Some(Duration::from_millis(80)),
+            x: 30.0,
+            y: 20.0,
+        })
+        .then(PointerAction::MoveToElement {
+            element: canvas,
+            duration: Some(Duration::from_millis(80)),
+            x: 110.0,
+            y: -15.0,
+        })
+        .then(PointerAction::Up { button: MOUSE_BUTTON_LEFT });
+    browser.client.perform_actions(stroke).await.expect("the signature is drawn");
+    let signature = browser.value("input#signature").await;
+    assert!(signature.starts_with("data:image/png;base64,") && signature.len() > 200, "{signature:.60}");
+    browser.screenshot("handheld-signed").await;
+    browser.click_and_load("button#confirm").await;
+
+    // Saved on the handheld, shown as waiting while the server is away.
+    assert!(browser.text("p#notice").await.contains("D-000001 saved on this handheld"));
+    assert!(browser.text("#done-D-000001").await.contains("waiting to be sent"));
+    let deadline = Instant::now() + LINK_WAIT;
+    while browser.text("p#link").await != "offline, 1 waiting" {
+        assert!(Instant::now() < deadline, "the banner says {:?}", browser.text("p#link").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.screenshot("handheld-offline").await;
+
+    // The server is back: the daemon sends it on its own, the banner follows.
+    let server = sandbox.start(&["--listen", &format!("127.0.0.1:{port}")]);
+    let deadline = Instant::now() + LINK_WAIT;
+    while browser.text("p#link").await != "online, all sent" {
+        assert!(Instant::now() < deadline, "the banner says {:?}", browser.text("p#link").await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.goto(&daemon.url).await;
+    assert!(browser.text("#done-D-000001").await.contains("sent"));
+    browser.screenshot("handheld-synced").await;
+
+    let dispatcher = server.login("disp", "disp-password", None).await.access_token;
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!(
+        (&receipt["delivered"], &receipt["proof"]["recipient"], &receipt["proof"]["signed"]),
+        (&json!(true), &json!("Ms Reception"), &json!(true)),
+        "{receipt}"
+    );
+    assert_applied_once(&server, 1, &[]).await;
+}
