@@ -286,3 +286,39 @@ async fn an_agent_killed_in_the_middle_of_sync_loses_nothing_and_applies_nothing
     assert_eq!(status["rejected"], json!(0), "nothing was refused: retries came back `duplicate`");
     assert_applied_once(&server, DELIVERIES, &saved).await;
 }
+
+#[tokio::test]
+async fn a_delivery_reassigned_after_capture_is_honoured_and_the_later_capture_is_listed_as_rejected() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 1).await; // D-000001: exp1
+    server.plan(&dispatcher).await;
+    assert!(log_in(&sandbox, &server.url, Some("hh-exp1")).status.success());
+    ok(&sandbox, &["pull"]);
+    // exp1 hands it over with no network, then the dispatcher, not knowing,
+    // gives the delivery to exp2, who pulls it and confirms it as well.
+    ok(&sandbox, &["confirm", "D-000001", "--recipient", "Front desk"]);
+    let (status, _) =
+        server.post("/api/v1/deliveries/D-000001/assign", &json!({"assignee": "exp2"}), Some(&dispatcher)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(sandbox.agent_login("exp2", &server.url, "exp2", DEMO_PASSWORD, Some("hh-exp2")).status.success());
+    sandbox.agent_ok("exp2", &["pull"]);
+    sandbox.agent_ok("exp2", &["confirm", "D-000001", "--recipient", "Back door"]);
+
+    // exp1 held the version it quotes: honoured. exp2 comes second.
+    let first: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
+    assert_eq!((&first["accepted"], &first["rejected"]), (&json!(1), &json!(0)));
+    let second: Value = serde_json::from_str(&sandbox.agent_ok("exp2", &["sync", "--json"])).expect("json");
+    assert_eq!((&second["accepted"], &second["rejected"], &second["queued"]), (&json!(0), &json!(1), &json!(0)));
+    let rejected: Value = serde_json::from_str(&sandbox.agent_ok("exp2", &["rejected", "--json"])).expect("json");
+    assert_eq!((&rejected[0]["delivery_id"], &rejected[0]["code"]), (&json!("D-000001"), &json!("already_delivered")));
+    let listed = sandbox.agent_ok("exp2", &["rejected"]);
+    assert!(listed.contains("D-000001  already_delivered: "), "{listed}");
+
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!(
+        (&receipt["proof"]["recipient"], &receipt["proof"]["device_id"]),
+        (&json!("Front desk"), &json!("hh-exp1"))
+    );
+}
