@@ -41,11 +41,11 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(server: &str, ca: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn new(server: &str, ca: Option<&Path>, timeout: Duration) -> anyhow::Result<Self> {
         let mut builder = blocking::Client::builder()
             .use_rustls_tls()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30));
+            .connect_timeout(Duration::from_secs(5).min(timeout))
+            .timeout(timeout);
         if let Some(ca) = ca {
             let pem = std::fs::read(ca).with_context(|| format!("reading the CA certificate {}", ca.display()))?;
             let certificate = reqwest::Certificate::from_pem(&pem).context("the CA file is not a PEM certificate")?;

@@ -77,8 +77,8 @@ impl Syncer {
 
     /// Syncs forever. Each sync makes one try per request; the waiting between
     /// tries is done here, so a nudge cuts a long backoff short.
-    pub fn run(&self, schedule: Schedule) {
-        let options = SyncOptions { attempts: 1, ..SyncOptions::default() };
+    pub fn run(&self, schedule: Schedule, options: SyncOptions) {
+        let options = SyncOptions { attempts: 1, ..options };
         let mut failures = 0u32;
         loop {
             let outcome = sync::sync(&self.store, &options);

@@ -38,6 +38,9 @@ struct Cli {
     /// Where the local store lives.
     #[arg(long, global = true, value_name = "DIR", default_value = "./agent-data")]
     data_dir: PathBuf,
+    /// Seconds a request to the server may take before it counts as failed.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,6 +127,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Armed by FAILPOINTS in test builds only; nothing otherwise.
+    let _failpoints = handover_shared::failpoints::setup();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let store = LocalStore::open(&cli.data_dir)?;
+    let options = SyncOptions { timeout: Duration::from_secs(cli.timeout), ..SyncOptions::default() };
     match cli.command {
         Command::Login { server, ca, username, password_stdin, device_id } => {
             let password = if password_stdin {
@@ -152,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(_) => DeviceId::parse(format!("hh-{}", uuid::Uuid::new_v4().simple()))?,
                 },
             };
-            let client = Client::new(&server, ca.as_deref())?;
+            let client = Client::new(&server, ca.as_deref(), options.timeout)?;
             let answer = client
                 .login(&LoginRequest { username, password, device_id: Some(device_id) })
                 .map_err(|err| anyhow::anyhow!("login failed: {err}"))?;
@@ -169,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pull => {
-            let changed = sync::pull(&store, &SyncOptions::default())?;
+            let changed = sync::pull(&store, &options)?;
             println!("{changed} assignment(s) changed");
             Ok(())
         }
@@ -196,8 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sync { json, batch_size } => {
             let progress = !json && std::io::stdout().is_terminal();
-            let report =
-                sync::sync(&store, &SyncOptions { batch_size: batch_size.into(), progress, ..SyncOptions::default() })?;
+            let report = sync::sync(&store, &SyncOptions { batch_size: batch_size.into(), progress, ..options })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -234,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store,
             port,
             Schedule { interval: Duration::from_secs(interval), max_backoff: Duration::from_secs(max_backoff) },
+            options,
         ),
         Command::Rejected { json } => {
             let rejected = store.rejected()?;
@@ -278,13 +284,13 @@ fn list(store: &LocalStore, json: bool) -> anyhow::Result<()> {
 }
 
 /// Starts the background sync, then serves the page on this thread.
-fn daemon(store: LocalStore, port: u16, schedule: Schedule) -> anyhow::Result<()> {
+fn daemon(store: LocalStore, port: u16, schedule: Schedule, options: SyncOptions) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(("127.0.0.1", port))
         .map_err(|err| anyhow::anyhow!("cannot serve the handheld page on 127.0.0.1:{port}: {err}"))?;
     let port = server.server_addr().to_ip().map(|a| a.port()).context("the page listens on an IP address")?;
     let syncer = Arc::new(Syncer::new(store.clone()));
     let background = Arc::clone(&syncer);
-    std::thread::Builder::new().name("sync".into()).spawn(move || background.run(schedule))?;
+    std::thread::Builder::new().name("sync".into()).spawn(move || background.run(schedule, options))?;
     println!("handheld page on http://127.0.0.1:{port}");
     page::Page::new(store, syncer, port).serve(&server);
     Ok(())

@@ -28,11 +28,13 @@ pub struct SyncOptions {
     pub attempts: u32,
     /// A progress bar on the terminal while the outbox drains.
     pub progress: bool,
+    /// How long one request may take.
+    pub timeout: Duration,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        Self { batch_size: DEFAULT_BATCH.into(), attempts: 4, progress: false }
+        Self { batch_size: DEFAULT_BATCH.into(), attempts: 4, progress: false, timeout: Duration::from_secs(30) }
     }
 }
 
@@ -108,13 +110,13 @@ fn authorized<T>(
 
 /// Fetches what changed since the cursor; returns how many assignments changed.
 pub fn pull(store: &LocalStore, options: &SyncOptions) -> Result<usize, SyncError> {
-    let (mut session, client) = connect(store)?;
+    let (mut session, client) = connect(store, options)?;
     pull_with(store, &mut session, &client, options)
 }
 
-fn connect(store: &LocalStore) -> anyhow::Result<(Session, Client)> {
+fn connect(store: &LocalStore, options: &SyncOptions) -> anyhow::Result<(Session, Client)> {
     let session = store.session()?;
-    let client = Client::new(&session.server, session.ca.as_deref().map(std::path::Path::new))?;
+    let client = Client::new(&session.server, session.ca.as_deref().map(std::path::Path::new), options.timeout)?;
     Ok((session, client))
 }
 
@@ -126,6 +128,7 @@ fn pull_with(
 ) -> Result<usize, SyncError> {
     let cursor = store.cursor()?;
     let changes = authorized(store, session, client, options.attempts, |token| client.pull(token, cursor.as_deref()))?;
+    handover_shared::failpoint!("agent.mid_pull", SyncError::Failed(anyhow::anyhow!("failpoint")));
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(anyhow::Error::from)?;
@@ -135,7 +138,7 @@ fn pull_with(
 
 /// Pushes the outbox in batches, applying each result as it comes, then pulls.
 pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, SyncError> {
-    let (mut session, client) = connect(store)?;
+    let (mut session, client) = connect(store, options)?;
     let mut report = SyncReport::default();
     let outbox = store.outbox()?;
     let batch_size = options.batch_size.clamp(1, MAX_BATCH);
@@ -147,6 +150,7 @@ pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, Syn
             queued: Some(store.queued() as u64),
         };
         let answer = authorized(store, &mut session, &client, options.attempts, |token| client.push(token, &batch))?;
+        handover_shared::failpoint!("agent.after_upload", SyncError::Failed(anyhow::anyhow!("failpoint")));
         for (confirmation, result) in chunk.iter().zip(answer.results) {
             match result.status {
                 ResultStatus::Accepted => {

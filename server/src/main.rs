@@ -64,6 +64,8 @@ enum Command {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
+    // Armed by FAILPOINTS in test builds only; nothing otherwise.
+    let _failpoints = handover_shared::failpoints::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { data_dir, listen, certs_dir, http, demo } => {

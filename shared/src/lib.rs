@@ -6,6 +6,7 @@
 //! CI checks that neither actix nor sled ever shows up in its dependency tree.
 
 pub mod api;
+pub mod failpoints;
 pub mod ids;
 pub mod kinds;
 pub mod sync;

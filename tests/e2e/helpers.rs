@@ -146,6 +146,17 @@ impl TestServer {
         self.child.wait().expect("the server exits")
     }
 
+    /// The exit status, if the server has ended on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// `127.0.0.1:PORT` of the server.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let authority = self.url.split("://").nth(1).expect("a URL with a scheme");
+        authority.parse().expect("an IP address and a port")
+    }
+
     /// SIGKILL: a crash, with no chance to flush.
     pub fn kill(mut self) {
         let _ = self.child.kill();

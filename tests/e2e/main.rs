@@ -4,10 +4,12 @@
 
 mod agent;
 mod browser;
+mod faults;
 mod foundation;
 mod handheld;
 mod helpers;
 mod orders;
 mod pages;
+mod proxy;
 mod shipments;
 mod sync;

@@ -135,6 +135,10 @@ pub async fn confirmations(
         .store
         .push_confirmations(&caller.username, &caller.device_id, batch.confirmations, time::OffsetDateTime::now_utc())
         .await?;
+    handover_shared::failpoint!(
+        "push.after_flush",
+        ApiError::from(crate::store::StoreError::Backend("failpoint push.after_flush".into()))
+    );
     let results = ids
         .into_iter()
         .zip(outcomes)

@@ -949,7 +949,10 @@ impl Store for SledStore {
             .blocking(move |inner| {
                 let mut outcomes = Vec::with_capacity(batch.len());
                 let mut wrote = false;
-                for confirmation in &batch {
+                for (index, confirmation) in batch.iter().enumerate() {
+                    if index > 0 {
+                        handover_shared::failpoint!("push.between_items", StoreError::Backend("failpoint".into()));
+                    }
                     let (outcome, changed) = push_one(inner, &uploader, &device, confirmation, now)?;
                     outcomes.push(outcome);
                     wrote |= changed;
@@ -957,6 +960,7 @@ impl Store for SledStore {
                 Ok((outcomes, wrote))
             })
             .await?;
+        handover_shared::failpoint!("push.after_write", StoreError::Backend("failpoint".into()));
         // The batch is answered only once what it accepted is durable.
         if wrote || !outcomes.is_empty() {
             self.inner.commit.durable().await?;
