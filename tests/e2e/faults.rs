@@ -199,20 +199,6 @@ fn armed(rng: &mut StdRng, point: &str, action: &str, evaluations: u64) -> Strin
     format!("{point}={}*off->1*{action}->off", rng.random_range(0..evaluations.max(1)))
 }
 
-/// Waits until the server has answered `batches` batches (it logs each), or the
-/// agent has ended, then `jitter_ms` more: a seeded moment in the middle of a
-/// sync, wherever the machine's speed puts it.
-fn wait_for_batches(server: &TestServer, agent: &mut std::process::Child, batches: u64, jitter_ms: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && agent.try_wait().ok().flatten().is_none() {
-        if server.log().matches("confirmations pushed").count() as u64 >= batches {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    std::thread::sleep(Duration::from_millis(jitter_ms));
-}
-
 /// One run of one scenario; fills `row`.
 async fn run_once(base: &Baseline, n: usize, breaker: Breaker, seed: u64, row: &mut Row) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -244,14 +230,14 @@ async fn run_once(base: &Baseline, n: usize, breaker: Breaker, seed: u64, row: &
         let mut child = agent_sync(&run, agent_points.take().as_deref()).spawn().expect("the agent starts");
         match breaker {
             Breaker::KillAgent if !fired => {
-                wait_for_batches(&server, &mut child, rng.random_range(1..batches), rng.random_range(0..20));
+                server.wait_for_batches(rng.random_range(1..batches), &mut child, rng.random_range(0..20));
                 if child.try_wait().expect("a status").is_none() {
                     fired = true;
                 }
                 let _ = child.kill();
             }
             Breaker::KillServer if !fired => {
-                wait_for_batches(&server, &mut child, rng.random_range(1..batches), rng.random_range(0..20));
+                server.wait_for_batches(rng.random_range(1..batches), &mut child, rng.random_range(0..20));
                 if child.try_wait().expect("a status").is_none() {
                     fired = true;
                     server.kill();

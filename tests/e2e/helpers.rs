@@ -146,6 +146,25 @@ impl TestServer {
         self.child.wait().expect("the server exits")
     }
 
+    /// How many confirmation batches the server has answered (it logs each).
+    pub fn answered_batches(&self) -> u64 {
+        self.log().matches("confirmations pushed").count() as u64
+    }
+
+    /// Waits until the server has answered `batches` batches in all, or the
+    /// agent has ended, then `jitter_ms` more: a moment in the middle of a
+    /// sync, wherever the machine's speed puts it.
+    pub fn wait_for_batches(&self, batches: u64, agent: &mut Child, jitter_ms: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline && agent.try_wait().ok().flatten().is_none() {
+            if self.answered_batches() >= batches {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(jitter_ms));
+    }
+
     /// The exit status, if the server has ended on its own.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
