@@ -114,10 +114,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     running.until_stopped().await
 }
 
+/// On standard output, for the person who started the demo: the log (standard
+/// error, often kept in files) never carries a password.
 fn print_demo_banner() {
-    eprintln!("loaded the demo network; every demo account's password is {:?}:", demo::DEMO_PASSWORD);
+    println!("loaded the demo network; every demo account's password is {:?}:", demo::DEMO_PASSWORD);
     for (username, role, home) in demo::accounts() {
-        eprintln!("  {username:<8} {role:<11} {home}");
+        println!("  {username:<8} {role:<11} {home}");
     }
 }
 

@@ -364,3 +364,199 @@ async fn a_partition_that_heals_drains_the_outbox_within_the_backoff_bound() {
     drop(daemon);
     crate::agent::assert_applied_once(&server, 10, &base.saved).await;
 }
+
+#[tokio::test]
+async fn fifty_couriers_sync_at_once_through_a_faulty_network_while_the_dispatcher_reassigns() {
+    const COURIERS: usize = 50;
+    let per_courier = env_number("HANDOVER_SOAK_DELIVERIES", 6) as usize;
+    let soak = Duration::from_secs(env_number("HANDOVER_SOAK_SECS", 15));
+    let n = COURIERS * per_courier;
+    let sandbox = Sandbox::new();
+    let mut network = base_network();
+    network["stock"][0]["quantity"] = json!(crate::agent::STOCK);
+    let accounts = network["accounts"].as_array_mut().expect("accounts");
+    for c in 2..=COURIERS {
+        accounts.push(
+            json!({"username": format!("exp{c}"), "password": "exp1-password", "role": "expediter", "node_id": "B1"}),
+        );
+    }
+    let file = sandbox.write_network("fifty.json", &network);
+    assert!(sandbox.server_command(&["import", file.to_str().expect("path")]).status.success());
+    let env = [("HANDOVER__AUTH__LOGIN_ATTEMPTS_PER_MINUTE_PER_ADDRESS", "1000")];
+    let server = sandbox.start_with_env(&["--http"], &env);
+    let dispatcher = server.login("disp", "disp-password", None).await.access_token;
+    for _ in 0..n {
+        server.confirm_order(&dispatcher, "C1", "TC-100", 2).await;
+    }
+    server.plan(&dispatcher).await;
+    let proxy = FaultyProxy::start(server.addr(), env_number("HANDOVER_FAULT_SEED", 1));
+    let url = format!("http://{}", proxy.addr);
+
+    // Every courier logs in, pulls and confirms all it holds, offline-style.
+    let couriers: Vec<String> = (1..=COURIERS).map(|c| format!("exp{c}")).collect();
+    let saved: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = couriers
+            .iter()
+            .map(|courier| {
+                let (sandbox, url) = (&sandbox, url.as_str());
+                scope.spawn(move || {
+                    let device = format!("hh-{courier}");
+                    let login =
+                        ["login", "--server", url, "--username", courier, "--password-stdin", "--device-id", &device];
+                    let login = sandbox.agent(courier, &login, Some("exp1-password\n"));
+                    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+                    sandbox.agent_ok(courier, &["pull"]);
+                    let held: Value =
+                        serde_json::from_str(&sandbox.agent_ok(courier, &["list", "--json"])).expect("json");
+                    let held = held
+                        .as_array()
+                        .expect("a list")
+                        .iter()
+                        .map(|a| a["delivery_id"].as_str().expect("an id").to_owned());
+                    held.map(|id| {
+                        sandbox
+                            .agent_ok(courier, &["confirm", &id, "--recipient", "Desk", "--empties", "1"])
+                            .trim()
+                            .to_owned()
+                    })
+                    .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a courier's setup")).collect()
+    });
+    assert_eq!(saved.len(), n, "every delivery was held by one courier and confirmed");
+
+    // A tenth of the deliveries go to other couriers after they were captured
+    // (the dispatcher did not know), and more move while the couriers sync.
+    let mut rng = StdRng::seed_from_u64(env_number("HANDOVER_FAULT_SEED", 1));
+    let mut moved_before = 0;
+    for d in (1..=n).step_by(10) {
+        let body = json!({"assignee": format!("exp{}", rng.random_range(1..=COURIERS))});
+        let (status, _) = server.post(&format!("/api/v1/deliveries/D-{d:06}/assign"), &body, Some(&dispatcher)).await;
+        moved_before += usize::from(status.is_success());
+    }
+
+    // The soak: every courier syncs in a loop through a network that breaks
+    // 40% of connections, while the dispatcher moves deliveries around.
+    proxy.set_fault(Fault::Chaos { pass_percent: 60 });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let syncs = std::sync::atomic::AtomicU64::new(0);
+    let reassigned = std::thread::scope(|scope| {
+        for courier in &couriers {
+            let (sandbox, stop, syncs) = (&sandbox, &stop, &syncs);
+            scope.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = sandbox.agent(courier, &["sync", "--batch-size", "2", "--timeout", "5"], None);
+                    syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        // The dispatcher, on a thread of its own (this one belongs to the
+        // test's runtime); the couriers stop when it is done, even if it fails.
+        let (rng, stop, server, dispatcher) = (&mut rng, &stop, &server, &dispatcher);
+        let dispatcher = scope.spawn(move || {
+            struct StopAll<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for StopAll<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _stop_all = StopAll(stop);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            let client = reqwest::Client::new();
+            let (started, mut reassigned) = (Instant::now(), 0);
+            while started.elapsed() < soak {
+                let delivery = format!("{}/api/v1/deliveries/D-{:06}/assign", server.url, rng.random_range(1..=n));
+                let body = json!({"assignee": format!("exp{}", rng.random_range(1..=COURIERS))});
+                let sent = runtime.block_on(client.post(&delivery).bearer_auth(dispatcher).json(&body).send());
+                if sent.is_ok_and(|answer| answer.status().is_success()) {
+                    reassigned += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            reassigned
+        });
+        dispatcher.join().expect("the dispatcher's loop")
+    });
+
+    // The network heals; every courier drains what is left.
+    proxy.set_fault(Fault::Pass);
+    let mut rejected = 0;
+    for courier in &couriers {
+        sandbox.agent_ok(courier, &["sync"]);
+        let status: Value = serde_json::from_str(&sandbox.agent_ok(courier, &["status", "--json"])).expect("json");
+        assert_eq!(status["queued"], 0, "{courier}: {status}");
+        rejected += status["rejected"].as_u64().expect("a count");
+    }
+    let applied = count_applied(&server, n, &saved).await;
+    eprintln!(
+        "{COURIERS} couriers, {n} confirmations, {soak:?} of 40% faulty network: {} syncs, {} faulty connections of {}, \
+         {moved_before} reassignments after capture and {reassigned} during the sync, {rejected} rejected, {applied:?}",
+        syncs.load(std::sync::atomic::Ordering::Relaxed),
+        proxy.tally().faults(),
+        proxy.tally().connections.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    // Every courier captured under the version it held: all are honoured,
+    // even those reassigned since; none is lost, none counted twice.
+    assert_eq!(rejected, 0);
+    assert_eq!(applied.missing_proofs, 0, "saved confirmations lost");
+    assert_eq!((applied.delivered, applied.stock_moves, applied.empties_counted), (n, n as u64, n as u64));
+    assert!(applied.ledger_balanced);
+    assert!(proxy.tally().faults() > 0, "the network never failed: the soak proved nothing");
+}
+
+#[tokio::test]
+async fn a_data_dir_copied_in_the_middle_of_writes_keeps_every_acknowledged_write_or_refuses_clearly() {
+    let n = 200;
+    let base = baseline(n).await;
+    let server = base.sandbox.start(&["--http"]);
+    base.proxy.set_upstream(server.addr());
+    let mut agent = base
+        .sandbox
+        .agent_command("exp1", &["sync", "--batch-size", "5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the agent starts");
+    // Copy the server's data dir (and then the agent's) while batches land.
+    server.wait_for_batches(10, &mut agent, 0);
+    let acknowledged = server.answered_batches() * 5;
+    let copy = Sandbox::new();
+    copy_dir(&base.sandbox.data_dir(), &copy.data_dir());
+    copy_dir(&base.sandbox.path("agent-exp1"), &copy.path("agent-exp1"));
+    let answered_by_the_end_of_the_copy = server.answered_batches() * 5;
+    assert!(agent.wait().expect("the agent ends").success(), "the original sync went on undisturbed");
+    assert!(acknowledged > 0 && acknowledged < n as u64, "the copy was taken mid-sync ({acknowledged} acknowledged)");
+
+    // The copy either opens with every write acknowledged before it was taken…
+    match copy.try_start(&["--http"]) {
+        Ok(reopened) => {
+            let dispatcher = reopened.login("disp", "disp-password", None).await.access_token;
+            for r in 1..=acknowledged {
+                let (_, receipt) = reopened.get(&format!("/api/v1/receipts/R-{r:06}"), Some(&dispatcher)).await;
+                assert_eq!(receipt["delivered"], true, "acknowledged before the copy, lost in it: {receipt}");
+            }
+            let (_, audit) = reopened.get("/api/v1/stock/audit", Some(&dispatcher)).await;
+            assert_eq!(audit["balanced"], true, "{audit}");
+            eprintln!("server data dir copied mid-sync: reopened, all {acknowledged} acknowledged confirmations kept");
+        }
+        // …or refuses to start, saying why.
+        Err(refusal) => {
+            assert!(refusal.contains("store") || refusal.contains("sled"), "an unclear refusal: {refusal}");
+            eprintln!("server data dir copied mid-sync: refused to open: {refusal}");
+        }
+    }
+    let status = copy.agent("exp1", &["status", "--json"], None);
+    if status.status.success() {
+        // Whatever the server had not answered by then is still queued in it.
+        let status: Value = serde_json::from_slice(&status.stdout).expect("json");
+        let queued = status["queued"].as_u64().expect("a count");
+        assert!(queued >= n as u64 - answered_by_the_end_of_the_copy, "{queued} queued in the copy: {status}");
+        eprintln!("agent data dir copied mid-sync: opens with {queued} queued");
+    } else {
+        let stderr = String::from_utf8_lossy(&status.stderr);
+        assert!(stderr.contains("local store"), "an unclear refusal: {stderr}");
+        eprintln!("agent data dir copied mid-sync: refused: {stderr}");
+    }
+}

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::{
     agent::{assert_applied_once, busy_courier},
     browser::Browser,
-    helpers::{AgentDaemon, Sandbox},
+    helpers::{field_value, AgentDaemon, Sandbox},
 };
 
 /// How long the daemon may take to notice the server went or came back.
@@ -24,13 +24,6 @@ fn page_client() -> reqwest::Client {
 async fn page(client: &reqwest::Client, daemon: &AgentDaemon, path: &str) -> (StatusCode, String) {
     let response = client.get(format!("{}{path}", daemon.url)).send().await.expect("the page answers");
     (response.status(), response.text().await.expect("a body"))
-}
-
-/// The value of the first hidden field `name` in a page.
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).map(|at| at + marker.len()).unwrap_or_else(|| panic!("no {name} in:\n{html}"));
-    html[start..].split('"').next().unwrap_or_default().to_owned()
 }
 
 async fn status(client: &reqwest::Client, daemon: &AgentDaemon) -> Value {
@@ -66,7 +59,7 @@ async fn the_handheld_page_saves_through_the_agents_rules_once_and_refuses_other
     assert_eq!(status_code, StatusCode::OK);
     assert!(list.contains("D-000001") && list.contains("D-000002"), "{list}");
     let (_, form) = page(&client, &daemon, "/deliveries/D-000001").await;
-    let (token, confirmation_id) = (hidden(&form, "token"), hidden(&form, "confirmation_id"));
+    let (token, confirmation_id) = (field_value(&form, "token"), field_value(&form, "confirmation_id"));
     let confirm_url = format!("{}/deliveries/D-000001/confirm", daemon.url);
     let post = |fields: Vec<(&'static str, String)>| client.post(&confirm_url).form(&fields).send();
 

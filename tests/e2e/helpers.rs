@@ -83,6 +83,11 @@ impl Sandbox {
         self.start_with_env(extra, &[])
     }
 
+    /// Starts the server, or says why it would not start (its log included).
+    pub fn try_start(&self, extra: &[&str]) -> Result<TestServer, String> {
+        TestServer::start(self, extra, &[]).map_err(|err| format!("{err:#}"))
+    }
+
     /// Starts the server with extra `HANDOVER__...` settings in its environment.
     pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         TestServer::start(self, extra, env).expect("the server starts")
@@ -130,7 +135,7 @@ impl TestServer {
         let client = if url.starts_with("https://") {
             tls_client(&sandbox.certs_dir().join("ca.pem"))?
         } else {
-            reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_idle_timeout(IDLE_CONNECTIONS).build()?
         };
         Ok(Self { child, url, client, log })
     }
@@ -287,6 +292,18 @@ impl Drop for AgentDaemon {
     }
 }
 
+/// The value of the first form field `name` in a page (`name="..." value="..."`).
+pub fn field_value(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no field {name} in:\n{html}")) + marker.len();
+    html[start..].split('"').next().unwrap_or_default().to_owned()
+}
+
+/// Test clients drop idle connections before the server's keep-alive (5 s)
+/// closes them, so that a request after a long pause never lands on a
+/// connection the server is closing.
+const IDLE_CONNECTIONS: Duration = Duration::from_secs(2);
+
 /// A client that trusts only the given CA.
 pub fn tls_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
     let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
@@ -295,6 +312,7 @@ pub fn tls_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
         .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(IDLE_CONNECTIONS)
         .build()?)
 }
 

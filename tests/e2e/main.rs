@@ -3,11 +3,13 @@
 //! One test binary, so that linking happens once.
 
 mod agent;
+mod authz;
 mod browser;
 mod faults;
 mod foundation;
 mod handheld;
 mod helpers;
+mod hostile;
 mod orders;
 mod pages;
 mod proxy;

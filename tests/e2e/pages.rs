@@ -5,14 +5,7 @@
 use reqwest::{Client, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Sandbox, TestServer, DEMO_PASSWORD};
-
-/// The value of the first hidden `csrf` field of a page.
-fn csrf_of(page: &str) -> String {
-    let marker = "name=\"csrf\" value=\"";
-    let start = page.find(marker).expect("a csrf field") + marker.len();
-    page[start..].split('"').next().expect("a closing quote").to_owned()
-}
+use crate::helpers::{field_value, Sandbox, TestServer, DEMO_PASSWORD};
 
 async fn get(client: &Client, server: &TestServer, path: &str) -> (StatusCode, String, Option<String>) {
     let response = client.get(format!("{}{path}", server.url)).send().await.expect("an answer");
@@ -36,7 +29,7 @@ async fn post(
 /// Logs a page client in and returns the ordering form's CSRF token.
 async fn log_in(client: &Client, server: &TestServer, username: &str) -> String {
     let (_, login, _) = get(client, server, "/login?next=/order").await;
-    let csrf = csrf_of(&login);
+    let csrf = field_value(&login, "csrf");
     let (status, _, location) = post(
         client,
         server,
@@ -47,7 +40,7 @@ async fn log_in(client: &Client, server: &TestServer, username: &str) -> String 
     assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/order")));
     let (status, page, _) = get(client, server, "/order").await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    csrf_of(&page)
+    field_value(&page, "csrf")
 }
 
 #[tokio::test]
@@ -60,7 +53,7 @@ async fn the_ordering_screen_needs_a_login_and_the_cookie_is_locked_down() {
     assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/login?next=%2Forder")));
 
     let (_, login, _) = get(&client, &server, "/login").await;
-    let csrf = csrf_of(&login);
+    let csrf = field_value(&login, "csrf");
     let (status, page, _) =
         post(&client, &server, "/login", &[("csrf", &csrf), ("username", "cust1"), ("password", "wrong-password")])
             .await;
@@ -93,7 +86,7 @@ async fn the_ordering_screen_needs_a_login_and_the_cookie_is_locked_down() {
     assert!(!page.contains("TC-050"), "discontinued items are not offered");
 
     // Logging out ends the session on the server too.
-    let (status, _, location) = post(&client, &server, "/logout", &[("csrf", &csrf_of(&page))]).await;
+    let (status, _, location) = post(&client, &server, "/logout", &[("csrf", &field_value(&page, "csrf"))]).await;
     assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/login")));
     let (status, _, _) = get(&client, &server, "/order").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
@@ -199,7 +192,7 @@ async fn customers_see_only_their_own_pages_and_other_roles_are_turned_away() {
 
     let courier = server.page_client(&sandbox);
     let (_, login, _) = get(&courier, &server, "/login").await;
-    let csrf = csrf_of(&login);
+    let csrf = field_value(&login, "csrf");
     post(&courier, &server, "/login", &[("csrf", &csrf), ("username", "exp1"), ("password", DEMO_PASSWORD)]).await;
     let (status, page, _) = get(&courier, &server, "/order").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -212,7 +205,7 @@ async fn a_session_cookie_replayed_after_logout_is_refused() {
     let server = sandbox.start_demo();
     let client = server.page_client(&sandbox);
     let (_, login, _) = get(&client, &server, "/login").await;
-    let csrf = csrf_of(&login);
+    let csrf = field_value(&login, "csrf");
     let response = client
         .post(format!("{}/login", server.url))
         .form(&[("csrf", csrf.as_str()), ("username", "cust1"), ("password", DEMO_PASSWORD)])
@@ -222,7 +215,7 @@ async fn a_session_cookie_replayed_after_logout_is_refused() {
     let cookie = response.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a cookie").to_owned();
     let stolen = cookie.split(';').next().expect("name=value").to_owned();
     let (_, page, _) = get(&client, &server, "/order").await;
-    post(&client, &server, "/logout", &[("csrf", &csrf_of(&page))]).await;
+    post(&client, &server, "/logout", &[("csrf", &field_value(&page, "csrf"))]).await;
 
     // Someone kept a copy of the cookie: the server-side session is over, so it opens nothing.
     let replay = server.page_client(&sandbox);
@@ -251,13 +244,13 @@ async fn the_dispatcher_dashboard_shows_backorders_deliveries_receipts_and_stock
         &client,
         &server,
         "/login",
-        &[("csrf", &csrf_of(&login)), ("username", "disp"), ("password", DEMO_PASSWORD)],
+        &[("csrf", &field_value(&login, "csrf")), ("username", "disp"), ("password", DEMO_PASSWORD)],
     )
     .await;
     assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/dashboard")), "dispatchers land on it");
     let (status, page, _) = get(&client, &server, "/dashboard").await;
     assert_eq!(status, StatusCode::OK);
-    let csrf = csrf_of(&page);
+    let csrf = field_value(&page, "csrf");
     let (status, _, location) = post(&client, &server, "/dashboard/run", &[("csrf", &csrf)]).await;
     assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/dashboard?notice=planned")));
     let (_, page, _) = get(&client, &server, "/dashboard?notice=planned").await;
@@ -304,15 +297,20 @@ async fn a_seller_assigns_its_entrusted_deliveries_to_its_servicemen_on_its_page
 
     let seller = server.page_client(&sandbox);
     let (_, login, _) = get(&seller, &server, "/login").await;
-    post(&seller, &server, "/login", &[("csrf", &csrf_of(&login)), ("username", "rep1"), ("password", DEMO_PASSWORD)])
-        .await;
+    post(
+        &seller,
+        &server,
+        "/login",
+        &[("csrf", &field_value(&login, "csrf")), ("username", "rep1"), ("password", DEMO_PASSWORD)],
+    )
+    .await;
     let (status, page, _) = get(&seller, &server, "/dashboard").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("Deliveries entrusted to S1") && page.contains("D-000001"), "{page}");
     assert!(!page.contains("D-000002"), "a distributor delivery is not the seller's");
     assert!(page.contains("<option value=\"svc1\">") && page.contains("<option value=\"svc2\">"));
     assert!(!page.contains("svc3"), "only its own servicemen are offered");
-    let csrf = csrf_of(&page);
+    let csrf = field_value(&page, "csrf");
 
     let (status, _, location) =
         post(&seller, &server, "/dashboard/deliveries/D-000001/assign", &[("csrf", &csrf), ("assignee", "svc2")]).await;

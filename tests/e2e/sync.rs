@@ -237,10 +237,17 @@ async fn the_version_held_at_capture_decides_and_the_later_confirmation_is_alrea
     assert_eq!(status, StatusCode::OK);
     let captured = push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 2, 0)]).await;
     assert_eq!(captured, vec![("accepted".to_owned(), None)], "honoured: exp1 held version 1");
-    let later =
-        push(&server, &exp2, "hh-2", vec![delivered("0192f1a2-0000-7000-8000-000000000003", "D-000001", 2, 2, 0)])
-            .await;
+    // exp2's handheld clock is years behind, so by device time it came first:
+    // arrival at the server decides, never a device's clock.
+    let mut earlier_by_its_clock = delivered("0192f1a2-0000-7000-8000-000000000003", "D-000001", 2, 2, 0);
+    earlier_by_its_clock["captured_at"] = json!("2020-01-01T09:00:00Z");
+    let later = push(&server, &exp2, "hh-2", vec![earlier_by_its_clock]).await;
     assert_eq!(later, vec![("rejected".to_owned(), Some("already_delivered".to_owned()))]);
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!(
+        (&receipt["proof"]["device_id"], &receipt["proof"]["captured_at"]),
+        (&json!("hh-1"), &json!("2031-01-01T09:00:00Z"))
+    );
 
     let (status, body) = server
         .post("/api/v1/sync/confirmations", &json!({"device_id": "hh-9", "confirmations": []}), Some(&exp1))
