@@ -29,32 +29,34 @@
 //! HANDOVER_BENCH_RECEIPTS=5000 cargo bench -p handover-server --bench planning   # a quick run
 //! ```
 
+mod common;
+
 use std::{
     collections::HashMap,
     hint::black_box,
     process::ExitCode,
-    sync::atomic::Ordering::Relaxed,
     time::{Duration, Instant},
 };
 
+use common::{
+    all_receipts, count_from_env, dispatcher, grouped, id, import_file, network_account, network_node, network_stock,
+    place_orders, raw_sled_inserts, report_problems, seconds, Setup, CONCURRENT_WRITERS, DISPATCHER,
+};
 use handover_server::{
     domain::{
-        access::Principal,
         network::{Customer, Item, StockCount},
-        orders::{RawOrder, RawQuantity, Receipt, DRAFT_TTL},
+        orders::{RawOrder, RawQuantity, Receipt},
         shipments::{cascade, choose_courier, plan_legs, reserve, Carrier, CascadeNodes, Source},
         stock::Balance,
     },
-    import, orders,
-    store::{sled::SledStore, PlanResult, ReceiptQuery, Store},
+    store::{sled::SledStore, PlanResult, Store},
 };
 use handover_shared::{
-    api::{NetworkAccount, NetworkCustomer, NetworkFile, NetworkItem, NetworkNode, NetworkStock},
-    CustomerId, DeliveryId, DeviceId, ItemId, NodeId, NodeKind, ReceiptId, Role, Username,
+    api::{NetworkCustomer, NetworkFile, NetworkItem},
+    CustomerId, DeliveryId, ItemId, NodeId, NodeKind, ReceiptId, Role, Username,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 /// How many receipts to plan, unless `HANDOVER_BENCH_RECEIPTS` says otherwise.
 const DEFAULT_RECEIPTS: usize = 100_000;
@@ -66,19 +68,12 @@ const EXPEDITERS_PER_BRANCH: usize = 2;
 const SERVICEMEN_PER_SELLER: usize = 2;
 /// Order quantities are 1 to this, evenly.
 const MAX_QUANTITY: u64 = 4;
-/// Every account gets the same password: it is hashed anyway.
-const PASSWORD: &str = "bench-password";
-const DISPATCHER: &str = "disp";
-/// Tasks placing orders at once, so that their writes share group-commit flushes.
-const CONCURRENT_WRITERS: usize = 64;
 /// Runs of the pure cascade, for a best and a median.
 const PURE_RUNS: usize = 5;
-/// Receipts read per `Store::receipts` page.
-const PAGE: usize = 10_000;
 const SEED: u64 = 0x4841_4e44_4f56_4552;
 
 fn main() -> ExitCode {
-    let receipts = receipts_to_plan();
+    let receipts = count_from_env("HANDOVER_BENCH_RECEIPTS", DEFAULT_RECEIPTS);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let data_dir = tempfile::tempdir().expect("a temporary data dir");
@@ -92,9 +87,10 @@ fn main() -> ExitCode {
         CUSTOMERS,
         network.accounts.len()
     ));
-    let import_time = runtime.block_on(import_network(&store, &network));
+    let import_time = runtime.block_on(import_file(&store, &network.file()));
     progress(&format!("placing {receipts} orders (draft + confirm) from {CONCURRENT_WRITERS} tasks"));
-    let setup = runtime.block_on(place_orders(&store, network.orders(receipts, &mut rng)));
+    let by = dispatcher(DISPATCHER, "planning-bench");
+    let setup = runtime.block_on(place_orders(&store, &by, network.orders(receipts, &mut rng)));
     let world = runtime.block_on(PlanningWorld::load(&store, &network));
     progress(&format!("planning in memory, {PURE_RUNS} runs"));
     let pure = plan_purely(&world);
@@ -102,27 +98,17 @@ fn main() -> ExitCode {
     let stored = runtime.block_on(plan_stored(&store));
     let stored_receipts = runtime.block_on(all_receipts(&store));
     progress("raw sled inserts");
-    let raw = raw_sled_inserts(receipts);
+    let raw = raw_sled_baseline(receipts);
 
     let problems = verify(&world, &pure.outcomes, &stored.outcomes, &stored_receipts);
     let figures = Figures { cores, receipts, import_time, setup, pure_times: pure.times, stored: stored.time, raw };
     print_mix(&PathCounts::of(&pure.outcomes), &PathCounts::of(&stored.outcomes));
     print_figures(&figures);
-    report_problems(&problems)
-}
-
-/// `HANDOVER_BENCH_RECEIPTS`, or the default.
-fn receipts_to_plan() -> usize {
-    match std::env::var("HANDOVER_BENCH_RECEIPTS") {
-        Err(_) => DEFAULT_RECEIPTS,
-        Ok(raw) => raw
-            .trim()
-            .replace('_', "")
-            .parse()
-            .ok()
-            .filter(|count| *count > 0)
-            .expect("HANDOVER_BENCH_RECEIPTS must be a positive whole number"),
-    }
+    report_problems(
+        &problems,
+        "every receipt is planned or backordered, and the stored run matches the pure run receipt by receipt",
+        "the stored planning disagrees with the pure cascade",
+    )
 }
 
 fn progress(step: &str) {
@@ -145,13 +131,6 @@ impl Rng {
     fn below(&mut self, bound: usize) -> usize {
         (self.next() % bound as u64) as usize
     }
-}
-
-fn id<T: TryFrom<String>>(raw: String) -> T
-where
-    T::Error: std::fmt::Debug,
-{
-    T::try_from(raw).expect("generated ids are well formed")
 }
 
 /// One account of the generated network.
@@ -272,11 +251,7 @@ impl Network {
 
     /// The network file that `import::import_network` loads.
     fn file(&self) -> NetworkFile {
-        let node = |id: &NodeId, kind: NodeKind| NetworkNode {
-            id: id.to_string(),
-            kind: kind.as_str().into(),
-            name: format!("Node {id}"),
-        };
+        let node = |id: &NodeId, kind: NodeKind| network_node(id.as_str(), kind, format!("Node {id}"));
         let mut nodes =
             vec![node(&self.manufacturer, NodeKind::Manufacturer), node(&self.master, NodeKind::MasterWarehouse)];
         nodes.extend(self.branches.iter().map(|b| node(b, NodeKind::BranchWarehouse)));
@@ -297,11 +272,7 @@ impl Network {
             stock: self
                 .stock
                 .iter()
-                .map(|count| NetworkStock {
-                    node_id: count.node_id.to_string(),
-                    item_id: count.item_id.to_string(),
-                    quantity: i64::try_from(count.quantity).expect("stock fits an i64"),
-                })
+                .map(|count| network_stock(count.node_id.as_str(), count.item_id.as_str(), count.quantity))
                 .collect(),
             customers: self
                 .customers
@@ -317,13 +288,7 @@ impl Network {
             accounts: self
                 .accounts
                 .iter()
-                .map(|a| NetworkAccount {
-                    username: a.username.to_string(),
-                    password: PASSWORD.into(),
-                    role: a.role.as_str().into(),
-                    node_id: a.node_id.as_ref().map(NodeId::to_string),
-                    customer_id: None,
-                })
+                .map(|a| network_account(a.username.as_str(), a.role, a.node_id.as_ref().map(NodeId::as_str)))
                 .collect(),
         }
     }
@@ -348,78 +313,6 @@ impl Network {
             by_branch.entry(branch).or_default().push(account.username.clone());
         }
         by_branch
-    }
-}
-
-async fn import_network(store: &SledStore, network: &Network) -> Duration {
-    let file = network.file();
-    let start = Instant::now();
-    import::import_network(store, &file).await.expect("the generated network imports");
-    start.elapsed()
-}
-
-/// How placing the orders went.
-struct Setup {
-    time: Duration,
-    flushes: u64,
-    waiters: u64,
-}
-
-/// Places every order (draft, then confirm) from [`CONCURRENT_WRITERS`] tasks.
-async fn place_orders(store: &SledStore, orders: Vec<RawOrder>) -> Setup {
-    let mut lanes: Vec<Vec<RawOrder>> = (0..CONCURRENT_WRITERS).map(|_| Vec::new()).collect();
-    for (i, order) in orders.into_iter().enumerate() {
-        lanes[i % CONCURRENT_WRITERS].push(order);
-    }
-    let stats = store.commit().stats();
-    let (flushes, waiters) = (stats.flushes.load(Relaxed), stats.waiters.load(Relaxed));
-    let start = Instant::now();
-    let tasks: Vec<_> = lanes
-        .into_iter()
-        .map(|lane| {
-            let store = store.clone();
-            tokio::spawn(async move { place_lane(&store, lane).await })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("an order-placing task panicked");
-    }
-    Setup {
-        time: start.elapsed(),
-        flushes: stats.flushes.load(Relaxed) - flushes,
-        waiters: stats.waiters.load(Relaxed) - waiters,
-    }
-}
-
-async fn place_lane(store: &SledStore, lane: Vec<RawOrder>) {
-    let dispatcher = dispatcher();
-    for raw in lane {
-        let draft = orders::place_draft(store, &dispatcher, &raw, DRAFT_TTL).await.expect("a generated order is valid");
-        orders::confirm(store, &dispatcher, &draft.order_id).await.expect("a fresh draft confirms");
-    }
-}
-
-fn dispatcher() -> Principal {
-    Principal {
-        username: id(DISPATCHER.into()),
-        role: Role::Dispatcher,
-        device_id: DeviceId::parse("planning-bench").expect("a well-formed device id"),
-        session_id: Uuid::nil(),
-        node_id: None,
-        customer_id: None,
-    }
-}
-
-/// Every receipt, in receipt order, read page by page.
-async fn all_receipts(store: &SledStore) -> Vec<Receipt> {
-    let mut receipts: Vec<Receipt> = Vec::new();
-    loop {
-        let query = ReceiptQuery { after: receipts.last().map(|r| r.seq), limit: PAGE, ..ReceiptQuery::default() };
-        let page = store.receipts(&query).await.expect("receipts list");
-        if page.is_empty() {
-            return receipts;
-        }
-        receipts.extend(page);
     }
 }
 
@@ -550,18 +443,11 @@ struct RawRecord {
 }
 
 /// Inserts `count` small JSON records into a fresh sled tree, then flushes once.
-fn raw_sled_inserts(count: usize) -> Duration {
-    let dir = tempfile::tempdir().expect("a temporary dir for the baseline");
-    let db = sled::open(dir.path()).expect("a fresh sled database");
-    let tree = db.open_tree("baseline").expect("a fresh tree");
-    let start = Instant::now();
-    for seq in 1..=count as u64 {
+fn raw_sled_baseline(count: usize) -> Duration {
+    raw_sled_inserts(count, count, |seq| {
         let record = RawRecord { seq, receipt_id: format!("R-{seq:06}"), planned: true };
-        let value = serde_json::to_vec(&record).expect("a record encodes");
-        tree.insert(seq.to_be_bytes(), value).expect("sled inserts");
-    }
-    db.flush().expect("sled flushes");
-    start.elapsed()
+        serde_json::to_vec(&record).expect("a record encodes")
+    })
 }
 
 /// How many receipts went down each path.
@@ -670,34 +556,4 @@ fn print_figures(f: &Figures) {
 
 fn row(figure: impl Into<String>, value: String, unit: &'static str) -> (String, String, &'static str) {
     (figure.into(), value, unit)
-}
-
-fn seconds(time: Duration) -> String {
-    format!("{:.2}", time.as_secs_f64())
-}
-
-/// `1234567` as `1,234,567`.
-fn grouped(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-fn report_problems(problems: &[String]) -> ExitCode {
-    if problems.is_empty() {
-        println!("check: every receipt is planned or backordered, and the stored run matches the pure run receipt by receipt");
-        return ExitCode::SUCCESS;
-    }
-    eprintln!();
-    eprintln!("!!!!!!!! BUG: the stored planning disagrees with the pure cascade !!!!!!!!");
-    for problem in problems {
-        eprintln!("!!! {problem}");
-    }
-    ExitCode::FAILURE
 }
