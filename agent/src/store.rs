@@ -56,6 +56,9 @@ pub struct LocalStore {
     captured: sled::Tree,
 }
 
+/// sled's page cache for the handheld's store.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// What became of a save.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
@@ -81,12 +84,17 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
 impl LocalStore {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let db = sled::open(dir.join("agent.v1")).map_err(|err| match err {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                anyhow::anyhow!("{} is in use by another handover-agent (a daemon?)", dir.display())
-            }
-            other => anyhow::anyhow!("cannot open the local store in {}: {other}", dir.display()),
-        })?;
+        // A handheld's store is small: a small page cache keeps the agent light
+        // (sled's default is 1 GiB, and its memory grows with what it reads).
+        let db =
+            sled::Config::new().path(dir.join("agent.v1")).cache_capacity(CACHE_BYTES).open().map_err(
+                |err| match err {
+                    sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                        anyhow::anyhow!("{} is in use by another handover-agent (a daemon?)", dir.display())
+                    }
+                    other => anyhow::anyhow!("cannot open the local store in {}: {other}", dir.display()),
+                },
+            )?;
         Ok(Self {
             meta: db.open_tree("meta")?,
             assignments: db.open_tree("assignments")?,
@@ -211,8 +219,24 @@ impl LocalStore {
     }
 
     /// The outbox, oldest first.
+    #[cfg(test)]
     pub fn outbox(&self) -> anyhow::Result<Vec<Confirmation>> {
-        self.outbox.iter().values().map(|v| decode(&v?)).collect()
+        self.outbox_after(None, usize::MAX)
+    }
+
+    /// At most `limit` queued confirmations, oldest first, after the one with
+    /// id `after` (ids are UUIDv7: they sort by capture).
+    pub fn outbox_after(&self, after: Option<&str>, limit: usize) -> anyhow::Result<Vec<Confirmation>> {
+        let from = match after {
+            Some(id) => std::ops::Bound::Excluded(id.as_bytes().to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.outbox
+            .range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded))
+            .values()
+            .take(limit)
+            .map(|v| decode(&v?))
+            .collect()
     }
 
     pub fn queued(&self) -> usize {

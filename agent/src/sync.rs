@@ -140,17 +140,34 @@ fn pull_with(
 pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, SyncError> {
     let (mut session, client) = connect(store, options)?;
     let mut report = SyncReport::default();
-    let outbox = store.outbox()?;
     let batch_size = options.batch_size.clamp(1, MAX_BATCH);
-    let bar = progress_bar(options.progress && outbox.len() > batch_size, outbox.len());
-    for chunk in outbox.chunks(batch_size) {
+    let total = store.queued();
+    let bar = progress_bar(options.progress && total > batch_size, total);
+    // A batch at a time from the store, never the whole outbox in memory.
+    let mut after: Option<String> = None;
+    loop {
+        let chunk = store.outbox_after(after.as_deref(), batch_size)?;
+        let Some(last) = chunk.last() else { break };
+        after = Some(last.confirmation_id.clone());
         let batch = ConfirmationBatch {
             device_id: session.device_id.clone(),
-            confirmations: chunk.to_vec(),
+            confirmations: chunk,
             queued: Some(store.queued() as u64),
         };
         let answer = authorized(store, &mut session, &client, options.attempts, |token| client.push(token, &batch))?;
         handover_shared::failpoint!("agent.after_upload", SyncError::Failed(anyhow::anyhow!("failpoint")));
+        let chunk = batch.confirmations;
+        let answered_in_order = answer.results.len() == chunk.len()
+            && answer.results.iter().zip(&chunk).all(|(r, c)| r.confirmation_id == c.confirmation_id);
+        if !answered_in_order {
+            return Err(anyhow::anyhow!(
+                "the server's answer does not match the batch ({} results for {} confirmations); nothing was \
+                 removed from the outbox",
+                answer.results.len(),
+                chunk.len()
+            )
+            .into());
+        }
         for (confirmation, result) in chunk.iter().zip(answer.results) {
             match result.status {
                 ResultStatus::Accepted => {

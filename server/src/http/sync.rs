@@ -1,7 +1,5 @@
 //! The sync endpoints that the handheld agent calls.
 
-use std::collections::HashMap;
-
 use actix_web::{web, HttpResponse};
 use handover_shared::sync::{
     Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
@@ -14,9 +12,12 @@ use super::{
     extract::{Auth, Courier},
     AppState,
 };
-use crate::domain::{
-    confirmations::{DeviceSync, PushOutcome},
-    shipments::DeliveryStatus,
+use crate::{
+    domain::{
+        confirmations::{DeviceSync, PushOutcome},
+        shipments::DeliveryStatus,
+    },
+    store::FeedEntry,
 };
 
 /// The most confirmations one batch may carry.
@@ -47,7 +48,7 @@ pub async fn assignments(
         })?,
     };
     let store = state.store.as_ref();
-    let (deliveries, last) = store.assignment_changes(&caller.username, cursor).await?;
+    let (entries, last) = store.assignment_changes(&caller.username, cursor).await?;
     store
         .record_sync(DeviceSync {
             device_id: caller.device_id.clone(),
@@ -56,10 +57,8 @@ pub async fn assignments(
             reported_queued: None,
         })
         .await?;
-    let mut customers = HashMap::new();
-    let mut items = HashMap::new();
-    let mut assignments = Vec::with_capacity(deliveries.len());
-    for delivery in deliveries {
+    let mut assignments = Vec::with_capacity(entries.len());
+    for FeedEntry { delivery, customer_name, item_name, empties_expected } in entries {
         let mine = delivery.assignee.as_ref() == Some(&caller.username);
         let status = if mine {
             match delivery.status() {
@@ -75,19 +74,10 @@ pub async fn assignments(
         if cursor == 0 && !matches!(status, AssignmentStatus::Upcoming | AssignmentStatus::Ready) {
             continue;
         }
-        if !customers.contains_key(&delivery.customer_id) {
-            let name = store.customer(&delivery.customer_id).await?.map(|c| c.name).unwrap_or_default();
-            customers.insert(delivery.customer_id.clone(), name);
-        }
-        if !items.contains_key(&delivery.item_id) {
-            let name = store.item(&delivery.item_id).await?.map(|i| i.name).unwrap_or_default();
-            items.insert(delivery.item_id.clone(), name);
-        }
-        let empties_expected = store.receipt(&delivery.receipt_id).await?.map_or(0, |r| r.empties_expected);
         assignments.push(Assignment {
             pickup_node: delivery.delivering_node().clone(),
-            customer_name: customers.get(&delivery.customer_id).cloned().unwrap_or_default(),
-            item_name: items.get(&delivery.item_id).cloned().unwrap_or_default(),
+            customer_name,
+            item_name,
             delivery_id: delivery.delivery_id,
             version: delivery.version,
             status,

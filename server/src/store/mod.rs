@@ -128,6 +128,15 @@ pub enum ImportError {
     Store(#[from] StoreError),
 }
 
+/// A changed delivery, with the names and the empties a handheld shows.
+#[derive(Debug, Clone)]
+pub struct FeedEntry {
+    pub delivery: Delivery,
+    pub customer_name: String,
+    pub item_name: String,
+    pub empties_expected: u32,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Nothing was ever imported.
@@ -225,8 +234,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Step<Delivery, AssignRefusal>, StoreError>;
     /// The deliveries that changed for a courier after change number `cursor`
     /// (assigned, reassigned away, moved towards ready...), each once, in the
-    /// order of their latest change; and the number of the last change read.
-    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<Delivery>, u64), StoreError>;
+    /// order of their latest change, with what the handheld shows of them; and
+    /// the number of the last change read. One read, however many changed.
+    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<FeedEntry>, u64), StoreError>;
     /// Judges and applies a batch of confirmations in order, each in its own
     /// transaction (see `domain::confirmations`); returns once all of it is durable.
     async fn push_confirmations(

@@ -26,8 +26,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    commit::GroupCommit, Account, DeliveryQuery, DraftStep, ImportError, ImportPlan, PlanResult, ReceiptQuery,
-    RefreshOutcome, Step, Store, StoreError,
+    commit::GroupCommit, Account, DeliveryQuery, DraftStep, FeedEntry, ImportError, ImportPlan, PlanResult,
+    ReceiptQuery, RefreshOutcome, Step, Store, StoreError,
 };
 use crate::domain::{
     access::Principal,
@@ -902,7 +902,7 @@ impl Store for SledStore {
         .await
     }
 
-    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<Delivery>, u64), StoreError> {
+    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<FeedEntry>, u64), StoreError> {
         let courier = courier.clone();
         self.blocking(move |inner| {
             let t = &inner.trees;
@@ -926,13 +926,32 @@ impl Store for SledStore {
             let mut seen = std::collections::HashSet::new();
             let mut latest: Vec<u64> = changed.into_iter().rev().filter(|seq| seen.insert(*seq)).collect();
             latest.reverse();
-            let mut deliveries = Vec::with_capacity(latest.len());
+            // A courier's deliveries share a few customers and items: read each once.
+            let mut customers: HashMap<CustomerId, String> = HashMap::new();
+            let mut items: HashMap<ItemId, String> = HashMap::new();
+            let mut entries = Vec::with_capacity(latest.len());
             for seq in latest {
-                if let Some(delivery) = get(&t.deliveries, &seq.to_be_bytes())? {
-                    deliveries.push(delivery);
+                let Some(delivery) = get::<Delivery>(&t.deliveries, &seq.to_be_bytes())? else { continue };
+                if !customers.contains_key(&delivery.customer_id) {
+                    let customer: Option<Customer> = get(&t.customers, delivery.customer_id.as_str().as_bytes())?;
+                    customers.insert(delivery.customer_id.clone(), customer.map(|c| c.name).unwrap_or_default());
                 }
+                if !items.contains_key(&delivery.item_id) {
+                    let item: Option<Item> = get(&t.items, delivery.item_id.as_str().as_bytes())?;
+                    items.insert(delivery.item_id.clone(), item.map(|i| i.name).unwrap_or_default());
+                }
+                let receipt: Option<Receipt> = match delivery.receipt_id.seq() {
+                    Some(receipt) => get(&t.receipts, &receipt.to_be_bytes())?,
+                    None => None,
+                };
+                entries.push(FeedEntry {
+                    customer_name: customers.get(&delivery.customer_id).cloned().unwrap_or_default(),
+                    item_name: items.get(&delivery.item_id).cloned().unwrap_or_default(),
+                    empties_expected: receipt.map_or(0, |r| r.empties_expected),
+                    delivery,
+                });
             }
-            Ok((deliveries, last_change))
+            Ok((entries, last_change))
         })
         .await
     }
