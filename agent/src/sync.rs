@@ -126,14 +126,23 @@ fn pull_with(
     client: &Client,
     options: &SyncOptions,
 ) -> Result<usize, SyncError> {
-    let cursor = store.cursor()?;
-    let changes = authorized(store, session, client, options.attempts, |token| client.pull(token, cursor.as_deref()))?;
-    handover_shared::failpoint!("agent.mid_pull", SyncError::Failed(anyhow::anyhow!("failpoint")));
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(anyhow::Error::from)?;
-    store.apply_pull(&changes.assignments, &changes.cursor, &now)?;
-    Ok(changes.assignments.len())
+    // Page after page; each page is kept with its cursor in one transaction,
+    // so a pull cut short resumes where it stopped.
+    let mut changed = 0;
+    loop {
+        let cursor = store.cursor()?;
+        let changes =
+            authorized(store, session, client, options.attempts, |token| client.pull(token, cursor.as_deref()))?;
+        handover_shared::failpoint!("agent.mid_pull", SyncError::Failed(anyhow::anyhow!("failpoint")));
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(anyhow::Error::from)?;
+        store.apply_pull(&changes.assignments, &changes.cursor, &now)?;
+        changed += changes.assignments.len();
+        if !changes.more {
+            return Ok(changed);
+        }
+    }
 }
 
 /// Pushes the outbox in batches, applying each result as it comes, then pulls.

@@ -59,6 +59,8 @@ pub struct LimitSettings {
     pub network_body_bytes: usize,
     /// The largest batch of confirmations (`POST /api/v1/sync/confirmations`).
     pub sync_body_bytes: usize,
+    /// The most changes one pull returns (`more` says when others follow).
+    pub pull_page_changes: u64,
 }
 
 impl Default for Settings {
@@ -117,7 +119,12 @@ impl Default for AuthSettings {
 
 impl Default for LimitSettings {
     fn default() -> Self {
-        Self { json_body_bytes: 64 * 1024, network_body_bytes: 8 * 1024 * 1024, sync_body_bytes: 16 * 1024 * 1024 }
+        Self {
+            json_body_bytes: 64 * 1024,
+            network_body_bytes: 8 * 1024 * 1024,
+            sync_body_bytes: 16 * 1024 * 1024,
+            pull_page_changes: 500,
+        }
     }
 }
 
@@ -169,11 +176,15 @@ impl Settings {
             ("auth.access_ttl_secs", self.auth.access_ttl_secs, 24 * 3600),
             ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs, YEAR),
             ("orders.draft_ttl_secs", self.orders.draft_ttl_secs, YEAR),
+            ("limits.pull_page_changes", self.limits.pull_page_changes, 10_000),
         ];
         for (key, value, max) in bounded {
             if value > max {
                 return Err(config::ConfigError::Message(format!("{key} must be at most {max}, got {value}")));
             }
+        }
+        if self.limits.pull_page_changes == 0 {
+            return Err(config::ConfigError::Message("limits.pull_page_changes must be at least 1".into()));
         }
         if self.auth.access_ttl_secs == 0 || self.auth.refresh_ttl_secs == 0 {
             return Err(config::ConfigError::Message("token lifetimes must be at least 1 second".into()));

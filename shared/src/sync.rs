@@ -231,4 +231,9 @@ pub struct AssignmentChanges {
     /// Pass as `since` next time.
     pub cursor: String,
     pub assignments: Vec<Assignment>,
+    /// More changes wait after this page: pull again with the new cursor. A
+    /// page holds a bounded number of changes, so that neither side ever holds
+    /// a whole day's feed in memory.
+    #[serde(default)]
+    pub more: bool,
 }

@@ -119,7 +119,7 @@ async fn only_couriers_pull_and_a_bad_cursor_is_refused() {
             error("invalid_query", "since must be the cursor of a previous pull, not \"yesterday\"")
         )
     );
-    assert_eq!(pull(&server, &svc1, None).await, json!({"cursor": "0", "assignments": []}));
+    assert_eq!(pull(&server, &svc1, None).await, json!({"cursor": "0", "assignments": [], "more": false}));
 }
 
 #[tokio::test]
@@ -349,4 +349,41 @@ async fn the_dashboard_lists_rejected_confirmations_and_each_handhelds_last_sync
     }
     let devices = section("devices");
     assert!(devices.contains("<td>hh-3</td><td>exp3</td>") && devices.contains("<td>4</td>"), "{devices}");
+}
+
+#[tokio::test]
+async fn a_long_feed_comes_in_pages_and_a_first_pull_stays_a_first_pull_across_them() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_with_env(&["--demo"], &[("HANDOVER__LIMITS__PULL_PAGE_CHANGES", "2")]);
+    let dispatcher = server.token("disp").await;
+    for _ in 0..6 {
+        server.confirm_order(&dispatcher, "C1", "TC-100", 1).await; // D-000001, 3 and 5 go to exp1
+    }
+    server.plan(&dispatcher).await;
+    let exp1 = server.login("exp1", "handover-demo", Some("hh-1")).await.access_token;
+    let done = push(&server, &exp1, "hh-1", vec![delivered(C1, "D-000001", 1, 1, 0)]).await;
+    assert_eq!(done, vec![("accepted".to_owned(), None)]);
+
+    // A new handheld pulls page after page; what was delivered never shows.
+    let (mut since, mut pages, mut open) = (None::<String>, 0, Vec::new());
+    loop {
+        let page = pull(&server, &exp1, since.as_deref()).await;
+        pages += 1;
+        open.extend(summary(&page).into_iter().map(|(id, status, _)| (id, status)));
+        let cursor = page["cursor"].as_str().expect("a cursor").to_owned();
+        if page["more"] != true {
+            assert!(cursor.parse::<u64>().is_ok(), "the last page's cursor is a plain one: {cursor}");
+            break;
+        }
+        assert!(cursor.starts_with("first:"), "a first pull goes on as one: {cursor}");
+        since = Some(cursor);
+    }
+    assert!(pages >= 2, "a page holds 2 changes here");
+    open.sort();
+    assert_eq!(open, vec![("D-000003".into(), "ready".into()), ("D-000005".into(), "ready".into())]);
+
+    // The agent follows the pages on its own.
+    let login = sandbox.agent_login("exp1", &server.url, "exp1", "handover-demo", Some("hh-1b"));
+    assert!(login.status.success());
+    assert_eq!(sandbox.agent_ok("exp1", &["pull"]), "2 assignment(s) changed\n");
 }

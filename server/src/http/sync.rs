@@ -22,6 +22,8 @@ use crate::{
 
 /// The most confirmations one batch may carry.
 pub const MAX_BATCH: usize = 200;
+/// A continued first pull: it still lists only what there is to do.
+const FIRST_PULL: &str = "first:";
 
 type State = web::Data<AppState>;
 
@@ -40,15 +42,23 @@ pub async fn assignments(
     caller: Auth<Courier>,
     query: web::Query<Since>,
 ) -> Result<HttpResponse, ApiError> {
-    let cursor = match query.since.as_deref() {
-        None | Some("") => 0,
-        Some(raw) => raw.parse::<u64>().map_err(|_| ApiError::BadRequest {
-            code: "invalid_query",
-            message: format!("since must be the cursor of a previous pull, not {raw:?}"),
-        })?,
+    let (cursor, first) = match query.since.as_deref() {
+        None | Some("") => (0, true),
+        Some(raw) => {
+            let (number, first) = match raw.strip_prefix(FIRST_PULL) {
+                Some(rest) => (rest, true),
+                None => (raw, false),
+            };
+            let cursor = number.parse::<u64>().map_err(|_| ApiError::BadRequest {
+                code: "invalid_query",
+                message: format!("since must be the cursor of a previous pull, not {raw:?}"),
+            })?;
+            (cursor, first)
+        }
     };
     let store = state.store.as_ref();
-    let (entries, last) = store.assignment_changes(&caller.username, cursor).await?;
+    let page = usize::try_from(state.settings.limits.pull_page_changes).unwrap_or(usize::MAX);
+    let (entries, last, more) = store.assignment_changes(&caller.username, cursor, page).await?;
     store
         .record_sync(DeviceSync {
             device_id: caller.device_id.clone(),
@@ -70,8 +80,8 @@ pub async fn assignments(
         } else {
             AssignmentStatus::ReassignedAway
         };
-        // A first pull lists only what there is to do.
-        if cursor == 0 && !matches!(status, AssignmentStatus::Upcoming | AssignmentStatus::Ready) {
+        // A first pull (all its pages) lists only what there is to do.
+        if first && !matches!(status, AssignmentStatus::Upcoming | AssignmentStatus::Ready) {
             continue;
         }
         assignments.push(Assignment {
@@ -88,7 +98,8 @@ pub async fn assignments(
             empties_expected,
         });
     }
-    Ok(HttpResponse::Ok().json(AssignmentChanges { cursor: last.to_string(), assignments }))
+    let cursor = if first && more { format!("{FIRST_PULL}{last}") } else { last.to_string() };
+    Ok(HttpResponse::Ok().json(AssignmentChanges { cursor, assignments, more }))
 }
 
 /// `POST /api/v1/sync/confirmations`: one result per confirmation, in order,

@@ -235,8 +235,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The deliveries that changed for a courier after change number `cursor`
     /// (assigned, reassigned away, moved towards ready...), each once, in the
     /// order of their latest change, with what the handheld shows of them; and
-    /// the number of the last change read. One read, however many changed.
-    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<FeedEntry>, u64), StoreError>;
+    /// the number of the last change read. At most `limit` changes are read; the
+    /// bool says whether more follow. One read, however many changed.
+    async fn assignment_changes(
+        &self,
+        courier: &Username,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<FeedEntry>, u64, bool), StoreError>;
     /// Judges and applies a batch of confirmations in order, each in its own
     /// transaction (see `domain::confirmations`); returns once all of it is durable.
     async fn push_confirmations(

@@ -902,7 +902,12 @@ impl Store for SledStore {
         .await
     }
 
-    async fn assignment_changes(&self, courier: &Username, cursor: u64) -> Result<(Vec<FeedEntry>, u64), StoreError> {
+    async fn assignment_changes(
+        &self,
+        courier: &Username,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<(Vec<FeedEntry>, u64, bool), StoreError> {
         let courier = courier.clone();
         self.blocking(move |inner| {
             let t = &inner.trees;
@@ -910,9 +915,14 @@ impl Store for SledStore {
             let from = pair_key(courier.as_str(), &cursor.saturating_add(1).to_be_bytes());
             let mut changed: Vec<u64> = Vec::new();
             let mut last_change = cursor;
+            let mut more = false;
             for entry in t.courier_feed.range(from..) {
                 let (key, value) = entry.map_err(backend)?;
                 if !key.starts_with(&prefix) {
+                    break;
+                }
+                if changed.len() >= limit {
+                    more = true;
                     break;
                 }
                 let change: [u8; 8] =
@@ -951,7 +961,7 @@ impl Store for SledStore {
                     delivery,
                 });
             }
-            Ok((entries, last_change))
+            Ok((entries, last_change, more))
         })
         .await
     }
