@@ -38,17 +38,16 @@ fn env_number(name: &str, default: u64) -> u64 {
 /// What a scenario breaks.
 #[derive(Debug, Clone, Copy)]
 enum Breaker {
-    /// A server failpoint, armed for one evaluation after a seeded number.
+    /// A server failpoint, armed for one evaluation after a seeded number
+    /// (below how often the run passes it).
     Server {
         point: &'static str,
         action: &'static str,
-        evaluations: u64,
     },
     /// An agent failpoint, armed in the first sync only.
     Agent {
         point: &'static str,
         action: &'static str,
-        evaluations: u64,
     },
     KillServer,
     KillAgent,
@@ -63,39 +62,15 @@ impl Breaker {
     fn all() -> Vec<(&'static str, Breaker)> {
         use Breaker::*;
         vec![
-            (
-                "server exits between items",
-                Server { point: "push.between_items", action: "return(exit)", evaluations: 80 },
-            ),
-            (
-                "server exits after write, before flush",
-                Server { point: "push.after_write", action: "return(exit)", evaluations: 8 },
-            ),
-            (
-                "server exits after flush, before answer",
-                Server { point: "push.after_flush", action: "return(exit)", evaluations: 8 },
-            ),
-            ("server panics between items", Server { point: "push.between_items", action: "panic", evaluations: 80 }),
-            (
-                "server errs after write, before flush",
-                Server { point: "push.after_write", action: "return(error)", evaluations: 8 },
-            ),
-            (
-                "server errs after flush, before answer",
-                Server { point: "push.after_flush", action: "return(error)", evaluations: 8 },
-            ),
-            (
-                "agent exits after upload, before outbox",
-                Agent { point: "agent.after_upload", action: "return(exit)", evaluations: 8 },
-            ),
-            (
-                "agent errs after upload, before outbox",
-                Agent { point: "agent.after_upload", action: "return(error)", evaluations: 8 },
-            ),
-            (
-                "agent exits in the middle of a pull",
-                Agent { point: "agent.mid_pull", action: "return(exit)", evaluations: 1 },
-            ),
+            ("server exits between items", Server { point: "push.between_items", action: "return(exit)" }),
+            ("server exits after write, before flush", Server { point: "push.after_write", action: "return(exit)" }),
+            ("server exits after flush, before answer", Server { point: "push.after_flush", action: "return(exit)" }),
+            ("server panics between items", Server { point: "push.between_items", action: "panic" }),
+            ("server errs after write, before flush", Server { point: "push.after_write", action: "return(error)" }),
+            ("server errs after flush, before answer", Server { point: "push.after_flush", action: "return(error)" }),
+            ("agent exits after upload, before outbox", Agent { point: "agent.after_upload", action: "return(exit)" }),
+            ("agent errs after upload, before outbox", Agent { point: "agent.after_upload", action: "return(error)" }),
+            ("agent exits in the middle of a pull", Agent { point: "agent.mid_pull", action: "return(exit)" }),
             ("kill -9 of the server", KillServer),
             ("kill -9 of the agent", KillAgent),
             ("network: responses cut", Network { fault: Fault::CutResponse, connections: 3 }),
@@ -193,6 +168,17 @@ fn queued(run: &Sandbox) -> u64 {
     status["queued"].as_u64().expect("a count") + status["rejected"].as_u64().expect("a count")
 }
 
+/// How often a sync of `n` confirmations passes a failpoint: once a batch,
+/// between every two items of a batch, or once (the pull at the end).
+fn passes(point: &str, n: u64) -> u64 {
+    let batches = n.div_ceil(BATCH.parse().expect("a number"));
+    match point {
+        "push.between_items" => n - batches,
+        "agent.mid_pull" => 1,
+        _ => batches,
+    }
+}
+
 /// A `FAILPOINTS` value that fires `action` once, after a seeded number of
 /// evaluations below `evaluations`.
 fn armed(rng: &mut StdRng, point: &str, action: &str, evaluations: u64) -> String {
@@ -210,11 +196,11 @@ async fn run_once(base: &Baseline, n: usize, breaker: Breaker, seed: u64, row: &
     let before = proxy.tally().faults();
 
     let server_points = match breaker {
-        Breaker::Server { point, action, evaluations } => Some(armed(&mut rng, point, action, evaluations)),
+        Breaker::Server { point, action } => Some(armed(&mut rng, point, action, passes(point, n as u64))),
         _ => None,
     };
     let mut agent_points = match breaker {
-        Breaker::Agent { point, action, evaluations } => Some(armed(&mut rng, point, action, evaluations)),
+        Breaker::Agent { point, action } => Some(armed(&mut rng, point, action, passes(point, n as u64))),
         _ => None,
     };
     if let Breaker::Network { fault, connections } = breaker {
