@@ -98,7 +98,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Confirmations per request (1 to 200).
-        #[arg(long, default_value_t = sync::DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..=200))]
+        #[arg(long, default_value_t = sync::DEFAULT_BATCH, value_parser = clap::value_parser!(u16).range(1..=i64::from(handover_shared::sync::MAX_BATCH)))]
         batch_size: u16,
     },
     /// What is queued, rejected, and when the last sync was.

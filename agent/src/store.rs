@@ -270,7 +270,7 @@ impl LocalStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use handover_shared::{sync::Outcome, CustomerId, ItemId, NodeId, ReceiptId};
 
     use super::*;
@@ -291,7 +291,7 @@ mod tests {
         }
     }
 
-    fn confirmation(delivery: u64) -> Confirmation {
+    pub(crate) fn confirmation(delivery: u64) -> Confirmation {
         Confirmation {
             confirmation_id: uuid::Uuid::now_v7().to_string(),
             delivery_id: DeliveryId::from_seq(delivery),

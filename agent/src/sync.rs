@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use handover_shared::sync::{ConfirmationBatch, ResultStatus};
+use handover_shared::sync::{Confirmation, ConfirmationBatch, ConfirmationResult, ResultStatus, MAX_BATCH};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng as _;
 use serde::Serialize;
@@ -13,10 +13,9 @@ use crate::{
     store::{LocalStore, Session},
 };
 
-/// Confirmations per request unless told otherwise (the server takes up to 200).
+/// Confirmations per request unless told otherwise (the server takes up to
+/// [`MAX_BATCH`]).
 pub const DEFAULT_BATCH: u16 = 100;
-/// The most confirmations per request the server takes.
-pub const MAX_BATCH: usize = 200;
 
 /// How a sync behaves.
 #[derive(Debug, Clone)]
@@ -149,8 +148,10 @@ fn pull_with(
 pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, SyncError> {
     let (mut session, client) = connect(store, options)?;
     let mut report = SyncReport::default();
-    let batch_size = options.batch_size.clamp(1, MAX_BATCH);
+    let batch_size = options.batch_size.clamp(1, usize::from(MAX_BATCH));
+    // Counting the outbox is a scan in sled: once, then kept up to date here.
     let total = store.queued();
+    let mut sent = 0;
     let bar = progress_bar(options.progress && total > batch_size, total);
     // A batch at a time from the store, never the whole outbox in memory.
     let mut after: Option<String> = None;
@@ -160,23 +161,15 @@ pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, Syn
         after = Some(last.confirmation_id.clone());
         let batch = ConfirmationBatch {
             device_id: session.device_id.clone(),
+            // What the outbox held at the start, less what was answered since.
+            queued: Some(total.saturating_sub(sent).max(chunk.len()) as u64),
             confirmations: chunk,
-            queued: Some(store.queued() as u64),
         };
         let answer = authorized(store, &mut session, &client, options.attempts, |token| client.push(token, &batch))?;
         handover_shared::failpoint!("agent.after_upload", SyncError::Failed(anyhow::anyhow!("failpoint")));
         let chunk = batch.confirmations;
-        let answered_in_order = answer.results.len() == chunk.len()
-            && answer.results.iter().zip(&chunk).all(|(r, c)| r.confirmation_id == c.confirmation_id);
-        if !answered_in_order {
-            return Err(anyhow::anyhow!(
-                "the server's answer does not match the batch ({} results for {} confirmations); nothing was \
-                 removed from the outbox",
-                answer.results.len(),
-                chunk.len()
-            )
-            .into());
-        }
+        check_answer(&chunk, &answer.results).map_err(anyhow::Error::msg)?;
+        sent += chunk.len();
         for (confirmation, result) in chunk.iter().zip(answer.results) {
             match result.status {
                 ResultStatus::Accepted => {
@@ -203,6 +196,25 @@ pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, Syn
     Ok(report)
 }
 
+/// The answer must speak of the batch sent, one result per confirmation, in
+/// order; otherwise nothing leaves the outbox on its word.
+fn check_answer(sent: &[Confirmation], results: &[ConfirmationResult]) -> Result<(), String> {
+    let in_order = results.len() == sent.len()
+        && results
+            .iter()
+            .zip(sent)
+            .all(|(result, confirmation)| result.confirmation_id == confirmation.confirmation_id);
+    if in_order {
+        return Ok(());
+    }
+    Err(format!(
+        "the server's answer does not match the batch ({} results for {} confirmations); nothing was removed from \
+         the outbox",
+        results.len(),
+        sent.len()
+    ))
+}
+
 /// A bar on standard error when asked for, a hidden one otherwise.
 fn progress_bar(shown: bool, total: usize) -> ProgressBar {
     if !shown {
@@ -214,4 +226,29 @@ fn progress_bar(shown: bool, total: usize) -> ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::confirmation;
+
+    fn accepted(c: &Confirmation) -> ConfirmationResult {
+        ConfirmationResult {
+            confirmation_id: c.confirmation_id.clone(),
+            status: ResultStatus::Accepted,
+            code: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn only_an_answer_with_one_result_per_confirmation_in_order_is_taken() {
+        let sent = [confirmation(1), confirmation(2)];
+        assert_eq!(check_answer(&sent, &[accepted(&sent[0]), accepted(&sent[1])]), Ok(()));
+        for wrong in [vec![accepted(&sent[0])], vec![accepted(&sent[1]), accepted(&sent[0])], vec![]] {
+            let refused = check_answer(&sent, &wrong).expect_err("a mismatched answer");
+            assert!(refused.contains("nothing was removed from the outbox"), "{refused}");
+        }
+    }
 }

@@ -151,6 +151,9 @@ impl Confirmation {
     }
 }
 
+/// The most confirmations one batch may carry; the server refuses more.
+pub const MAX_BATCH: u16 = 200;
+
 /// `POST /api/v1/sync/confirmations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

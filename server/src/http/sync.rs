@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use handover_shared::sync::{
     Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
-    ResultStatus,
+    ResultStatus, MAX_BATCH,
 };
 use serde::Deserialize;
 
@@ -20,8 +20,6 @@ use crate::{
     store::FeedEntry,
 };
 
-/// The most confirmations one batch may carry.
-pub const MAX_BATCH: usize = 200;
 /// A continued first pull: it still lists only what there is to do.
 const FIRST_PULL: &str = "first:";
 
@@ -116,7 +114,7 @@ pub async fn confirmations(
             message: format!("this session belongs to device {}, not {}", caller.device_id, batch.device_id),
         });
     }
-    if batch.confirmations.len() > MAX_BATCH {
+    if batch.confirmations.len() > usize::from(MAX_BATCH) {
         return Err(ApiError::BadRequest {
             code: "batch_too_large",
             message: format!("send at most {MAX_BATCH} confirmations per batch"),
