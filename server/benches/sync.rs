@@ -694,6 +694,8 @@ struct Run {
     /// Group-commit flushes during the run, and the writes they made durable.
     flushes: u64,
     waiters: u64,
+    /// Transactions that applied the pushed batches (several batches share one).
+    push_groups: u64,
 }
 
 impl Run {
@@ -706,6 +708,7 @@ impl Run {
             used: load.used,
             flushes: 0,
             waiters: 0,
+            push_groups: 0,
         }
     }
 
@@ -770,10 +773,11 @@ async fn push_load(
             bodies: pushes.iter().map(|push| Some(push.body.clone())).collect(),
         })
         .collect();
-    let (flushes, waiters) = commit_counts(store);
+    let ((flushes, waiters), groups) = (commit_counts(store), store.push_groups());
     let load = drive(&format!("{url}{CONFIRMATIONS_PATH}"), lanes).await;
     let (flushes_after, waiters_after) = commit_counts(store);
     let (flushes, waiters) = (flushes_after - flushes, waiters_after - waiters);
+    let push_groups = store.push_groups() - groups;
     let size = work.iter().flatten().map(|push| push.ids.len()).max().unwrap_or(0);
     let mut faults = Faults::new(format!("confirmations pushed in batches of up to {size}"));
     for (answers, pushes) in load.answers.iter().zip(work) {
@@ -793,7 +797,7 @@ async fn push_load(
     }
     faults.report(problems);
     let items = work.iter().flatten().map(|push| push.ids.len()).sum();
-    Run { flushes, waiters, ..Run::of(&load, items) }
+    Run { flushes, waiters, push_groups, ..Run::of(&load, items) }
 }
 
 /// The batches of 1 again, [`ECHO_ROUNDS`] times over, to the echo endpoint,
@@ -1164,6 +1168,13 @@ fn print_figures(f: &Figures) {
                 "{} flushes, {:.1} batches per flush",
                 grouped(run.flushes),
                 run.waiters as f64 / run.flushes as f64
+            ));
+        }
+        if run.push_groups > 0 {
+            notes.push(format!(
+                "{} transactions, {:.1} batches per transaction",
+                grouped(run.push_groups),
+                run.requests as f64 / run.push_groups as f64
             ));
         }
         println!("  {name}: {}", notes.join(", "));

@@ -121,19 +121,13 @@ pub async fn confirmations(
         });
     }
     let ids: Vec<String> = batch.confirmations.iter().map(|c| c.confirmation_id.clone()).collect();
-    state
-        .store
-        .record_sync(DeviceSync {
-            device_id: caller.device_id.clone(),
-            username: caller.username.clone(),
-            last_sync_at: time::OffsetDateTime::now_utc(),
-            reported_queued: batch.queued,
-        })
-        .await?;
-    let outcomes = state
-        .store
-        .push_confirmations(&caller.username, &caller.device_id, batch.confirmations, time::OffsetDateTime::now_utc())
-        .await?;
+    let sync = DeviceSync {
+        device_id: caller.device_id.clone(),
+        username: caller.username.clone(),
+        last_sync_at: time::OffsetDateTime::now_utc(),
+        reported_queued: batch.queued,
+    };
+    let outcomes = state.store.push_confirmations(sync, batch.confirmations).await?;
     handover_shared::failpoint!(
         "push.after_flush",
         ApiError::from(crate::store::StoreError::Backend("failpoint push.after_flush".into()))

@@ -243,14 +243,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         cursor: u64,
         limit: usize,
     ) -> Result<(Vec<FeedEntry>, u64, bool), StoreError>;
-    /// Judges and applies a batch of confirmations in order, each in its own
-    /// transaction (see `domain::confirmations`); returns once all of it is durable.
+    /// Judges and applies a batch of confirmations in order (see
+    /// `domain::confirmations`), and records the device's sync with it, at
+    /// `sync.last_sync_at`; returns once all of it is durable.
     async fn push_confirmations(
         &self,
-        uploader: &Username,
-        device: &DeviceId,
+        sync: crate::domain::confirmations::DeviceSync,
         batch: Vec<handover_shared::sync::Confirmation>,
-        now: OffsetDateTime,
     ) -> Result<Vec<crate::domain::confirmations::PushOutcome>, StoreError>;
     /// Records that a device synced (pull or push).
     async fn record_sync(&self, sync: crate::domain::confirmations::DeviceSync) -> Result<(), StoreError>;

@@ -60,6 +60,12 @@ struct Inner {
     commit: GroupCommit,
     /// One planning run at a time, so that receipts are planned in receipt order.
     planning: std::sync::Mutex<()>,
+    /// Pushed batches waiting to be applied, and the turn to apply them
+    /// (see `apply_pushes_until_answered`).
+    push_queue: std::sync::Mutex<std::collections::VecDeque<PushJob>>,
+    push_turn: std::sync::Mutex<()>,
+    /// Push transactions run, for benchmarks: batches per group is the sharing.
+    push_groups: std::sync::atomic::AtomicU64,
     /// Stock movements hold it shared; an audit holds it alone, to read the ledger
     /// and the balances as of one moment (sled has no multi-tree snapshot read).
     stock_gate: std::sync::RwLock<()>,
@@ -230,6 +236,9 @@ impl SledStore {
                 trees,
                 commit,
                 planning: std::sync::Mutex::new(()),
+                push_queue: std::sync::Mutex::default(),
+                push_turn: std::sync::Mutex::new(()),
+                push_groups: std::sync::atomic::AtomicU64::new(0),
                 stock_gate: std::sync::RwLock::new(()),
             }),
         })
@@ -238,6 +247,12 @@ impl SledStore {
     /// The group commit, for its counters.
     pub fn commit(&self) -> &GroupCommit {
         &self.inner.commit
+    }
+
+    /// How many transactions have applied pushed batches, retries of a failed
+    /// group's batches included (see `apply_pushes_until_answered`).
+    pub fn push_groups(&self) -> u64 {
+        self.inner.push_groups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs blocking sled work on tokio's blocking pool.
@@ -968,46 +983,29 @@ impl Store for SledStore {
 
     async fn push_confirmations(
         &self,
-        uploader: &Username,
-        device: &DeviceId,
+        sync: DeviceSync,
         batch: Vec<Confirmation>,
-        now: OffsetDateTime,
     ) -> Result<Vec<PushOutcome>, StoreError> {
-        let (uploader, device) = (uploader.clone(), device.clone());
-        let (outcomes, wrote) = self
+        let outcomes = self
             .blocking(move |inner| {
-                let mut outcomes = Vec::with_capacity(batch.len());
-                let mut wrote = false;
-                for (index, confirmation) in batch.iter().enumerate() {
-                    if index > 0 {
-                        handover_shared::failpoint!("push.between_items", StoreError::Backend("failpoint".into()));
-                    }
-                    let (outcome, changed) = push_one(inner, &uploader, &device, confirmation, now)?;
-                    outcomes.push(outcome);
-                    wrote |= changed;
-                }
-                Ok((outcomes, wrote))
+                let digests = batch.iter().map(confirming::digest).collect();
+                let (answer, answered) = std::sync::mpsc::sync_channel(1);
+                let job = PushJob { sync, batch, digests, answer };
+                inner.push_queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(job);
+                apply_pushes_until_answered(inner, &answered)
             })
             .await?;
         handover_shared::failpoint!("push.after_write", StoreError::Backend("failpoint".into()));
-        // The batch is answered only once what it accepted is durable.
-        if wrote || !outcomes.is_empty() {
-            self.inner.commit.durable().await?;
-        }
+        // Answered only once durable: what this batch accepted, and what a replay
+        // in it refers to (its first acceptance may share this very group).
+        self.inner.commit.durable().await?;
         Ok(outcomes)
     }
 
-    async fn record_sync(&self, mut sync: DeviceSync) -> Result<(), StoreError> {
+    async fn record_sync(&self, sync: DeviceSync) -> Result<(), StoreError> {
         // Bookkeeping for the dashboard: not worth a flush of its own.
         self.blocking(move |inner| {
-            let tree = &inner.trees.device_syncs;
-            let key = sync.device_id.as_str().as_bytes().to_vec();
-            if sync.reported_queued.is_none() {
-                // A pull reports nothing queued: keep what the last push said.
-                sync.reported_queued = get::<DeviceSync>(tree, &key)?.and_then(|before| before.reported_queued);
-            }
-            tree.insert(key, encode(&sync)?).map_err(backend)?;
-            Ok(())
+            finish_store(inner.trees.device_syncs.transaction(|tree| tx_record_sync(tree, &sync)))
         })
         .await
     }
@@ -1039,19 +1037,114 @@ impl Store for SledStore {
     }
 }
 
-/// Judges one confirmation and, when sound, applies it: all in one transaction,
-/// so that a crash leaves it either wholly applied (and remembered) or not at all.
-fn push_one(
+/// The trees a push writes, inside its transaction.
+#[derive(Clone, Copy)]
+struct PushTrees<'a> {
+    confirmations: &'a TransactionalTree,
+    deliveries: &'a TransactionalTree,
+    receipts: &'a TransactionalTree,
+    stock: &'a TransactionalTree,
+    ledger: &'a TransactionalTree,
+    accounts: &'a TransactionalTree,
+    loads: &'a TransactionalTree,
+    courier_deliveries: &'a TransactionalTree,
+    counters: &'a TransactionalTree,
+    feed: &'a TransactionalTree,
+    audit: &'a TransactionalTree,
+}
+
+/// Confirmations applied in one transaction at most, gathered from as many
+/// waiting batches as fit: enough to share the cost of a transaction and of its
+/// hot rows, few enough that one group does not hold up the next for long.
+const PUSH_GROUP_CONFIRMATIONS: usize = 1_000;
+
+/// A pushed batch waiting for its turn, and where its outcomes go.
+struct PushJob {
+    /// Who pushed, from which device, when, and what it said it still had queued.
+    sync: DeviceSync,
+    batch: Vec<Confirmation>,
+    /// Computed by the request's own thread, before it queues.
+    digests: Vec<String>,
+    answer: std::sync::mpsc::SyncSender<Result<Vec<PushOutcome>, StoreError>>,
+}
+
+/// Applies queued batches, whoever pushed them, until this request's own batch
+/// has been answered (flat combining). The thread holding `push_turn` takes what
+/// is queued, applies it as one group, answers every batch in it, and only then
+/// lets go: so a thread that gets the turn and finds its batch gone finds its
+/// answer waiting. Concurrent groups would conflict on the rows they share (the
+/// branch's stock, the couriers' loads, the feed counter), and sled retries a
+/// conflicting transaction whole; taking turns costs nothing on two cores, and
+/// many small batches (handhelds syncing one confirmation each) share one
+/// transaction and one flush.
+fn apply_pushes_until_answered(
     inner: &Inner,
-    uploader: &Username,
-    device: &DeviceId,
-    c: &Confirmation,
-    now: OffsetDateTime,
-) -> Result<(PushOutcome, bool), StoreError> {
+    answered: &std::sync::mpsc::Receiver<Result<Vec<PushOutcome>, StoreError>>,
+) -> Result<Vec<PushOutcome>, StoreError> {
+    loop {
+        {
+            let _turn = inner.push_turn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let group = take_push_group(inner);
+            if !group.is_empty() {
+                apply_push_group(inner, group);
+            }
+        }
+        match answered.try_recv() {
+            Ok(outcome) => return outcome,
+            Err(std::sync::mpsc::TryRecvError::Empty) => continue,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                // The thread applying it panicked before answering.
+                return Err(StoreError::Task("the batch's group failed before it was answered".into()));
+            }
+        }
+    }
+}
+
+/// Queued batches, oldest first, up to [`PUSH_GROUP_CONFIRMATIONS`] (at least one batch).
+fn take_push_group(inner: &Inner) -> Vec<PushJob> {
+    let mut queue = inner.push_queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut group = Vec::new();
+    let mut confirmations = 0;
+    while let Some(job) = queue.front() {
+        if !group.is_empty() && confirmations + job.batch.len() > PUSH_GROUP_CONFIRMATIONS {
+            break;
+        }
+        confirmations += job.batch.len();
+        group.extend(queue.pop_front());
+    }
+    group
+}
+
+/// Applies a group of batches in one transaction and answers each. Should the
+/// group fail, each batch is tried again alone, so that one batch's failure
+/// (a failpoint, a record that does not read) is its own answer only.
+fn apply_push_group(inner: &Inner, group: Vec<PushJob>) {
     let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match push_transaction(inner, &group) {
+        Ok(outcomes) => {
+            for (job, outcomes) in group.into_iter().zip(outcomes) {
+                // A request that gave up (its connection closed) needs no answer.
+                let _ = job.answer.send(Ok(outcomes));
+            }
+        }
+        Err(err) if group.len() == 1 => {
+            let _ = group[0].answer.send(Err(err));
+        }
+        Err(_) => {
+            for job in group {
+                let alone = push_transaction(inner, std::slice::from_ref(&job));
+                let _ = job.answer.send(alone.map(|mut outcomes| outcomes.remove(0)));
+            }
+        }
+    }
+}
+
+/// Judges and applies batches in order, each confirmation in order, in one
+/// transaction: a crash leaves all of it applied (and remembered) or none.
+/// Rows that many confirmations share are written once per transaction.
+fn push_transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutcome>>, StoreError> {
+    inner.push_groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let t = &inner.trees;
-    let digest = confirming::digest(c);
-    let seq = c.delivery_id.seq();
     let trees = (
         &t.confirmations,
         &t.deliveries,
@@ -1064,155 +1157,213 @@ fn push_one(
         &t.counters,
         &t.courier_feed,
         &t.audit,
+        &t.device_syncs,
     );
-    finish_store(trees.transaction(
-        |(confirmations, deliveries, receipts, stock, ledger, accounts, loads, index, counters, feed, audit)| {
-            let id_key = c.confirmation_id.as_bytes();
-            let seen: Option<SeenConfirmation> = tx_get(confirmations, id_key)?;
-            let delivery: Option<Delivery> = match seq {
-                Some(seq) => tx_get(deliveries, &seq.to_be_bytes())?,
-                None => None,
-            };
-            let remember = |outcome: FirstOutcome| -> TxResult<()> {
-                let record = SeenConfirmation {
-                    confirmation_id: c.confirmation_id.clone(),
-                    digest: digest.clone(),
-                    delivery_id: c.delivery_id.clone(),
-                    uploader: uploader.clone(),
-                    device_id: device.clone(),
-                    received_at: now,
-                    outcome,
+    finish_store(trees.transaction(|view| {
+        let (confirmations, deliveries, receipts, stock, ledger, accounts, loads, courier_deliveries) =
+            (&view.0, &view.1, &view.2, &view.3, &view.4, &view.5, &view.6, &view.7);
+        let (counters, feed, audit, device_syncs) = (&view.8, &view.9, &view.10, &view.11);
+        let trees = PushTrees {
+            confirmations,
+            deliveries,
+            receipts,
+            stock,
+            ledger,
+            accounts,
+            loads,
+            courier_deliveries,
+            counters,
+            feed,
+            audit,
+        };
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            tx_record_sync(device_syncs, &job.sync)?;
+            let (uploader, device, now) = (&job.sync.username, &job.sync.device_id, job.sync.last_sync_at);
+            let mut outcomes = Vec::with_capacity(job.batch.len());
+            for (index, (confirmation, digest)) in job.batch.iter().zip(&job.digests).enumerate() {
+                if index > 0 {
+                    handover_shared::failpoint!("push.between_items", abort(StoreError::Backend("failpoint".into())));
+                }
+                outcomes.push(tx_push_one(&trees, uploader, device, confirmation, digest, now)?);
+            }
+            answers.push(outcomes);
+        }
+        Ok(answers)
+    }))
+}
+
+/// Records a device's sync. One that reports nothing queued (a pull) keeps
+/// what the last push said.
+fn tx_record_sync(tree: &TransactionalTree, sync: &DeviceSync) -> TxResult<()> {
+    let key = sync.device_id.as_str().as_bytes();
+    let mut sync = sync.clone();
+    if sync.reported_queued.is_none() {
+        sync.reported_queued = tx_get::<DeviceSync>(tree, key)?.and_then(|before| before.reported_queued);
+    }
+    tx_put(tree, key, &sync)
+}
+
+/// Judges one confirmation and, when sound, applies it, inside the batch's transaction.
+fn tx_push_one(
+    trees: &PushTrees<'_>,
+    uploader: &Username,
+    device: &DeviceId,
+    c: &Confirmation,
+    digest: &str,
+    now: OffsetDateTime,
+) -> TxResult<PushOutcome> {
+    let PushTrees {
+        confirmations,
+        deliveries,
+        receipts,
+        stock,
+        ledger,
+        accounts,
+        loads,
+        courier_deliveries,
+        counters,
+        feed,
+        audit,
+    } = *trees;
+    let seq = c.delivery_id.seq();
+    let id_key = c.confirmation_id.as_bytes();
+    let seen: Option<SeenConfirmation> = tx_get(confirmations, id_key)?;
+    let delivery: Option<Delivery> = match seq {
+        Some(seq) => tx_get(deliveries, &seq.to_be_bytes())?,
+        None => None,
+    };
+    let remember = |outcome: FirstOutcome| -> TxResult<()> {
+        let record = SeenConfirmation {
+            confirmation_id: c.confirmation_id.clone(),
+            digest: digest.to_owned(),
+            delivery_id: c.delivery_id.clone(),
+            uploader: uploader.clone(),
+            device_id: device.clone(),
+            received_at: now,
+            outcome,
+        };
+        tx_put(confirmations, id_key, &record)
+    };
+    let (Some(mut delivery), Some(seq)) =
+        (match confirming::judge(c, digest, uploader, seen.as_ref(), delivery.as_ref()) {
+            Verdict::Replay(first) => return Ok(PushOutcome::replay(&first)),
+            Verdict::Reject { code, message } => {
+                // Only well-formed ids are remembered: a malformed one has no identity to replay.
+                if uuid::Uuid::parse_str(&c.confirmation_id).is_ok() {
+                    remember(FirstOutcome::Rejected { code, message: message.clone() })?;
+                }
+                return Ok(PushOutcome::Rejected { code, message });
+            }
+            Verdict::Apply => (delivery, seq),
+        })
+    else {
+        return Err(abort(StoreError::Backend("an applied confirmation without its delivery".into())));
+    };
+    let key = seq.to_be_bytes();
+    let previous = delivery.assignee.clone();
+    if let Some(courier) = &previous {
+        tx_add_load(loads, courier, -1)?;
+    }
+    let action = match c.outcome {
+        Outcome::Delivered => {
+            let item = delivery.item_id.clone();
+            let last = delivery.legs.len().saturating_sub(1);
+            // The goods were handed over, so they did travel: transfer legs
+            // not recorded yet are issued now, in the flow of the goods.
+            for index in 0..last {
+                if delivery.legs[index].status == LegStatus::Issued {
+                    continue;
+                }
+                let leg = &delivery.legs[index];
+                let Destination::Node(to) = &leg.to else {
+                    return Err(abort(StoreError::Backend(format!("transfer leg {} ends at a customer", leg.leg_id))));
                 };
-                tx_put(confirmations, id_key, &record)
-            };
-            let (Some(mut delivery), Some(seq)) =
-                (match confirming::judge(c, &digest, uploader, seen.as_ref(), delivery.as_ref()) {
-                    Verdict::Replay(first) => return Ok((PushOutcome::replay(&first), false)),
-                    Verdict::Reject { code, message } => {
-                        // Only well-formed ids are remembered: a malformed one has no identity to replay.
-                        if uuid::Uuid::parse_str(&c.confirmation_id).is_ok() {
-                            remember(FirstOutcome::Rejected { code, message: message.clone() })?;
-                        }
-                        return Ok((PushOutcome::Rejected { code, message }, true));
-                    }
-                    Verdict::Apply => (delivery, seq),
-                })
-            else {
-                return Err(abort(StoreError::Backend("an applied confirmation without its delivery".into())));
-            };
-            let key = seq.to_be_bytes();
-            let previous = delivery.assignee.clone();
-            if let Some(courier) = &previous {
-                tx_add_load(loads, courier, -1)?;
+                let [leaving, arriving] = transfer(&leg.from, to, delivery.quantity);
+                let leg_id = leg.leg_id.clone();
+                tx_apply(stock, ledger, &item, &leaving, &Movement::Issue { leg_id: leg_id.clone() }, now)?;
+                tx_apply(stock, ledger, &item, &arriving, &Movement::Arrive { leg_id }, now)?;
+                delivery.legs[index].status = LegStatus::Issued;
+                delivery.legs[index].issued_at = Some(now);
             }
-            let action = match c.outcome {
-                Outcome::Delivered => {
-                    let item = delivery.item_id.clone();
-                    let last = delivery.legs.len().saturating_sub(1);
-                    // The goods were handed over, so they did travel: transfer legs
-                    // not recorded yet are issued now, in the flow of the goods.
-                    for index in 0..last {
-                        if delivery.legs[index].status == LegStatus::Issued {
-                            continue;
-                        }
-                        let leg = &delivery.legs[index];
-                        let Destination::Node(to) = &leg.to else {
-                            return Err(abort(StoreError::Backend(format!(
-                                "transfer leg {} ends at a customer",
-                                leg.leg_id
-                            ))));
-                        };
-                        let [leaving, arriving] = transfer(&leg.from, to, delivery.quantity);
-                        let leg_id = leg.leg_id.clone();
-                        tx_apply(stock, ledger, &item, &leaving, &Movement::Issue { leg_id: leg_id.clone() }, now)?;
-                        tx_apply(stock, ledger, &item, &arriving, &Movement::Arrive { leg_id }, now)?;
-                        delivery.legs[index].status = LegStatus::Issued;
-                        delivery.legs[index].issued_at = Some(now);
-                    }
-                    let from = delivery.delivering_node().clone();
-                    let leg_id = delivery.legs[last].leg_id.clone();
-                    let [handed] = hand_over(&from, c.quantity);
-                    tx_apply(stock, ledger, &item, &handed, &Movement::HandOver { leg_id }, now)?;
-                    let rest = delivery.quantity - c.quantity;
-                    if rest > 0 {
-                        let release = StockEffect { node: &from, on_hand_delta: 0, reserved_delta: -i64::from(rest) };
-                        tx_apply(
-                            stock,
-                            ledger,
-                            &item,
-                            &release,
-                            &Movement::Release { delivery_id: delivery.delivery_id.clone() },
-                            now,
-                        )?;
-                    }
-                    delivery.legs[last].status = LegStatus::Completed;
-                    delivery.legs[last].issued_at = Some(now);
-                    delivery.state = DeliveryState::Delivered;
-                    let mut receipt: Receipt = tx_get(receipts, &key)?.ok_or_else(|| {
-                        abort(StoreError::Backend(format!("receipt of {} is missing", delivery.delivery_id)))
-                    })?;
-                    receipt.delivered = true;
-                    receipt.delivered_at = Some(now);
-                    receipt.proof = Some(handover_shared::api::DeliveryProof {
-                        confirmation_id: c.confirmation_id.clone(),
-                        delivered_by: uploader.clone(),
-                        device_id: device.clone(),
-                        captured_at: c.captured_at,
-                        received_at: now,
-                        recipient: c.recipient.clone().unwrap_or_default(),
-                        quantity: c.quantity,
-                        empties_collected: c.empties_collected,
-                        position: c.position,
-                        signed: c.signature.is_some(),
-                        photo_digest: c.photo_digest.clone(),
-                    });
-                    tx_put(receipts, &key, &receipt)?;
-                    let account: CustomerAccount =
-                        tx_get(accounts, receipt.customer_id.as_str().as_bytes())?.unwrap_or_default();
-                    let account = account.with_empties_collected(c.empties_collected);
-                    tx_put(accounts, receipt.customer_id.as_str().as_bytes(), &account)?;
-                    format!(
-                        "delivered {} of {} to {}",
-                        c.quantity,
-                        delivery.quantity,
-                        c.recipient.as_deref().unwrap_or("")
-                    )
-                }
-                Outcome::Failed => {
-                    // Back to the dispatcher for another attempt.
-                    if let Some(courier) = &previous {
-                        index.remove(pair_key(courier.as_str(), &key))?;
-                    }
-                    delivery.version += 1;
-                    delivery.assignee = None;
-                    let reason = c.reason.map(|r| format!("{r:?}")).unwrap_or_default();
-                    delivery.assignments.push(Assignment {
-                        version: delivery.version,
-                        assignee: None,
-                        at: now,
-                        by: format!("{uploader} (failed: {reason})"),
-                    });
-                    format!("failed: {reason}; {}", c.note.as_deref().unwrap_or(""))
-                }
-            };
-            for courier in previous.iter().chain((previous.as_ref() != Some(uploader)).then_some(uploader)) {
-                tx_feed(counters, feed, courier, seq)?;
+            let from = delivery.delivering_node().clone();
+            let leg_id = delivery.legs[last].leg_id.clone();
+            let [handed] = hand_over(&from, c.quantity);
+            tx_apply(stock, ledger, &item, &handed, &Movement::HandOver { leg_id }, now)?;
+            let rest = delivery.quantity - c.quantity;
+            if rest > 0 {
+                let release = StockEffect { node: &from, on_hand_delta: 0, reserved_delta: -i64::from(rest) };
+                tx_apply(
+                    stock,
+                    ledger,
+                    &item,
+                    &release,
+                    &Movement::Release { delivery_id: delivery.delivery_id.clone() },
+                    now,
+                )?;
             }
-            tx_put(deliveries, &key, &delivery)?;
-            let entry = AuditEntry {
-                at: now,
-                actor: uploader.clone(),
-                device_id: device.clone(),
-                action: format!("{:?}", c.outcome).to_lowercase(),
-                delivery_id: delivery.delivery_id.clone(),
+            delivery.legs[last].status = LegStatus::Completed;
+            delivery.legs[last].issued_at = Some(now);
+            delivery.state = DeliveryState::Delivered;
+            let mut receipt: Receipt = tx_get(receipts, &key)?
+                .ok_or_else(|| abort(StoreError::Backend(format!("receipt of {} is missing", delivery.delivery_id))))?;
+            receipt.delivered = true;
+            receipt.delivered_at = Some(now);
+            receipt.proof = Some(handover_shared::api::DeliveryProof {
                 confirmation_id: c.confirmation_id.clone(),
-                detail: action,
-            };
-            tx_put(audit, &audit.generate_id()?.to_be_bytes(), &entry)?;
-            remember(FirstOutcome::Accepted)?;
-            Ok((PushOutcome::Accepted, true))
-        },
-    ))
+                delivered_by: uploader.clone(),
+                device_id: device.clone(),
+                captured_at: c.captured_at,
+                received_at: now,
+                recipient: c.recipient.clone().unwrap_or_default(),
+                quantity: c.quantity,
+                empties_collected: c.empties_collected,
+                position: c.position,
+                signed: c.signature.is_some(),
+                photo_digest: c.photo_digest.clone(),
+            });
+            tx_put(receipts, &key, &receipt)?;
+            if c.empties_collected > 0 {
+                let account: CustomerAccount =
+                    tx_get(accounts, receipt.customer_id.as_str().as_bytes())?.unwrap_or_default();
+                let account = account.with_empties_collected(c.empties_collected);
+                tx_put(accounts, receipt.customer_id.as_str().as_bytes(), &account)?;
+            }
+            format!("delivered {} of {} to {}", c.quantity, delivery.quantity, c.recipient.as_deref().unwrap_or(""))
+        }
+        Outcome::Failed => {
+            // Back to the dispatcher for another attempt.
+            if let Some(courier) = &previous {
+                courier_deliveries.remove(pair_key(courier.as_str(), &key))?;
+            }
+            delivery.version += 1;
+            delivery.assignee = None;
+            let reason = c.reason.map(|r| format!("{r:?}")).unwrap_or_default();
+            delivery.assignments.push(Assignment {
+                version: delivery.version,
+                assignee: None,
+                at: now,
+                by: format!("{uploader} (failed: {reason})"),
+            });
+            format!("failed: {reason}; {}", c.note.as_deref().unwrap_or(""))
+        }
+    };
+    for courier in previous.iter().chain((previous.as_ref() != Some(uploader)).then_some(uploader)) {
+        tx_feed(counters, feed, courier, seq)?;
+    }
+    tx_put(deliveries, &key, &delivery)?;
+    let entry = AuditEntry {
+        at: now,
+        actor: uploader.clone(),
+        device_id: device.clone(),
+        action: format!("{:?}", c.outcome).to_lowercase(),
+        delivery_id: delivery.delivery_id.clone(),
+        confirmation_id: c.confirmation_id.clone(),
+        detail: action,
+    };
+    tx_put(audit, &audit.generate_id()?.to_be_bytes(), &entry)?;
+    remember(FirstOutcome::Accepted)?;
+    Ok(PushOutcome::Accepted)
 }
 
 /// One page of records keyed by a big-endian number, in key order, from `start`
@@ -1505,5 +1656,111 @@ impl Drop for Inner {
         if let Err(err) = self.db.flush() {
             tracing::error!(error = %err, "final flush failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{atomic::Ordering, PoisonError},
+        thread,
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::domain::confirmations::RejectCode;
+
+    fn confirmation(delivery: &str) -> Confirmation {
+        Confirmation {
+            confirmation_id: Uuid::new_v4().to_string(),
+            delivery_id: DeliveryId::parse(delivery).expect("a delivery id"),
+            version: 1,
+            outcome: Outcome::Delivered,
+            reason: None,
+            note: None,
+            quantity: 1,
+            recipient: Some("Front desk".into()),
+            empties_collected: 0,
+            captured_at: OffsetDateTime::now_utc(),
+            position: None,
+            signature: None,
+            photo_digest: None,
+        }
+    }
+
+    fn sync(courier: &str) -> DeviceSync {
+        DeviceSync {
+            device_id: DeviceId::parse(format!("dev-{courier}")).expect("a device id"),
+            username: Username::parse(courier).expect("a username"),
+            last_sync_at: OffsetDateTime::now_utc(),
+            reported_queued: None,
+        }
+    }
+
+    /// Pushes `batches` from threads of their own while the turn is held, so
+    /// that all of them are queued before any is applied; then lets go.
+    fn push_while_queued(store: &SledStore, batches: Vec<Vec<Confirmation>>) -> Vec<Result<Vec<PushOutcome>, String>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let count = batches.len();
+        let turn = store.inner.push_turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let pushers: Vec<_> = batches
+            .into_iter()
+            .enumerate()
+            .map(|(i, batch)| {
+                let (store, handle) = (store.clone(), runtime.handle().clone());
+                thread::spawn(move || handle.block_on(store.push_confirmations(sync(&format!("courier-{i}")), batch)))
+            })
+            .collect();
+        while store.inner.push_queue.lock().unwrap_or_else(PoisonError::into_inner).len() < count {
+            thread::sleep(Duration::from_millis(2));
+        }
+        drop(turn);
+        pushers
+            .into_iter()
+            .map(|pusher| pusher.join().expect("a pusher thread").map_err(|err| err.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn batches_queued_together_share_one_transaction_and_each_gets_its_own_outcomes() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let store = SledStore::open(dir.path()).expect("a fresh store");
+        let sent: Vec<Vec<Confirmation>> = vec![
+            vec![confirmation("D-000001")],
+            vec![confirmation("D-000002"), confirmation("D-000003")],
+            vec![confirmation("D-000004")],
+        ];
+        let answers = push_while_queued(&store, sent.clone());
+        assert_eq!(store.push_groups(), 1, "one transaction for the three queued batches");
+        for (batch, answer) in sent.iter().zip(answers) {
+            let outcomes = answer.expect("the batch was applied");
+            assert_eq!(outcomes.len(), batch.len());
+            for (confirmation, outcome) in batch.iter().zip(outcomes) {
+                // No such delivery: refused, and the refusal names the batch's own delivery.
+                let PushOutcome::Rejected { code: RejectCode::Invalid, message } = outcome else {
+                    panic!("{outcome:?}");
+                };
+                assert!(message.contains(confirmation.delivery_id.as_str()), "{message}");
+            }
+        }
+        assert_eq!(store.inner.trees.confirmations.len(), 4, "every refusal is remembered");
+        assert_eq!(store.inner.trees.device_syncs.len(), 3, "every device's sync is recorded with its batch");
+    }
+
+    #[test]
+    fn a_batch_that_fails_in_a_group_fails_alone() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let store = SledStore::open(dir.path()).expect("a fresh store");
+        let damaged = DeliveryId::parse("D-000007").expect("a delivery id").seq().expect("a numbered id");
+        store.inner.trees.deliveries.insert(damaged.to_be_bytes(), b"not json".as_slice()).expect("written");
+        let answers = push_while_queued(
+            &store,
+            vec![vec![confirmation("D-000001")], vec![confirmation("D-000007")], vec![confirmation("D-000002")]],
+        );
+        assert!(answers[0].as_ref().is_ok_and(|outcomes| outcomes.len() == 1), "{:?}", answers[0]);
+        assert!(answers[1].as_ref().is_err_and(|err| err.contains("unreadable")), "{:?}", answers[1]);
+        assert!(answers[2].as_ref().is_ok_and(|outcomes| outcomes.len() == 1), "{:?}", answers[2]);
+        assert_eq!(store.inner.trees.confirmations.len(), 2, "nothing of the failed batch is remembered");
+        assert_eq!(store.inner.push_groups.load(Ordering::Relaxed), 4, "the group, then each batch alone");
     }
 }

@@ -1,0 +1,176 @@
+//! Concurrent pushes share transactions (the store applies whatever batches are
+//! waiting as one group); each request must still get exactly its own outcomes,
+//! in order, and every delivery must be applied once.
+
+use std::collections::HashMap;
+
+use handover_server::{
+    domain::{
+        access::Principal,
+        confirmations::{DeviceSync, PushOutcome, RejectCode},
+        orders::{RawOrder, RawQuantity, DRAFT_TTL},
+    },
+    import, orders,
+    store::{sled::SledStore, Store},
+};
+use handover_shared::{
+    api::NetworkFile,
+    sync::{Confirmation, Outcome},
+    DeviceId, NodeId, ReceiptId, Role, Username,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const COURIERS: [&str; 4] = ["exp-1", "exp-2", "exp-3", "exp-4"];
+const ORDERS: usize = 48;
+const STOCK: u64 = 1_000;
+
+fn network() -> NetworkFile {
+    let accounts = COURIERS
+        .iter()
+        .map(|c| serde_json::json!({"username": c, "password": "a-password", "role": "expediter", "node_id": "B1"}));
+    serde_json::from_value(serde_json::json!({
+        "nodes": [
+            {"id": "MFR", "kind": "manufacturer", "name": "Plant"},
+            {"id": "MW", "kind": "master_warehouse", "name": "Central"},
+            {"id": "B1", "kind": "branch_warehouse", "name": "North"},
+            {"id": "B2", "kind": "branch_warehouse", "name": "South"},
+            {"id": "S1", "kind": "seller", "name": "Rep"}
+        ],
+        "items": [{"id": "TC-100", "name": "Toner", "collectable": false, "max_per_order": 20, "discontinued": false}],
+        "stock": [{"node_id": "B1", "item_id": "TC-100", "quantity": STOCK}],
+        "customers": (0..6).map(|i| serde_json::json!({
+            "id": format!("C-{i}"), "name": format!("Office {i}"), "branch_1": "B1", "branch_2": "B2", "seller_id": "S1"
+        })).collect::<Vec<_>>(),
+        "accounts": std::iter::once(serde_json::json!(
+            {"username": "disp", "password": "a-password", "role": "dispatcher"}
+        )).chain(accounts).collect::<Vec<_>>()
+    }))
+    .expect("the test network parses")
+}
+
+fn delivered(delivery: &handover_server::domain::shipments::Delivery) -> Confirmation {
+    Confirmation {
+        confirmation_id: Uuid::new_v4().to_string(),
+        delivery_id: delivery.delivery_id.clone(),
+        version: delivery.version,
+        outcome: Outcome::Delivered,
+        reason: None,
+        note: None,
+        quantity: delivery.quantity,
+        recipient: Some("Front desk".into()),
+        empties_collected: 0,
+        captured_at: OffsetDateTime::now_utc(),
+        position: None,
+        signature: None,
+        photo_digest: None,
+    }
+}
+
+fn sync_of(courier: &str) -> DeviceSync {
+    DeviceSync {
+        device_id: DeviceId::parse(format!("dev-{courier}")).expect("a device id"),
+        username: Username::parse(courier).expect("a username"),
+        last_sync_at: OffsetDateTime::now_utc(),
+        reported_queued: Some(1),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushes_each_get_their_own_outcomes_and_apply_once() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = SledStore::open(dir.path()).expect("a fresh store");
+    import::import_network(&store, &network()).await.expect("the network imports");
+    let dispatcher = Principal {
+        username: Username::parse("disp").expect("a username"),
+        role: Role::Dispatcher,
+        device_id: DeviceId::parse("desk").expect("a device id"),
+        session_id: Uuid::nil(),
+        node_id: None,
+        customer_id: None,
+    };
+    for i in 0..ORDERS {
+        let raw = RawOrder {
+            customer_id: Some(format!("C-{}", i % 6)),
+            item_id: Some("TC-100".into()),
+            quantity: RawQuantity::Integer(1 + (i % 3) as i128),
+            shape_problems: Vec::new(),
+        };
+        let draft = orders::place_draft(&store, &dispatcher, &raw, DRAFT_TTL).await.expect("a valid order");
+        orders::confirm(&store, &dispatcher, &draft.order_id).await.expect("a fresh draft confirms");
+    }
+    store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
+
+    // Each courier pushes its deliveries one by one and two by two from several
+    // tasks at once; one confirmation is sent twice, by two tasks in flight
+    // together, and one courier quotes another's delivery.
+    let mut holdings = HashMap::new();
+    for courier in COURIERS {
+        let username = Username::parse(courier).expect("a username");
+        let (entries, _, _) = store.assignment_changes(&username, 0, 1_000).await.expect("a pull");
+        assert!(entries.len() >= 2, "{courier} holds deliveries");
+        holdings.insert(courier, entries.into_iter().map(|e| e.delivery).collect::<Vec<_>>());
+    }
+    let mut requests: Vec<(&str, Vec<Confirmation>)> = Vec::new();
+    let mut expected: HashMap<ReceiptId, String> = HashMap::new();
+    for courier in COURIERS {
+        for (i, pair) in holdings[courier].chunks(2).enumerate() {
+            let batch: Vec<Confirmation> = pair.iter().map(delivered).collect();
+            for (delivery, confirmation) in pair.iter().zip(&batch) {
+                expected.insert(delivery.receipt_id.clone(), confirmation.confirmation_id.clone());
+            }
+            if i % 2 == 0 {
+                requests.push((courier, batch));
+            } else {
+                requests.extend(batch.into_iter().map(|c| (courier, vec![c])));
+            }
+        }
+    }
+    let resent = requests[0].1[0].clone();
+    requests.push((requests[0].0, vec![resent.clone()]));
+    let foreign = delivered(&holdings[COURIERS[1]][0]);
+    requests.push((COURIERS[0], vec![foreign]));
+
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(courier, batch)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let ids: Vec<String> = batch.iter().map(|c| c.confirmation_id.clone()).collect();
+                let outcomes = store.push_confirmations(sync_of(courier), batch).await.expect("the push is stored");
+                (ids, outcomes)
+            })
+        })
+        .collect();
+    let mut by_id: HashMap<String, Vec<PushOutcome>> = HashMap::new();
+    for task in tasks {
+        let (ids, outcomes) = task.await.expect("a push task");
+        assert_eq!(ids.len(), outcomes.len(), "one outcome per confirmation sent");
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            by_id.entry(id).or_default().push(outcome);
+        }
+    }
+
+    let resent_outcomes = &by_id[&resent.confirmation_id];
+    assert_eq!(resent_outcomes.len(), 2);
+    assert!(resent_outcomes.contains(&PushOutcome::Accepted) && resent_outcomes.contains(&PushOutcome::Duplicate));
+    let foreign_rejected = by_id.values().flatten().filter(|o| {
+        matches!(o, PushOutcome::Rejected { code: RejectCode::NotAssignee | RejectCode::AlreadyDelivered, .. })
+    });
+    assert_eq!(foreign_rejected.count(), 1, "the foreign confirmation alone is refused");
+    let mut handed_over = 0;
+    for (receipt_id, confirmation_id) in &expected {
+        assert!(by_id[confirmation_id].contains(&PushOutcome::Accepted), "{confirmation_id} was accepted");
+        let receipt = store.receipt(receipt_id).await.expect("reads").expect("exists");
+        assert!(receipt.delivered, "{receipt_id} is delivered");
+        let proof = receipt.proof.expect("a delivered receipt has its proof");
+        assert_eq!(&proof.confirmation_id, confirmation_id, "{receipt_id} carries its own confirmation");
+        handed_over += u64::from(receipt.quantity);
+    }
+    assert_eq!(expected.len(), ORDERS, "every receipt was confirmed");
+    let b1 = store.node_stock(&NodeId::parse("B1").expect("a node id")).await.expect("stock reads");
+    let on_hand = b1.iter().map(|(_, balance)| balance.on_hand).sum::<u64>();
+    assert_eq!(on_hand, STOCK - handed_over, "each hand-over left the branch once");
+    let syncs = store.device_syncs().await.expect("device syncs read");
+    assert_eq!(syncs.len(), COURIERS.len(), "every device's push was recorded with it");
+}
