@@ -125,6 +125,9 @@ const ASSIGNMENTS_PATH: &str = "/api/v1/sync/assignments";
 const MEASURE_CHILD: &str = "HANDOVER_BENCH_MEASURE_CHILD";
 /// Starts the line on which that parent reports what it measured.
 const MEASURED: &str = "measured:";
+/// Idle for this long (under 5% of one core) counts as settled.
+const SETTLE_WINDOW: Duration = Duration::from_millis(200);
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     if std::env::var_os(MEASURE_CHILD).is_some() {
@@ -173,12 +176,16 @@ fn main() -> ExitCode {
 
     let rounds = (n / 5).div_ceil(COURIERS).max(2);
     progress(&format!("pull: {rounds} rounds of {COURIERS} couriers, {PULL_HOLDING} assignments each"));
+    settle(&runtime, &store);
     let pull = runtime.block_on(pull_load(&server.url, &pull_couriers, rounds, &mut problems));
     progress(&format!("ingest: {} confirmations in batches of {BATCH}", work.count(&work.batched)));
+    settle(&runtime, &store);
     let batched = runtime.block_on(push_load(&server.url, &ingest_couriers, &work.batched, &store, &mut problems));
     progress(&format!("ingest: {} confirmations in batches of 1", work.count(&work.single)));
+    settle(&runtime, &store);
     let single = runtime.block_on(push_load(&server.url, &ingest_couriers, &work.single, &store, &mut problems));
     progress("baseline: JSON echo over TLS, batches of 1");
+    settle(&runtime, &store);
     let echo_server = start_echo(&certs_dir);
     let echo = runtime.block_on(echo_load(&echo_server.url, &ca_pem, &work.single, &mut problems));
     echo_server.stop(&runtime);
@@ -216,6 +223,23 @@ fn main() -> ExitCode {
         "every confirmation was accepted, and every confirmed receipt is delivered once, with its proof and its stock",
         "sync went wrong",
     )
+}
+
+/// Flushes the store, then waits (at most [`SETTLE_LIMIT`]) until this process
+/// has been idle for [`SETTLE_WINDOW`]: sled goes on writing out and cleaning
+/// its segments after a large setup or load, and the next load measured would
+/// otherwise pay for it.
+fn settle(runtime: &tokio::runtime::Runtime, store: &SledStore) {
+    runtime.block_on(store.flush()).expect("the store flushes");
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while Instant::now() < deadline {
+        let before = Usage::now();
+        std::thread::sleep(SETTLE_WINDOW);
+        if Usage::now().since(before).cpu < SETTLE_WINDOW / 20 {
+            return;
+        }
+    }
+    progress("still busy after the settle limit; measuring anyway");
 }
 
 fn progress(step: &str) {

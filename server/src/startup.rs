@@ -71,7 +71,13 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
     let cookie_key = actix_web::cookie::Key::derive_from(&secret);
     let secure_cookies = settings.tls.enabled;
     let planner = Planner::start(Arc::clone(&store));
-    let state = web::Data::new(AppState { store: Arc::clone(&store), auth, settings, planner });
+    let state = web::Data::new(AppState {
+        store: Arc::clone(&store),
+        auth,
+        settings,
+        planner,
+        recent_pulls: Default::default(),
+    });
 
     let app_state = state.clone();
     let server = HttpServer::new(move || {

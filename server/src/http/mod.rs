@@ -10,7 +10,7 @@ mod orders;
 pub mod pages;
 mod paging;
 mod shipments;
-mod sync;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -30,6 +30,7 @@ pub struct AppState {
     pub settings: Settings,
     /// Plans in the background after each confirmed order.
     pub planner: Planner,
+    pub recent_pulls: sync::RecentPulls,
 }
 
 /// Registers every route and the JSON body limits.

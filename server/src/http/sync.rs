@@ -1,10 +1,17 @@
 //! The sync endpoints that the handheld agent calls.
 
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
 use actix_web::{web, HttpResponse};
 use handover_shared::sync::{
     Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
     ResultStatus, MAX_BATCH,
 };
+use handover_shared::DeviceId;
 use serde::Deserialize;
 
 use super::{
@@ -22,6 +29,32 @@ use crate::{
 
 /// A continued first pull: it still lists only what there is to do.
 const FIRST_PULL: &str = "first:";
+
+/// A device's pulls are recorded at most this often (see [`RecentPulls`]).
+const PULL_RECORD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// When each device's last recorded pull was. Handhelds pull every few seconds
+/// and the dashboard shows the last sync to the minute: recording every pull
+/// would turn a read into a write (and into sled's segment cleaning, which
+/// rides on writes) for nothing. Pushes are always recorded, with their batch.
+#[derive(Debug, Default)]
+pub struct RecentPulls {
+    recorded: Mutex<HashMap<DeviceId, Instant>>,
+}
+
+impl RecentPulls {
+    /// Whether a pull by `device` at `now` is to be recorded; if so, notes it.
+    pub fn due(&self, device: &DeviceId, now: Instant) -> bool {
+        let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        match recorded.get(device) {
+            Some(at) if now.saturating_duration_since(*at) < PULL_RECORD_INTERVAL => false,
+            _ => {
+                recorded.insert(device.clone(), now);
+                true
+            }
+        }
+    }
+}
 
 type State = web::Data<AppState>;
 
@@ -57,14 +90,16 @@ pub async fn assignments(
     let store = state.store.as_ref();
     let page = usize::try_from(state.settings.limits.pull_page_changes).unwrap_or(usize::MAX);
     let (entries, last, more) = store.assignment_changes(&caller.username, cursor, page).await?;
-    store
-        .record_sync(DeviceSync {
-            device_id: caller.device_id.clone(),
-            username: caller.username.clone(),
-            last_sync_at: time::OffsetDateTime::now_utc(),
-            reported_queued: None,
-        })
-        .await?;
+    if state.recent_pulls.due(&caller.device_id, Instant::now()) {
+        store
+            .record_sync(DeviceSync {
+                device_id: caller.device_id.clone(),
+                username: caller.username.clone(),
+                last_sync_at: time::OffsetDateTime::now_utc(),
+                reported_queued: None,
+            })
+            .await?;
+    }
     let mut assignments = Vec::with_capacity(entries.len());
     for FeedEntry { delivery, customer_name, item_name, empties_expected } in entries {
         let mine = delivery.assignee.as_ref() == Some(&caller.username);
@@ -152,4 +187,21 @@ pub async fn confirmations(
         .collect();
     tracing::info!(username = %caller.username, device_id = %caller.device_id, "confirmations pushed");
     Ok(HttpResponse::Ok().json(ConfirmationResults { results }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_pull_is_recorded_at_most_once_per_interval() {
+        let pulls = RecentPulls::default();
+        let (phone, other) = (DeviceId::parse("phone-1").expect("an id"), DeviceId::parse("phone-2").expect("an id"));
+        let start = Instant::now();
+        assert!(pulls.due(&phone, start), "a first pull is recorded");
+        assert!(!pulls.due(&phone, start + Duration::from_secs(5)), "one soon after is not");
+        assert!(pulls.due(&other, start + Duration::from_secs(5)), "another device's is");
+        assert!(pulls.due(&phone, start + PULL_RECORD_INTERVAL), "one an interval later is");
+        assert!(!pulls.due(&phone, start + PULL_RECORD_INTERVAL + Duration::from_secs(1)));
+    }
 }
