@@ -6,13 +6,14 @@
 mod capture;
 mod client;
 mod daemon;
+mod handoff;
 mod page;
 mod store;
 mod sync;
 
 use std::{
     io::{IsTerminal as _, Read as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
     time::Duration,
@@ -27,7 +28,7 @@ use crate::{
     capture::{Delivered, Failed},
     client::Client,
     daemon::{Schedule, Syncer},
-    store::{LocalStore, Session},
+    store::{LocalStore, Session, StoreInUse},
     sync::SyncOptions,
 };
 
@@ -140,7 +141,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let store = LocalStore::open(&cli.data_dir)?;
+    let store = match LocalStore::open(&cli.data_dir) {
+        Ok(store) => store,
+        Err(err) if err.is::<StoreInUse>() => return hand_to_daemon(&cli, err),
+        Err(err) => return Err(err),
+    };
     let options = SyncOptions { timeout: Duration::from_secs(cli.timeout), ..SyncOptions::default() };
     match cli.command {
         Command::Login { server, ca, username, password_stdin, device_id } => {
@@ -182,21 +187,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::List { json } => list(&store, json),
         Command::Confirm { delivery_id, recipient, quantity, empties, note } => {
             let id = DeliveryId::parse(delivery_id).context("invalid delivery id")?;
-            if recipient.trim().is_empty() {
-                bail!("name the recipient with --recipient");
-            }
+            check_recipient(&recipient)?;
             let report = Delivered { recipient, quantity, empties, note, signature: None };
             println!("{}", capture::deliver(&store, &id, report, None)?);
             Ok(())
         }
         Command::Fail { delivery_id, reason, note } => {
             let id = DeliveryId::parse(delivery_id).context("invalid delivery id")?;
-            let reason: FailureReason = serde_json::from_value(json!(reason)).map_err(|_| {
-                anyhow::anyhow!("unknown reason {reason:?}: customer_absent, refused, damaged, wrong_address or other")
-            })?;
-            if reason == FailureReason::Other && note.as_deref().map(str::trim).unwrap_or_default().is_empty() {
-                bail!("reason `other` needs --note");
-            }
+            let reason = failure_reason(&reason, note.as_deref())?;
             println!("{}", capture::fail(&store, &id, Failed { reason, note }, None)?);
             Ok(())
         }
@@ -237,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Daemon { port, interval, max_backoff } => daemon(
             store,
+            &cli.data_dir,
             port,
             Schedule { interval: Duration::from_secs(interval), max_backoff: Duration::from_secs(max_backoff) },
             options,
@@ -262,6 +261,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn check_recipient(recipient: &str) -> anyhow::Result<()> {
+    if recipient.trim().is_empty() {
+        bail!("name the recipient with --recipient");
+    }
+    Ok(())
+}
+
+fn failure_reason(raw: &str, note: Option<&str>) -> anyhow::Result<FailureReason> {
+    let reason: FailureReason = serde_json::from_value(json!(raw)).map_err(|_| {
+        anyhow::anyhow!("unknown reason {raw:?}: customer_absent, refused, damaged, wrong_address or other")
+    })?;
+    if reason == FailureReason::Other && note.map(str::trim).unwrap_or_default().is_empty() {
+        bail!("reason `other` needs --note");
+    }
+    Ok(reason)
+}
+
+/// The store is in use: `confirm` and `fail` go to the running daemon, which
+/// saves them as its page would; anything else says the store is in use.
+fn hand_to_daemon(cli: &Cli, in_use: anyhow::Error) -> anyhow::Result<()> {
+    let capture = match &cli.command {
+        Command::Confirm { delivery_id, recipient, quantity, empties, note } => {
+            check_recipient(recipient)?;
+            handoff::Capture::Delivered {
+                delivery_id: delivery_id.clone(),
+                recipient: recipient.clone(),
+                quantity: *quantity,
+                empties: *empties,
+                note: note.clone(),
+            }
+        }
+        Command::Fail { delivery_id, reason, note } => handoff::Capture::Failed {
+            delivery_id: delivery_id.clone(),
+            reason: failure_reason(reason, note.as_deref())?,
+            note: note.clone(),
+        },
+        _ => return Err(in_use),
+    };
+    match handoff::send(&cli.data_dir, &capture, Duration::from_secs(cli.timeout))? {
+        Some(handoff::Answer::Saved(id)) => {
+            println!("{id}");
+            Ok(())
+        }
+        Some(handoff::Answer::Refused(message)) => bail!("{message}"),
+        None => Err(in_use),
+    }
+}
+
 fn list(store: &LocalStore, json: bool) -> anyhow::Result<()> {
     let assignments = store.assignments()?;
     if json {
@@ -284,14 +331,22 @@ fn list(store: &LocalStore, json: bool) -> anyhow::Result<()> {
 }
 
 /// Starts the background sync, then serves the page on this thread.
-fn daemon(store: LocalStore, port: u16, schedule: Schedule, options: SyncOptions) -> anyhow::Result<()> {
+fn daemon(
+    store: LocalStore,
+    data_dir: &Path,
+    port: u16,
+    schedule: Schedule,
+    options: SyncOptions,
+) -> anyhow::Result<()> {
     let server = tiny_http::Server::http(("127.0.0.1", port))
         .map_err(|err| anyhow::anyhow!("cannot serve the handheld page on 127.0.0.1:{port}: {err}"))?;
     let port = server.server_addr().to_ip().map(|a| a.port()).context("the page listens on an IP address")?;
     let syncer = Arc::new(Syncer::new(store.clone()));
     let background = Arc::clone(&syncer);
     std::thread::Builder::new().name("sync".into()).spawn(move || background.run(schedule, options))?;
+    let page = page::Page::new(store, syncer, port);
+    handoff::publish(data_dir, &handoff::Door { page: format!("http://127.0.0.1:{port}"), token: page.secret() })?;
     println!("handheld page on http://127.0.0.1:{port}");
-    page::Page::new(store, syncer, port).serve(&server);
+    page.serve(&server);
     Ok(())
 }

@@ -23,6 +23,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use crate::{
     capture::{self, CaptureError, Delivered, Failed},
     daemon::{LinkState, Syncer},
+    handoff,
     store::LocalStore,
 };
 
@@ -42,6 +43,8 @@ pub struct Page {
     /// `127.0.0.1:PORT` and `localhost:PORT`: the only `Host` headers served.
     hosts: [String; 2],
     form_token: String,
+    /// What `confirm` and `fail` show to hand a capture over (see `handoff`).
+    handoff_token: String,
 }
 
 struct Reply {
@@ -194,7 +197,14 @@ fn new_confirmation_id() -> String {
 impl Page {
     pub fn new(store: LocalStore, syncer: Arc<Syncer>, port: u16) -> Self {
         let form_token = uuid::Uuid::new_v4().simple().to_string();
-        Self { store, syncer, hosts: [format!("127.0.0.1:{port}"), format!("localhost:{port}")], form_token }
+        let handoff_token = uuid::Uuid::new_v4().simple().to_string();
+        let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+        Self { store, syncer, hosts, form_token, handoff_token }
+    }
+
+    /// The secret that commands run beside this daemon present with a capture.
+    pub fn secret(&self) -> String {
+        self.handoff_token.clone()
     }
 
     /// Answers requests until the process ends; one at a time is plenty for
@@ -257,6 +267,7 @@ impl Page {
                 Ok(form) => self.fail(id, form),
                 Err(reply) => reply,
             },
+            (Method::Post, ["capture"]) => self.handed_capture(request),
             (Method::Get | Method::Post, _) => self.message(404, "Not here", "There is no such page on this handheld."),
             _ => Reply::text(405, "only GET and POST are served here"),
         }
@@ -282,6 +293,55 @@ impl Page {
             ));
         }
         Ok(form)
+    }
+
+    /// A capture that `confirm` or `fail` hands over while this daemon holds
+    /// the store: saved exactly as the page's own forms are.
+    fn handed_capture(&self, request: &mut Request) -> Reply {
+        let answer = |status: u16, answer: handoff::Answer| Reply {
+            status,
+            content_type: "application/json",
+            body: serde_json::to_string(&answer).unwrap_or_default(),
+            location: None,
+        };
+        let token = request.headers().iter().find(|h| h.field.equiv(handoff::TOKEN_HEADER)).map(|h| h.value.as_str());
+        if token != Some(self.handoff_token.as_str()) {
+            return answer(403, handoff::Answer::Refused("this daemon did not publish that token".into()));
+        }
+        let mut body = Vec::new();
+        let read = request.as_reader().take(MAX_FORM_BYTES as u64 + 1).read_to_end(&mut body);
+        if read.is_err() || body.len() > MAX_FORM_BYTES {
+            return answer(400, handoff::Answer::Refused("the capture could not be read".into()));
+        }
+        let Ok(capture) = serde_json::from_slice::<handoff::Capture>(&body) else {
+            return answer(400, handoff::Answer::Refused("the capture is malformed".into()));
+        };
+        let saved = match capture {
+            handoff::Capture::Delivered { delivery_id, recipient, quantity, empties, note } => {
+                match DeliveryId::parse(delivery_id) {
+                    Err(err) => Err(format!("invalid delivery id: {err}")),
+                    Ok(_) if recipient.trim().is_empty() => Err("name the recipient with --recipient".to_owned()),
+                    Ok(id) => {
+                        let report = Delivered { recipient, quantity, empties, note, signature: None };
+                        capture::deliver(&self.store, &id, report, None).map_err(|err| describe(&err))
+                    }
+                }
+            }
+            handoff::Capture::Failed { delivery_id, reason, note } => match DeliveryId::parse(delivery_id) {
+                Err(err) => Err(format!("invalid delivery id: {err}")),
+                Ok(_) if reason == FailureReason::Other && note.as_deref().is_none_or(|n| n.trim().is_empty()) => {
+                    Err("reason `other` needs --note".to_owned())
+                }
+                Ok(id) => capture::fail(&self.store, &id, Failed { reason, note }, None).map_err(|err| describe(&err)),
+            },
+        };
+        match saved {
+            Ok(id) => {
+                self.syncer.nudge();
+                answer(200, handoff::Answer::Saved(id))
+            }
+            Err(message) => answer(422, handoff::Answer::Refused(message)),
+        }
     }
 
     fn banner(&self) -> Banner {

@@ -81,6 +81,13 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<T> {
     serde_json::from_slice(bytes).context("a local record is unreadable")
 }
 
+/// Another process holds the store: sled lets one process open it.
+#[derive(Debug, thiserror::Error)]
+#[error("{dir} is in use by another handover-agent (a daemon?)")]
+pub struct StoreInUse {
+    pub dir: String,
+}
+
 impl LocalStore {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -90,7 +97,7 @@ impl LocalStore {
             sled::Config::new().path(dir.join("agent.v1")).cache_capacity(CACHE_BYTES).open().map_err(
                 |err| match err {
                     sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                        anyhow::anyhow!("{} is in use by another handover-agent (a daemon?)", dir.display())
+                        anyhow::Error::new(StoreInUse { dir: dir.display().to_string() })
                     }
                     other => anyhow::anyhow!("cannot open the local store in {}: {other}", dir.display()),
                 },

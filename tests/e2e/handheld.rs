@@ -120,6 +120,54 @@ async fn the_handheld_page_saves_through_the_agents_rules_once_and_refuses_other
 }
 
 /// A fresh UUIDv7-shaped id, as the page would put in a new form.
+#[tokio::test]
+async fn confirm_and_fail_from_the_command_line_go_through_a_running_daemon() {
+    let sandbox = Sandbox::new();
+    let (server, _) = busy_courier(&sandbox, 2, &[]).await;
+    let daemon = sandbox.agent_daemon("exp1", &["--interval", "1", "--max-backoff", "1"]);
+    let client = page_client();
+
+    // A capture without the secret the daemon published is refused, and saves nothing.
+    let capture = json!({"outcome": "delivered", "delivery_id": "D-000001", "recipient": "Mallory",
+        "quantity": null, "empties": 0, "note": null});
+    let forged = client
+        .post(format!("{}/capture", daemon.url))
+        .header("x-handover-token", "a-guess")
+        .json(&capture)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(status(&client, &daemon).await["queued"], 0);
+
+    // The store is the daemon's: `confirm` and `fail` hand their captures to it,
+    // under the same rules as the page's forms.
+    let saved = sandbox.agent_ok("exp1", &["confirm", "D-000001", "--recipient", "Mr Door"]);
+    let id = saved.trim();
+    assert!(id.len() == 36 && id.matches('-').count() == 4, "prints the confirmation id: {saved}");
+    let again = sandbox.agent("exp1", &["confirm", "D-000001", "--recipient", "Someone else"], None);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("was already confirmed on this handheld"));
+    sandbox.agent_ok("exp1", &["fail", "D-000002", "--reason", "customer_absent"]);
+    let busy = sandbox.agent("exp1", &["list"], None);
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use by another handover-agent"));
+
+    // The daemon syncs both at once.
+    wait_for_status(&client, &daemon, "both captures to be sent", |s| s["queued"] == 0 && s["online"] == true).await;
+    let dispatcher = server.login("disp", "disp-password", None).await.access_token;
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!((&receipt["delivered"], &receipt["proof"]["recipient"]), (&json!(true), &json!("Mr Door")));
+    let (_, failed) = server.get("/api/v1/deliveries/D-000002", Some(&dispatcher)).await;
+    assert_eq!(failed["assignee"], Value::Null, "a failed delivery goes back to the dispatcher: {failed}");
+
+    // A killed daemon leaves its door file behind; nobody answers there, so the
+    // next command opens the store itself.
+    drop(daemon);
+    let local = sandbox.agent("exp1", &["confirm", "D-000001", "--recipient", "Mr Door"], None);
+    let stderr = String::from_utf8_lossy(&local.stderr);
+    assert!(stderr.contains("D-000001 is delivered") || stderr.contains("already confirmed"), "{stderr}");
+}
+
 fn uuid_v7_like() -> String {
     "01890a5d-ac96-774b-bcce-b302099a8057".to_owned()
 }
