@@ -111,6 +111,10 @@ const PULL_HOLDING: usize = 50;
 const CONFIRM_WINDOW: usize = 1_000;
 /// The most confirmations the agent's outbox is filled with.
 const AGENT_OUTBOX_MAX: usize = 10_000;
+/// The most `confirm`s run while the agent's daemon holds its store (handed to it).
+const HANDED_MAX: usize = 1_000;
+/// How long the daemon may take to send what was handed to it.
+const DAEMON_DRAIN_LIMIT: Duration = Duration::from_secs(60);
 const CUSTOMERS_PER_BRANCH: usize = 100;
 /// Order quantities are 1 to this, in turn.
 const MAX_QUANTITY: usize = 4;
@@ -193,9 +197,12 @@ fn main() -> ExitCode {
     let mut sent = work.sent;
     let agent_size = agent.as_deref().and_then(|path| std::fs::metadata(path).ok()).map(|meta| meta.len());
     let agent_run = agent.as_deref().and_then(|agent| {
-        let outbox = world.agent().receipts;
-        progress(&format!("the agent: login, pull, {outbox} confirm processes, one sync"));
-        run_agent(agent, &server.url, &ca, dir.path(), outbox, &mut sent, &mut problems)
+        let handed = n.min(HANDED_MAX);
+        let outbox = world.agent().receipts - handed;
+        progress(&format!(
+            "the agent: login, pull, {handed} confirms handed to its daemon, {outbox} confirm processes, one sync"
+        ));
+        run_agent(agent, &server.url, &ca, dir.path(), (handed, outbox), &mut sent, &mut problems)
     });
     progress("stopping the server");
     server.stop(&runtime);
@@ -271,7 +278,7 @@ impl World {
                     id: AGENT_BRANCH,
                     second: INGEST_BRANCH,
                     couriers: vec![AGENT_COURIER.into()],
-                    receipts: n.min(AGENT_OUTBOX_MAX),
+                    receipts: n.min(AGENT_OUTBOX_MAX) + n.min(HANDED_MAX),
                 },
                 Branch {
                     id: PULL_BRANCH,
@@ -902,6 +909,9 @@ fn build_agent() -> Result<PathBuf, String> {
 struct AgentRun {
     /// Each `confirm` process, start to exit; sorted.
     confirms: Vec<Duration>,
+    /// Each `confirm` process run while the daemon held the store, start to
+    /// exit (the daemon saved the capture); sorted.
+    handed: Vec<Duration>,
     /// The median `confirm` of the first and of the last [`CONFIRM_WINDOW`] runs:
     /// does a fuller outbox slow it down?
     first_and_last: (Duration, Duration),
@@ -910,14 +920,16 @@ struct AgentRun {
     peak_rss_kib: u64,
 }
 
-/// The agent's courier on a fresh handheld: login, pull, one `confirm` process
-/// per delivery, then one `sync --json` run under [`measure_child`].
+/// The agent's courier on a fresh handheld: login, pull; `handed` `confirm`
+/// processes while its daemon runs (they hand their capture to it, and it
+/// syncs them), then, the daemon stopped, one `confirm` process per remaining
+/// delivery, then one `sync --json` run under [`measure_child`].
 fn run_agent(
     agent: &Path,
     url: &str,
     ca: &Path,
     work: &Path,
-    outbox: usize,
+    (handed, outbox): (usize, usize),
     sent: &mut HashMap<ReceiptId, String>,
     problems: &mut Vec<String>,
 ) -> Option<AgentRun> {
@@ -957,23 +969,52 @@ fn run_agent(
             return None;
         }
     };
-    if assignments.len() != outbox {
-        problems.push(format!("the agent pulled {} assignments, not {outbox}", assignments.len()));
+    if assignments.len() != handed + outbox {
+        problems.push(format!("the agent pulled {} assignments, not {}", assignments.len(), handed + outbox));
     }
-    let mut confirms = Vec::with_capacity(assignments.len());
-    let mut saved = 0u64;
+    let (to_hand, to_confirm) = assignments.split_at(handed.min(assignments.len()));
     let mut faults = Faults::new("agent confirm runs");
-    for (i, assignment) in assignments.iter().enumerate() {
+    let mut confirm = |assignment: &Assignment| -> (Duration, bool) {
         let start = Instant::now();
         let output = run(&["confirm", assignment.delivery_id.as_str(), "--recipient", "Front desk"], None);
-        confirms.push(start.elapsed());
+        let took = start.elapsed();
         let confirmation_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        if output.status.success() && Uuid::try_parse(&confirmation_id).is_ok() {
+        let saved = output.status.success() && Uuid::try_parse(&confirmation_id).is_ok();
+        if saved {
             sent.insert(assignment.receipt_id.clone(), confirmation_id);
-            saved += 1;
         } else {
             faults.add(|| failed(&format!("confirm {}", assignment.delivery_id), &output));
         }
+        (took, saved)
+    };
+
+    let mut daemon = Command::new(agent)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["daemon", "--port", "0", "--interval", "3600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the agent's daemon starts");
+    let mut announced = String::new();
+    if let Some(stdout) = daemon.stdout.as_mut() {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut announced).ok();
+    }
+    let page = announced.trim().strip_prefix("handheld page on http://").unwrap_or_default().to_owned();
+    let handed: Vec<Duration> = to_hand.iter().map(|assignment| confirm(assignment).0).collect();
+    if !wait_for_daemon_outbox(&page) {
+        problems.push(format!("the agent's daemon at {page:?} did not send its {} captures", to_hand.len()));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+
+    let mut confirms = Vec::with_capacity(to_confirm.len());
+    let mut saved = 0u64;
+    for (i, assignment) in to_confirm.iter().enumerate() {
+        let (took, ok) = confirm(assignment);
+        confirms.push(took);
+        saved += u64::from(ok);
         if (i + 1) % 1000 == 0 {
             progress(&format!("  {} confirm processes", i + 1));
         }
@@ -1012,7 +1053,36 @@ fn run_agent(
     if !all_taken {
         problems.push(format!("the agent's sync did not take all {saved} confirmations: {stdout}"));
     }
-    Some(AgentRun { confirms, first_and_last, drained, drain: Duration::from_micros(micros), peak_rss_kib })
+    Some(AgentRun {
+        confirms,
+        handed: sorted(handed),
+        first_and_last,
+        drained,
+        drain: Duration::from_micros(micros),
+        peak_rss_kib,
+    })
+}
+
+/// Polls the daemon's `/status` at `host_port` (plain HTTP on loopback) until
+/// its outbox is empty; false after [`DAEMON_DRAIN_LIMIT`].
+fn wait_for_daemon_outbox(host_port: &str) -> bool {
+    use std::io::Read as _;
+    let deadline = Instant::now() + DAEMON_DRAIN_LIMIT;
+    while Instant::now() < deadline {
+        let status = std::net::TcpStream::connect(host_port).ok().and_then(|mut stream| {
+            let request = format!("GET /status HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+            serde_json::from_str::<serde_json::Value>(&body).ok()
+        });
+        if status.is_some_and(|status| status["queued"] == 0) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Runs `command` as this process's only child and prints its output, then a
@@ -1240,6 +1310,12 @@ fn print_figures(f: &Figures) {
             )
             .target("p99 < 10 ms", p99 < Duration::from_millis(10)),
         );
+        if !agent.handed.is_empty() {
+            rows.push(Row::new(
+                format!("  confirm handed to the daemon ({} runs)", grouped(agent.handed.len() as u64)),
+                format!("{} / {} ms", millis(percentile(&agent.handed, 0.5)), millis(percentile(&agent.handed, 0.99))),
+            ));
+        }
         let window = CONFIRM_WINDOW.min(agent.confirms.len());
         rows.push(Row::new(
             format!("  confirm p50, first / last {} runs", grouped(window as u64)),
