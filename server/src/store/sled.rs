@@ -1160,22 +1160,20 @@ fn push_transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutc
         &t.device_syncs,
     );
     finish_store(trees.transaction(|view| {
-        let (confirmations, deliveries, receipts, stock, ledger, accounts, loads, courier_deliveries) =
-            (&view.0, &view.1, &view.2, &view.3, &view.4, &view.5, &view.6, &view.7);
-        let (counters, feed, audit, device_syncs) = (&view.8, &view.9, &view.10, &view.11);
         let trees = PushTrees {
-            confirmations,
-            deliveries,
-            receipts,
-            stock,
-            ledger,
-            accounts,
-            loads,
-            courier_deliveries,
-            counters,
-            feed,
-            audit,
+            confirmations: &view.0,
+            deliveries: &view.1,
+            receipts: &view.2,
+            stock: &view.3,
+            ledger: &view.4,
+            accounts: &view.5,
+            loads: &view.6,
+            courier_deliveries: &view.7,
+            counters: &view.8,
+            feed: &view.9,
+            audit: &view.10,
         };
+        let device_syncs = &view.11;
         let mut answers = Vec::with_capacity(group.len());
         for job in group {
             tx_record_sync(device_syncs, &job.sync)?;
