@@ -209,9 +209,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every stored balance, by node then item.
     async fn all_balances(&self) -> Result<Vec<(NodeId, ItemId, Balance)>, StoreError>;
 
-    /// Plans every receipt not yet planned, in receipt order, each in its own
-    /// transaction: the cascade reads available stock inside the transaction, so
-    /// that concurrent runs and goods receipts never reserve a unit twice.
+    /// Plans every receipt not yet planned, in receipt order, in transactions of
+    /// a few hundred receipts: the cascade reads available stock inside the
+    /// transaction, so that concurrent runs and goods receipts never reserve a
+    /// unit twice, and a crash leaves a chunk wholly planned or not at all.
     async fn plan_pending(&self, now: OffsetDateTime) -> Result<Vec<PlanResult>, StoreError>;
     /// Goods arrived at a node: on-hand grows, recorded in the ledger.
     async fn goods_receipt(

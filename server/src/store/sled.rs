@@ -1470,6 +1470,10 @@ fn tx_add_load(loads: &TransactionalTree, courier: &Username, delta: i64) -> TxR
     Ok(updated)
 }
 
+/// Receipts planned in one transaction: a run's writes share its cost and its
+/// hot rows (the stock, the couriers' loads, the feed counter).
+const PLAN_CHUNK: usize = 200;
+
 /// What planning needs of the network, read once per run. Imports, which change
 /// customers and couriers, wait for the run to end (they take the planning lock).
 struct PlanningNetwork {
@@ -1532,108 +1536,135 @@ fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, 
         &t.counters,
         &t.courier_feed,
     );
-    for seq in pending {
-        let key = seq.to_be_bytes();
-        // Held per receipt, not per run, so that an audit waits for one receipt only.
+    for chunk in pending.chunks(PLAN_CHUNK) {
+        // Held per chunk, not per run, so that an audit waits for one chunk only.
         let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (result, wrote) = finish_store(trees.transaction(
-            |(receipts, unplanned, stock, ledger, deliveries, loads, index, counters, feed)| {
-                let Some(mut receipt) = tx_get::<Receipt>(receipts, &key)?.filter(|r| !r.planned) else {
-                    unplanned.remove(&key)?;
-                    return Ok((None, true));
-                };
-                let customer = network.customers.get(&receipt.customer_id).ok_or_else(|| {
-                    abort(StoreError::Backend(format!(
-                        "receipt {} names unknown customer {}",
-                        receipt.receipt_id, receipt.customer_id
-                    )))
-                })?;
-                let nodes =
-                    CascadeNodes::for_customer(customer, network.master.as_ref(), network.manufacturer.as_ref());
-                let quantity = u64::from(receipt.quantity);
-                let mut read_failure = None;
-                let found = cascade(&nodes, quantity, |node| {
-                    let key = pair_key(node.as_str(), receipt.item_id.as_str().as_bytes());
-                    match tx_get::<Balance>(stock, &key) {
-                        Ok(balance) => balance.unwrap_or_default().available(),
-                        Err(err) => {
-                            read_failure = Some(err);
-                            0
-                        }
-                    }
-                });
-                if let Some(err) = read_failure {
-                    return Err(err);
-                }
-                let Some((source, node)) = found else {
-                    if receipt.backordered {
-                        return Ok((Some(PlanResult::Backordered(receipt.receipt_id)), false));
-                    }
-                    receipt.backordered = true;
-                    tx_put(receipts, &key, &receipt)?;
-                    return Ok((Some(PlanResult::Backordered(receipt.receipt_id)), true));
-                };
-                let delivery_id = DeliveryId::from_seq(seq);
-                let legs = plan_legs(&delivery_id, source, &nodes, &receipt.customer_id);
-                let carrier = match source {
-                    Source::Seller => Carrier::Seller { seller: node.clone() },
-                    _ => Carrier::Distributor {
-                        branch: legs.last().map_or_else(|| node.clone(), |leg| leg.from.clone()),
-                    },
-                };
-                let [reservation] = reserve(&node, receipt.quantity);
-                tx_apply(
-                    stock,
-                    ledger,
-                    &receipt.item_id,
-                    &reservation,
-                    &Movement::Reserve { delivery_id: delivery_id.clone() },
-                    now,
-                )?;
-                let assignee = match &carrier {
-                    Carrier::Seller { .. } => None,
-                    Carrier::Distributor { branch } => {
-                        let mut candidates = Vec::new();
-                        for name in network.expediters.get(branch).map(Vec::as_slice).unwrap_or_default() {
-                            candidates.push((name, tx_get_counter(loads, name.as_str().as_bytes())?));
-                        }
-                        choose_courier(candidates)
-                    }
-                };
-                if let Some(courier) = &assignee {
-                    tx_add_load(loads, courier, 1)?;
-                    index.insert(pair_key(courier.as_str(), &key), &[])?;
-                    tx_feed(counters, feed, courier, seq)?;
-                }
-                let delivery = Delivery {
-                    delivery_id: delivery_id.clone(),
-                    receipt_id: receipt.receipt_id.clone(),
-                    customer_id: receipt.customer_id.clone(),
-                    item_id: receipt.item_id.clone(),
-                    quantity: receipt.quantity,
-                    source,
-                    source_node: node,
-                    legs,
-                    carrier,
-                    assignee: assignee.clone(),
-                    version: 1,
-                    assignments: vec![Assignment { version: 1, assignee, at: now, by: "planner".into() }],
-                    state: DeliveryState::Open,
-                    planned_at: now,
-                };
-                receipt.planned = true;
-                receipt.backordered = false;
-                receipt.delivery_id = Some(delivery_id);
-                tx_put(receipts, &key, &receipt)?;
-                tx_put(deliveries, &key, &delivery)?;
-                unplanned.remove(&key)?;
-                Ok((Some(PlanResult::Planned(Box::new(delivery))), true))
-            },
-        ))?;
-        results.extend(result);
+        let (planned, wrote) = finish_store(trees.transaction(|view| {
+            let mut planned = Vec::with_capacity(chunk.len());
+            let mut wrote = false;
+            for &seq in chunk {
+                let (result, changed) = tx_plan_one(view, &network, seq, now)?;
+                planned.extend(result);
+                wrote |= changed;
+            }
+            Ok((planned, wrote))
+        }))?;
+        results.extend(planned);
         changed |= wrote;
     }
     Ok((results, changed))
+}
+
+/// The trees planning writes, inside its transaction.
+type PlanTrees = (
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+);
+
+/// Plans receipt `seq` inside its chunk's transaction: finds the source, plans
+/// the legs, reserves the stock and assigns a courier; or marks it backordered.
+fn tx_plan_one(
+    view: &PlanTrees,
+    network: &PlanningNetwork,
+    seq: u64,
+    now: OffsetDateTime,
+) -> TxResult<(Option<PlanResult>, bool)> {
+    let (receipts, unplanned, stock, ledger, deliveries, loads, index, counters, feed) = view;
+    let key = seq.to_be_bytes();
+    let Some(mut receipt) = tx_get::<Receipt>(receipts, &key)?.filter(|r| !r.planned) else {
+        unplanned.remove(&key)?;
+        return Ok((None, true));
+    };
+    let customer = network.customers.get(&receipt.customer_id).ok_or_else(|| {
+        abort(StoreError::Backend(format!(
+            "receipt {} names unknown customer {}",
+            receipt.receipt_id, receipt.customer_id
+        )))
+    })?;
+    let nodes = CascadeNodes::for_customer(customer, network.master.as_ref(), network.manufacturer.as_ref());
+    let quantity = u64::from(receipt.quantity);
+    let mut read_failure = None;
+    let found = cascade(&nodes, quantity, |node| {
+        let key = pair_key(node.as_str(), receipt.item_id.as_str().as_bytes());
+        match tx_get::<Balance>(stock, &key) {
+            Ok(balance) => balance.unwrap_or_default().available(),
+            Err(err) => {
+                read_failure = Some(err);
+                0
+            }
+        }
+    });
+    if let Some(err) = read_failure {
+        return Err(err);
+    }
+    let Some((source, node)) = found else {
+        if receipt.backordered {
+            return Ok((Some(PlanResult::Backordered(receipt.receipt_id)), false));
+        }
+        receipt.backordered = true;
+        tx_put(receipts, &key, &receipt)?;
+        return Ok((Some(PlanResult::Backordered(receipt.receipt_id)), true));
+    };
+    let delivery_id = DeliveryId::from_seq(seq);
+    let legs = plan_legs(&delivery_id, source, &nodes, &receipt.customer_id);
+    let carrier = match source {
+        Source::Seller => Carrier::Seller { seller: node.clone() },
+        _ => Carrier::Distributor { branch: legs.last().map_or_else(|| node.clone(), |leg| leg.from.clone()) },
+    };
+    let [reservation] = reserve(&node, receipt.quantity);
+    tx_apply(
+        stock,
+        ledger,
+        &receipt.item_id,
+        &reservation,
+        &Movement::Reserve { delivery_id: delivery_id.clone() },
+        now,
+    )?;
+    let assignee = match &carrier {
+        Carrier::Seller { .. } => None,
+        Carrier::Distributor { branch } => {
+            let mut candidates = Vec::new();
+            for name in network.expediters.get(branch).map(Vec::as_slice).unwrap_or_default() {
+                candidates.push((name, tx_get_counter(loads, name.as_str().as_bytes())?));
+            }
+            choose_courier(candidates)
+        }
+    };
+    if let Some(courier) = &assignee {
+        tx_add_load(loads, courier, 1)?;
+        index.insert(pair_key(courier.as_str(), &key), &[])?;
+        tx_feed(counters, feed, courier, seq)?;
+    }
+    let delivery = Delivery {
+        delivery_id: delivery_id.clone(),
+        receipt_id: receipt.receipt_id.clone(),
+        customer_id: receipt.customer_id.clone(),
+        item_id: receipt.item_id.clone(),
+        quantity: receipt.quantity,
+        source,
+        source_node: node,
+        legs,
+        carrier,
+        assignee: assignee.clone(),
+        version: 1,
+        assignments: vec![Assignment { version: 1, assignee, at: now, by: "planner".into() }],
+        state: DeliveryState::Open,
+        planned_at: now,
+    };
+    receipt.planned = true;
+    receipt.backordered = false;
+    receipt.delivery_id = Some(delivery_id);
+    tx_put(receipts, &key, &receipt)?;
+    tx_put(deliveries, &key, &delivery)?;
+    unplanned.remove(&key)?;
+    Ok((Some(PlanResult::Planned(Box::new(delivery))), true))
 }
 
 /// Reads a big-endian counter inside a transaction (0 when absent).

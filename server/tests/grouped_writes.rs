@@ -1,6 +1,7 @@
-//! Concurrent pushes share transactions (the store applies whatever batches are
-//! waiting as one group); each request must still get exactly its own outcomes,
-//! in order, and every delivery must be applied once.
+//! The store groups writes into shared transactions: concurrent pushes (whatever
+//! batches are waiting form one group) and planning (chunks of receipts). Each
+//! request must still get exactly its own outcomes, in order, every delivery be
+//! applied once, and planning across chunk boundaries reserve each unit once.
 
 use std::collections::HashMap;
 
@@ -26,6 +27,10 @@ const ORDERS: usize = 48;
 const STOCK: u64 = 1_000;
 
 fn network() -> NetworkFile {
+    network_with_stock(STOCK)
+}
+
+fn network_with_stock(stock: u64) -> NetworkFile {
     let accounts = COURIERS
         .iter()
         .map(|c| serde_json::json!({"username": c, "password": "a-password", "role": "expediter", "node_id": "B1"}));
@@ -38,7 +43,7 @@ fn network() -> NetworkFile {
             {"id": "S1", "kind": "seller", "name": "Rep"}
         ],
         "items": [{"id": "TC-100", "name": "Toner", "collectable": false, "max_per_order": 20, "discontinued": false}],
-        "stock": [{"node_id": "B1", "item_id": "TC-100", "quantity": STOCK}],
+        "stock": [{"node_id": "B1", "item_id": "TC-100", "quantity": stock}],
         "customers": (0..6).map(|i| serde_json::json!({
             "id": format!("C-{i}"), "name": format!("Office {i}"), "branch_1": "B1", "branch_2": "B2", "seller_id": "S1"
         })).collect::<Vec<_>>(),
@@ -76,11 +81,8 @@ fn sync_of(courier: &str) -> DeviceSync {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_pushes_each_get_their_own_outcomes_and_apply_once() {
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let store = SledStore::open(dir.path()).expect("a fresh store");
-    import::import_network(&store, &network()).await.expect("the network imports");
+/// Places `count` orders through the real order path; order `i` asks for `quantity(i)`.
+async fn place_orders(store: &SledStore, count: usize, quantity: impl Fn(usize) -> i128) {
     let dispatcher = Principal {
         username: Username::parse("disp").expect("a username"),
         role: Role::Dispatcher,
@@ -89,16 +91,51 @@ async fn concurrent_pushes_each_get_their_own_outcomes_and_apply_once() {
         node_id: None,
         customer_id: None,
     };
-    for i in 0..ORDERS {
+    for i in 0..count {
         let raw = RawOrder {
             customer_id: Some(format!("C-{}", i % 6)),
             item_id: Some("TC-100".into()),
-            quantity: RawQuantity::Integer(1 + (i % 3) as i128),
+            quantity: RawQuantity::Integer(quantity(i)),
             shape_problems: Vec::new(),
         };
-        let draft = orders::place_draft(&store, &dispatcher, &raw, DRAFT_TTL).await.expect("a valid order");
-        orders::confirm(&store, &dispatcher, &draft.order_id).await.expect("a fresh draft confirms");
+        let draft = orders::place_draft(store, &dispatcher, &raw, DRAFT_TTL).await.expect("a valid order");
+        orders::confirm(store, &dispatcher, &draft.order_id).await.expect("a fresh draft confirms");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planning_across_chunks_reserves_each_unit_once_in_receipt_order() {
+    // More receipts than one planning transaction takes, and stock for two thirds of them.
+    const RECEIPTS: usize = 450;
+    const UNITS: u64 = 300;
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = SledStore::open(dir.path()).expect("a fresh store");
+    import::import_network(&store, &network_with_stock(UNITS)).await.expect("the network imports");
+    place_orders(&store, RECEIPTS, |_| 1).await;
+    // One run plans them all, in three transactions (200, 200 and 50 receipts).
+    store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
+    let mut planned_seqs = Vec::new();
+    for courier in COURIERS {
+        let username = Username::parse(courier).expect("a username");
+        let (entries, _, _) = store.assignment_changes(&username, 0, 1_000).await.expect("a pull");
+        planned_seqs.extend(entries.iter().map(|e| e.delivery.delivery_id.seq().expect("a numbered id")));
+        let load = u64::try_from(entries.len()).expect("a count");
+        assert_eq!(load, UNITS / COURIERS.len() as u64, "{courier} got its share, fewest open deliveries first");
+    }
+    planned_seqs.sort_unstable();
+    let first: Vec<u64> = (1..=UNITS).collect();
+    assert_eq!(planned_seqs, first, "the first receipts in order got the stock, each once");
+    let b1 = store.node_stock(&NodeId::parse("B1").expect("a node id")).await.expect("stock reads");
+    let reserved = b1.iter().map(|(_, balance)| balance.reserved).sum::<u64>();
+    assert_eq!(reserved, UNITS, "every unit reserved once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushes_each_get_their_own_outcomes_and_apply_once() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = SledStore::open(dir.path()).expect("a fresh store");
+    import::import_network(&store, &network()).await.expect("the network imports");
+    place_orders(&store, ORDERS, |i| 1 + (i % 3) as i128).await;
     store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
 
     // Each courier pushes its deliveries one by one and two by two from several
