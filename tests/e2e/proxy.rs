@@ -14,7 +14,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc, Mutex, PoisonError,
     },
     time::Duration,
@@ -44,7 +44,8 @@ pub enum Fault {
     /// Swallows everything and never answers.
     Blackhole,
     /// Per connection, one of the faults above at random (seeded), passing
-    /// `pass_percent` of them untouched.
+    /// `pass_percent` of them untouched; the first connection after it is set
+    /// always meets one, so that a short run cannot slip through untouched.
     Chaos {
         pass_percent: u8,
     },
@@ -77,6 +78,8 @@ struct Shared {
     fault: Mutex<Fault>,
     /// Connections left before the fault reverts to `Pass` (`u64::MAX`: never).
     budget: AtomicU64,
+    /// No connection has met the fault set last yet (see `Fault::Chaos`).
+    fresh: AtomicBool,
     rng: Mutex<StdRng>,
     tally: Tally,
 }
@@ -96,6 +99,7 @@ impl FaultyProxy {
             upstream: Mutex::new(upstream),
             fault: Mutex::new(Fault::Pass),
             budget: AtomicU64::new(u64::MAX),
+            fresh: AtomicBool::new(false),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             tally: Tally::default(),
         });
@@ -130,6 +134,7 @@ impl FaultyProxy {
     pub fn set_fault_for(&self, fault: Fault, connections: u64) {
         let mut current = self.shared.fault.lock().unwrap_or_else(PoisonError::into_inner);
         self.shared.budget.store(connections, Relaxed);
+        self.shared.fresh.store(true, Relaxed);
         *current = fault;
     }
 
@@ -172,7 +177,8 @@ fn pick(shared: &Shared) -> Fault {
     }
     let Fault::Chaos { pass_percent } = fault else { return fault };
     let mut rng = shared.rng.lock().unwrap_or_else(PoisonError::into_inner);
-    if rng.random_range(0..100) < pass_percent {
+    let first = shared.fresh.swap(false, Relaxed);
+    if !first && rng.random_range(0..100) < pass_percent {
         return Fault::Pass;
     }
     match rng.random_range(0..4) {
