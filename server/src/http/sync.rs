@@ -7,11 +7,13 @@ use std::{
 };
 
 use actix_web::{web, HttpResponse};
-use handover_shared::sync::{
-    Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
-    ResultStatus, MAX_BATCH,
+use handover_shared::{
+    sync::{
+        Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
+        ResultStatus, MAX_BATCH,
+    },
+    DeviceId,
 };
-use handover_shared::DeviceId;
 use serde::Deserialize;
 
 use super::{
