@@ -9,8 +9,8 @@
 //! places the orders through the real order path (a draft, then its
 //! confirmation) and plans them with one `Store::plan_pending`. The planner
 //! gives a delivery to the least-loaded expediter of its branch, so B1's
-//! couriers hold 2N/64 deliveries each, B2's courier holds min(N, 10,000) and
-//! each of B3's holds 50. Who holds what is then read the way a handheld reads
+//! couriers hold 2N/64 deliveries each, B2's courier holds min(N, 10,000) +
+//! min(N, 1,000) and each of B3's holds 50. Who holds what is then read the way a handheld reads
 //! it, with `GET /api/v1/sync/assignments`.
 //!
 //! The real server runs in-process (`startup::launch`, HTTPS with development
@@ -31,14 +31,18 @@
 //!   configuration and worker defaults, loaded with the very bodies that the
 //!   batches of 1 carried (three times over, for a steadier figure);
 //! - the agent: `cargo build --release -p handover-agent` and its size; then the
-//!   real binary against the running server: `login`, `pull`, one `confirm`
-//!   process per delivery of its courier, each timed, and one `sync --json` that
+//!   real binary against the running server: `login`, `pull`; min(N, 1,000)
+//!   `confirm` processes while its daemon runs (each hands its capture to the
+//!   daemon, which syncs them), each timed; the daemon stopped, one `confirm`
+//!   process per remaining delivery, each timed, and one `sync --json` that
 //!   drains the whole outbox, timed, with the agent's peak RSS. The sync runs
 //!   under a second copy of this benchmark whose only child is the agent, and
 //!   which reads `getrusage(RUSAGE_CHILDREN)` once the agent has exited: the
 //!   figure is the agent's, not the benchmark's nor cargo's.
 //!
-//! Beside each load it prints this process's CPU use (server and generator
+//! Before each load, the benchmark flushes the store and waits for the process
+//! to idle (sled goes on cleaning segments after a large setup). Beside each
+//! load it prints this process's CPU use (server and generator
 //! together) and, from `/proc/self/io`, the bytes it wrote to storage per item:
 //! what tells a load bound by the processors from one bound by the disk.
 //!
