@@ -276,14 +276,7 @@ impl Page {
     /// Reads a form body, refusing oversized ones and those without this
     /// page's token.
     fn read_form<F: for<'de> Deserialize<'de> + HasToken>(&self, request: &mut Request) -> Result<F, Reply> {
-        let mut body = Vec::new();
-        let read = request.as_reader().take(MAX_FORM_BYTES as u64 + 1).read_to_end(&mut body);
-        if read.is_err() {
-            return Err(Reply::text(400, "the form could not be read"));
-        }
-        if body.len() > MAX_FORM_BYTES {
-            return Err(Reply::text(413, "the form is too large"));
-        }
+        let body = read_body(request).map_err(|(status, message)| Reply::text(status, message))?;
         let form: F = serde_urlencoded::from_bytes(&body).map_err(|_| Reply::text(400, "the form is malformed"))?;
         if form.token() != self.form_token {
             return Err(self.message(
@@ -308,32 +301,27 @@ impl Page {
         if token != Some(self.handoff_token.as_str()) {
             return answer(403, handoff::Answer::Refused("this daemon did not publish that token".into()));
         }
-        let mut body = Vec::new();
-        let read = request.as_reader().take(MAX_FORM_BYTES as u64 + 1).read_to_end(&mut body);
-        if read.is_err() || body.len() > MAX_FORM_BYTES {
-            return answer(400, handoff::Answer::Refused("the capture could not be read".into()));
-        }
+        let body = match read_body(request) {
+            Ok(body) => body,
+            Err((status, message)) => return answer(status, handoff::Answer::Refused(message.into())),
+        };
         let Ok(capture) = serde_json::from_slice::<handoff::Capture>(&body) else {
             return answer(400, handoff::Answer::Refused("the capture is malformed".into()));
         };
+        // The capture path applies the confirmation rules (a recipient, a note
+        // for `other`): nothing to check twice here.
         let saved = match capture {
             handoff::Capture::Delivered { delivery_id, recipient, quantity, empties, note } => {
-                match DeliveryId::parse(delivery_id) {
-                    Err(err) => Err(format!("invalid delivery id: {err}")),
-                    Ok(_) if recipient.trim().is_empty() => Err("name the recipient with --recipient".to_owned()),
-                    Ok(id) => {
-                        let report = Delivered { recipient, quantity, empties, note, signature: None };
-                        capture::deliver(&self.store, &id, report, None).map_err(|err| describe(&err))
-                    }
-                }
+                DeliveryId::parse(delivery_id).map_err(|err| format!("invalid delivery id: {err}")).and_then(|id| {
+                    let report = Delivered { recipient, quantity, empties, note, signature: None };
+                    capture::deliver(&self.store, &id, report, None).map_err(|err| describe(&err))
+                })
             }
-            handoff::Capture::Failed { delivery_id, reason, note } => match DeliveryId::parse(delivery_id) {
-                Err(err) => Err(format!("invalid delivery id: {err}")),
-                Ok(_) if reason == FailureReason::Other && note.as_deref().is_none_or(|n| n.trim().is_empty()) => {
-                    Err("reason `other` needs --note".to_owned())
-                }
-                Ok(id) => capture::fail(&self.store, &id, Failed { reason, note }, None).map_err(|err| describe(&err)),
-            },
+            handoff::Capture::Failed { delivery_id, reason, note } => {
+                DeliveryId::parse(delivery_id).map_err(|err| format!("invalid delivery id: {err}")).and_then(|id| {
+                    capture::fail(&self.store, &id, Failed { reason, note }, None).map_err(|err| describe(&err))
+                })
+            }
         };
         match saved {
             Ok(id) => {
@@ -538,6 +526,18 @@ impl Page {
             Err(message) => self.delivery(raw_id, Some(message), form, fail_form),
         }
     }
+}
+
+/// A request body of at most [`MAX_FORM_BYTES`], or the status and reason to refuse it with.
+fn read_body(request: &mut Request) -> Result<Vec<u8>, (u16, &'static str)> {
+    let mut body = Vec::new();
+    if request.as_reader().take(MAX_FORM_BYTES as u64 + 1).read_to_end(&mut body).is_err() {
+        return Err((400, "the body could not be read"));
+    }
+    if body.len() > MAX_FORM_BYTES {
+        return Err((413, "the body is too large"));
+    }
+    Ok(body)
 }
 
 fn describe(err: &CaptureError) -> String {

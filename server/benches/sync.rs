@@ -206,7 +206,7 @@ fn main() -> ExitCode {
         progress(&format!(
             "the agent: login, pull, {handed} confirms handed to its daemon, {outbox} confirm processes, one sync"
         ));
-        run_agent(agent, &server.url, &ca, dir.path(), (handed, outbox), &mut sent, &mut problems)
+        run_agent(&runtime, agent, &server.url, &ca, dir.path(), (handed, outbox), &mut sent, &mut problems)
     });
     progress("stopping the server");
     server.stop(&runtime);
@@ -730,7 +730,7 @@ struct Run {
     flushes: u64,
     waiters: u64,
     /// Transactions that applied the pushed batches (several batches share one).
-    push_groups: u64,
+    push_transactions: u64,
 }
 
 impl Run {
@@ -743,7 +743,7 @@ impl Run {
             used: load.used,
             flushes: 0,
             waiters: 0,
-            push_groups: 0,
+            push_transactions: 0,
         }
     }
 
@@ -808,11 +808,11 @@ async fn push_load(
             bodies: pushes.iter().map(|push| Some(push.body.clone())).collect(),
         })
         .collect();
-    let ((flushes, waiters), groups) = (commit_counts(store), store.push_groups());
+    let ((flushes, waiters), groups) = (commit_counts(store), store.push_transactions());
     let load = drive(&format!("{url}{CONFIRMATIONS_PATH}"), lanes).await;
     let (flushes_after, waiters_after) = commit_counts(store);
     let (flushes, waiters) = (flushes_after - flushes, waiters_after - waiters);
-    let push_groups = store.push_groups() - groups;
+    let push_transactions = store.push_transactions() - groups;
     let size = work.iter().flatten().map(|push| push.ids.len()).max().unwrap_or(0);
     let mut faults = Faults::new(format!("confirmations pushed in batches of up to {size}"));
     for (answers, pushes) in load.answers.iter().zip(work) {
@@ -832,7 +832,7 @@ async fn push_load(
     }
     faults.report(problems);
     let items = work.iter().flatten().map(|push| push.ids.len()).sum();
-    Run { flushes, waiters, push_groups, ..Run::of(&load, items) }
+    Run { flushes, waiters, push_transactions, ..Run::of(&load, items) }
 }
 
 /// The batches of 1 again, [`ECHO_ROUNDS`] times over, to the echo endpoint,
@@ -928,7 +928,9 @@ struct AgentRun {
 /// processes while its daemon runs (they hand their capture to it, and it
 /// syncs them), then, the daemon stopped, one `confirm` process per remaining
 /// delivery, then one `sync --json` run under [`measure_child`].
+#[allow(clippy::too_many_arguments)]
 fn run_agent(
+    runtime: &tokio::runtime::Runtime,
     agent: &Path,
     url: &str,
     ca: &Path,
@@ -1007,7 +1009,7 @@ fn run_agent(
     }
     let page = announced.trim().strip_prefix("handheld page on http://").unwrap_or_default().to_owned();
     let handed: Vec<Duration> = to_hand.iter().map(|assignment| confirm(assignment).0).collect();
-    if !wait_for_daemon_outbox(&page) {
+    if !runtime.block_on(wait_for_daemon_outbox(&page)) {
         problems.push(format!("the agent's daemon at {page:?} did not send its {} captures", to_hand.len()));
     }
     let _ = daemon.kill();
@@ -1069,22 +1071,18 @@ fn run_agent(
 
 /// Polls the daemon's `/status` at `host_port` (plain HTTP on loopback) until
 /// its outbox is empty; false after [`DAEMON_DRAIN_LIMIT`].
-fn wait_for_daemon_outbox(host_port: &str) -> bool {
-    use std::io::Read as _;
+async fn wait_for_daemon_outbox(host_port: &str) -> bool {
+    let client = reqwest::Client::new();
     let deadline = Instant::now() + DAEMON_DRAIN_LIMIT;
     while Instant::now() < deadline {
-        let status = std::net::TcpStream::connect(host_port).ok().and_then(|mut stream| {
-            let request = format!("GET /status HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).ok()?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).ok()?;
-            let body = answer.split_once("\r\n\r\n")?.1.to_owned();
-            serde_json::from_str::<serde_json::Value>(&body).ok()
-        });
+        let status = match client.get(format!("http://{host_port}/status")).send().await {
+            Ok(response) => response.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
         if status.is_some_and(|status| status["queued"] == 0) {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
 }
@@ -1268,11 +1266,11 @@ fn print_figures(f: &Figures) {
                 run.waiters as f64 / run.flushes as f64
             ));
         }
-        if run.push_groups > 0 {
+        if run.push_transactions > 0 {
             notes.push(format!(
                 "{} transactions, {:.1} batches per transaction",
-                grouped(run.push_groups),
-                run.requests as f64 / run.push_groups as f64
+                grouped(run.push_transactions),
+                run.requests as f64 / run.push_transactions as f64
             ));
         }
         println!("  {name}: {}", notes.join(", "));

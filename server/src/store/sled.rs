@@ -64,8 +64,9 @@ struct Inner {
     /// (see `apply_pushes_until_answered`).
     push_queue: std::sync::Mutex<std::collections::VecDeque<PushJob>>,
     push_turn: std::sync::Mutex<()>,
-    /// Push transactions run, for benchmarks: batches per group is the sharing.
-    push_groups: std::sync::atomic::AtomicU64,
+    /// Transactions that applied pushed batches, for benchmarks: batches per
+    /// transaction is how much they share.
+    push_transactions: std::sync::atomic::AtomicU64,
     /// Stock movements hold it shared; an audit holds it alone, to read the ledger
     /// and the balances as of one moment (sled has no multi-tree snapshot read).
     stock_gate: std::sync::RwLock<()>,
@@ -238,7 +239,7 @@ impl SledStore {
                 planning: std::sync::Mutex::new(()),
                 push_queue: std::sync::Mutex::default(),
                 push_turn: std::sync::Mutex::new(()),
-                push_groups: std::sync::atomic::AtomicU64::new(0),
+                push_transactions: std::sync::atomic::AtomicU64::new(0),
                 stock_gate: std::sync::RwLock::new(()),
             }),
         })
@@ -251,8 +252,8 @@ impl SledStore {
 
     /// How many transactions have applied pushed batches, retries of a failed
     /// group's batches included (see `apply_pushes_until_answered`).
-    pub fn push_groups(&self) -> u64 {
-        self.inner.push_groups.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn push_transactions(&self) -> u64 {
+        self.inner.push_transactions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs blocking sled work on tokio's blocking pool.
@@ -1143,7 +1144,7 @@ fn apply_push_group(inner: &Inner, group: Vec<PushJob>) {
 /// transaction: a crash leaves all of it applied (and remembered) or none.
 /// Rows that many confirmations share are written once per transaction.
 fn push_transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutcome>>, StoreError> {
-    inner.push_groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    inner.push_transactions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let t = &inner.trees;
     let trees = (
         &t.confirmations,
@@ -1760,7 +1761,7 @@ mod tests {
             vec![confirmation("D-000004")],
         ];
         let answers = push_while_queued(&store, sent.clone());
-        assert_eq!(store.push_groups(), 1, "one transaction for the three queued batches");
+        assert_eq!(store.push_transactions(), 1, "one transaction for the three queued batches");
         for (batch, answer) in sent.iter().zip(answers) {
             let outcomes = answer.expect("the batch was applied");
             assert_eq!(outcomes.len(), batch.len());
@@ -1790,6 +1791,6 @@ mod tests {
         assert!(answers[1].as_ref().is_err_and(|err| err.contains("unreadable")), "{:?}", answers[1]);
         assert!(answers[2].as_ref().is_ok_and(|outcomes| outcomes.len() == 1), "{:?}", answers[2]);
         assert_eq!(store.inner.trees.confirmations.len(), 2, "nothing of the failed batch is remembered");
-        assert_eq!(store.inner.push_groups.load(Ordering::Relaxed), 4, "the group, then each batch alone");
+        assert_eq!(store.inner.push_transactions.load(Ordering::Relaxed), 4, "the group, then each batch alone");
     }
 }
