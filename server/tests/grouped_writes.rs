@@ -54,7 +54,7 @@ fn network_with_stock(stock: u64) -> NetworkFile {
     .expect("the test network parses")
 }
 
-fn delivered(delivery: &handover_server::domain::shipments::Delivery) -> Confirmation {
+fn delivered(delivery: &handover_server::domain::shipments::DeliveryCard) -> Confirmation {
     Confirmation {
         confirmation_id: Uuid::new_v4().to_string(),
         delivery_id: delivery.delivery_id.clone(),

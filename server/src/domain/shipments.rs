@@ -212,6 +212,43 @@ pub struct Delivery {
     pub planned_at: OffsetDateTime,
 }
 
+/// The part of a stored [`Delivery`] that a courier's pull shows, read from the
+/// same record. A pull reads dozens of deliveries; decoding only these fields
+/// (serde skips the rest, the assignment history and the timestamps among them)
+/// is most of what makes a pull cheap.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeliveryCard {
+    pub delivery_id: DeliveryId,
+    pub receipt_id: ReceiptId,
+    pub customer_id: CustomerId,
+    pub item_id: ItemId,
+    pub quantity: u32,
+    pub source_node: NodeId,
+    pub legs: Vec<LegCard>,
+    pub assignee: Option<Username>,
+    pub version: u64,
+    pub state: DeliveryState,
+}
+
+/// What a pull needs of a leg: where it starts and whether it was issued.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LegCard {
+    pub from: NodeId,
+    pub status: LegStatus,
+}
+
+impl DeliveryCard {
+    /// As [`Delivery::status`].
+    pub fn status(&self) -> DeliveryStatus {
+        courier_status(self.state, self.legs.iter().map(|leg| leg.status))
+    }
+
+    /// As [`Delivery::delivering_node`].
+    pub fn delivering_node(&self) -> &NodeId {
+        self.legs.last().map_or(&self.source_node, |leg| &leg.from)
+    }
+}
+
 /// How a delivery looks to its courier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -241,20 +278,26 @@ impl std::fmt::Display for DeliveryStatus {
     }
 }
 
-impl Delivery {
-    pub fn status(&self) -> DeliveryStatus {
-        match self.state {
-            DeliveryState::Delivered => DeliveryStatus::Delivered,
-            DeliveryState::Cancelled => DeliveryStatus::Cancelled,
-            DeliveryState::Open => {
-                let transfers = &self.legs[..self.legs.len().saturating_sub(1)];
-                if transfers.iter().all(|leg| leg.status == LegStatus::Issued) {
-                    DeliveryStatus::Ready
-                } else {
-                    DeliveryStatus::Upcoming
-                }
+/// How a delivery in `state` looks to its courier, given its legs' statuses in
+/// order: ready once every transfer leg (all but the last) is issued.
+fn courier_status(state: DeliveryState, legs: impl ExactSizeIterator<Item = LegStatus>) -> DeliveryStatus {
+    match state {
+        DeliveryState::Delivered => DeliveryStatus::Delivered,
+        DeliveryState::Cancelled => DeliveryStatus::Cancelled,
+        DeliveryState::Open => {
+            let transfers = legs.len().saturating_sub(1);
+            if legs.take(transfers).all(|status| status == LegStatus::Issued) {
+                DeliveryStatus::Ready
+            } else {
+                DeliveryStatus::Upcoming
             }
         }
+    }
+}
+
+impl Delivery {
+    pub fn status(&self) -> DeliveryStatus {
+        courier_status(self.state, self.legs.iter().map(|leg| leg.status))
     }
 
     /// The node the courier picks the goods up at.

@@ -260,6 +260,36 @@ fn delivery(source: Source) -> Delivery {
     }
 }
 
+/// What a pull reads of `delivery` once stored.
+fn card_of(delivery: &Delivery) -> DeliveryCard {
+    serde_json::from_slice(&serde_json::to_vec(delivery).expect("a delivery encodes")).expect("a card decodes")
+}
+
+#[rstest]
+fn a_pull_reads_what_the_courier_is_shown_of_a_stored_delivery(
+    #[values(Source::Branch1, Source::Seller, Source::MasterWarehouse, Source::Manufacturer)] source: Source,
+) {
+    let mut delivery = issue(delivery(source), &[0]);
+    delivery.assignee = Some(username("exp-1"));
+    delivery.version = 3;
+    delivery.assignments.push(Assignment {
+        version: 3,
+        assignee: delivery.assignee.clone(),
+        at: OffsetDateTime::UNIX_EPOCH,
+        by: "planner".into(),
+    });
+
+    let card = card_of(&delivery);
+
+    assert_eq!(
+        (&card.delivery_id, &card.receipt_id, &card.customer_id, &card.item_id),
+        (&delivery.delivery_id, &delivery.receipt_id, &delivery.customer_id, &delivery.item_id)
+    );
+    assert_eq!((card.quantity, card.version, &card.assignee), (2, 3, &delivery.assignee));
+    assert_eq!(card.delivering_node(), delivery.delivering_node());
+    assert_eq!(card.status(), delivery.status());
+}
+
 /// Marks the legs at `positions` as issued.
 fn issue(mut delivery: Delivery, positions: &[usize]) -> Delivery {
     for &position in positions {
@@ -287,6 +317,7 @@ fn an_open_delivery_is_upcoming_until_every_transfer_leg_is_issued(
     let delivery = issue(delivery(source), issued);
 
     assert_eq!(delivery.status(), expected);
+    assert_eq!(card_of(&delivery).status(), expected, "a pull reads the same status");
 }
 
 #[rstest]
@@ -297,6 +328,7 @@ fn a_closed_delivery_shows_its_state_whatever_its_legs(#[case] state: DeliverySt
     delivery.state = state;
 
     assert_eq!(delivery.status(), expected);
+    assert_eq!(card_of(&delivery).status(), expected, "a pull reads the same status");
     assert!(!delivery.is_open());
 }
 

@@ -22,7 +22,7 @@ use crate::domain::{
     network::{Customer, Item, KnownNetwork, Membership, Node, StockCount},
     orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
     sessions::{RefreshRefusal, RefreshToken, Session},
-    shipments::{AssignRefusal, CourierAccount, Delivery, LegRefusal},
+    shipments::{AssignRefusal, CourierAccount, Delivery, DeliveryCard, LegRefusal},
     stock::{Balance, LedgerEntry},
 };
 
@@ -131,7 +131,7 @@ pub enum ImportError {
 /// A changed delivery, with the names and the empties a handheld shows.
 #[derive(Debug, Clone)]
 pub struct FeedEntry {
-    pub delivery: Delivery,
+    pub delivery: DeliveryCard,
     pub customer_name: String,
     pub item_name: String,
     pub empties_expected: u32,

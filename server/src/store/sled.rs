@@ -17,7 +17,7 @@ use handover_shared::{
     sync::{Confirmation, Outcome},
     CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, NodeKind, OrderId, ReceiptId, Username,
 };
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::{
     transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
     Transactional,
@@ -37,8 +37,8 @@ use crate::domain::{
     sessions::{decide_refresh, RefreshDecision, RefreshToken, RevokeReason, Session},
     shipments::{
         cascade, check_assignment, check_issue, choose_courier, hand_over, plan_legs, reserve, transfer, AssignRefusal,
-        Assignment, Carrier, CascadeNodes, CourierAccount, Delivery, DeliveryState, Destination, LegRefusal, LegStatus,
-        Source, StockEffect,
+        Assignment, Carrier, CascadeNodes, CourierAccount, Delivery, DeliveryCard, DeliveryState, Destination,
+        LegRefusal, LegStatus, Source, StockEffect,
     },
     stock::{Balance, LedgerEntry, Movement},
 };
@@ -137,6 +137,18 @@ type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
 
 fn abort(err: StoreError) -> ConflictableTransactionError<Abort> {
     ConflictableTransactionError::Abort(Abort::Store(err))
+}
+
+/// The name of a stored customer or item, read without the rest of the record.
+#[derive(Deserialize)]
+struct NameOnly {
+    name: String,
+}
+
+/// The empties a stored receipt expects, read without the rest of the record.
+#[derive(Deserialize)]
+struct EmptiesOnly {
+    empties_expected: u32,
 }
 
 fn backend(err: sled::Error) -> StoreError {
@@ -952,21 +964,22 @@ impl Store for SledStore {
             let mut seen = std::collections::HashSet::new();
             let mut latest: Vec<u64> = changed.into_iter().rev().filter(|seq| seen.insert(*seq)).collect();
             latest.reverse();
-            // A courier's deliveries share a few customers and items: read each once.
+            // A courier's deliveries share a few customers and items: read each
+            // once. Each record is decoded only as far as a pull needs it.
             let mut customers: HashMap<CustomerId, String> = HashMap::new();
             let mut items: HashMap<ItemId, String> = HashMap::new();
             let mut entries = Vec::with_capacity(latest.len());
             for seq in latest {
-                let Some(delivery) = get::<Delivery>(&t.deliveries, &seq.to_be_bytes())? else { continue };
+                let Some(delivery) = get::<DeliveryCard>(&t.deliveries, &seq.to_be_bytes())? else { continue };
                 if !customers.contains_key(&delivery.customer_id) {
-                    let customer: Option<Customer> = get(&t.customers, delivery.customer_id.as_str().as_bytes())?;
+                    let customer: Option<NameOnly> = get(&t.customers, delivery.customer_id.as_str().as_bytes())?;
                     customers.insert(delivery.customer_id.clone(), customer.map(|c| c.name).unwrap_or_default());
                 }
                 if !items.contains_key(&delivery.item_id) {
-                    let item: Option<Item> = get(&t.items, delivery.item_id.as_str().as_bytes())?;
+                    let item: Option<NameOnly> = get(&t.items, delivery.item_id.as_str().as_bytes())?;
                     items.insert(delivery.item_id.clone(), item.map(|i| i.name).unwrap_or_default());
                 }
-                let receipt: Option<Receipt> = match delivery.receipt_id.seq() {
+                let receipt: Option<EmptiesOnly> = match delivery.receipt_id.seq() {
                     Some(receipt) => get(&t.receipts, &receipt.to_be_bytes())?,
                     None => None,
                 };
