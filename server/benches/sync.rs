@@ -61,6 +61,7 @@
 //! ```text
 //! cargo bench -p handover-server --bench sync
 //! HANDOVER_BENCH_CONFIRMATIONS=1000 cargo bench -p handover-server --bench sync   # a quick run
+//! HANDOVER_BENCH_SKIP_AGENT=1 cargo bench -p handover-server --bench sync         # the server's figures only
 //! ```
 
 mod common;
@@ -129,6 +130,8 @@ const PULL_BRANCH: &str = "B3";
 const AGENT_COURIER: &str = "handheld";
 const CONFIRMATIONS_PATH: &str = "/api/v1/sync/confirmations";
 const ASSIGNMENTS_PATH: &str = "/api/v1/sync/assignments";
+/// Set to measure the server alone (a quicker run while working on it).
+const SKIP_AGENT: &str = "HANDOVER_BENCH_SKIP_AGENT";
 /// Set when this benchmark runs as the measuring parent of the agent's sync.
 const MEASURE_CHILD: &str = "HANDOVER_BENCH_MEASURE_CHILD";
 /// Starts the line on which that parent reports what it measured.
@@ -144,8 +147,13 @@ fn main() -> ExitCode {
     }
     let n = count_from_env("HANDOVER_BENCH_CONFIRMATIONS", DEFAULT_CONFIRMATIONS);
     let mut problems = Vec::new();
-    progress("building the agent (cargo build --release -p handover-agent)");
-    let agent = build_agent().map_err(|err| problems.push(format!("the agent did not build: {err}"))).ok();
+    let agent = if std::env::var_os(SKIP_AGENT).is_some() {
+        progress(&format!("{SKIP_AGENT} is set: the agent's figures are skipped"));
+        None
+    } else {
+        progress("building the agent (cargo build --release -p handover-agent)");
+        build_agent().map_err(|err| problems.push(format!("the agent did not build: {err}"))).ok()
+    };
 
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
