@@ -10,14 +10,16 @@ use handover_server::{
         access::Principal,
         confirmations::{DeviceSync, PushOutcome, RejectCode},
         orders::{RawOrder, RawQuantity, DRAFT_TTL},
+        shipments::CourierAccount,
+        stock,
     },
     import, orders,
-    store::{sled::SledStore, Store},
+    store::{sled::SledStore, Step, Store},
 };
 use handover_shared::{
     api::NetworkFile,
     sync::{Confirmation, Outcome},
-    DeviceId, NodeId, ReceiptId, Role, Username,
+    DeliveryId, DeviceId, NodeId, ReceiptId, Role, Username,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -81,16 +83,20 @@ fn sync_of(courier: &str) -> DeviceSync {
     }
 }
 
-/// Places `count` orders through the real order path; order `i` asks for `quantity(i)`.
-async fn place_orders(store: &SledStore, count: usize, quantity: impl Fn(usize) -> i128) {
-    let dispatcher = Principal {
+fn dispatcher() -> Principal {
+    Principal {
         username: Username::parse("disp").expect("a username"),
         role: Role::Dispatcher,
         device_id: DeviceId::parse("desk").expect("a device id"),
         session_id: Uuid::nil(),
         node_id: None,
         customer_id: None,
-    };
+    }
+}
+
+/// Places `count` orders through the real order path; order `i` asks for `quantity(i)`.
+async fn place_orders(store: &SledStore, count: usize, quantity: impl Fn(usize) -> i128) {
+    let dispatcher = dispatcher();
     for i in 0..count {
         let raw = RawOrder {
             customer_id: Some(format!("C-{}", i % 6)),
@@ -210,4 +216,62 @@ async fn concurrent_pushes_each_get_their_own_outcomes_and_apply_once() {
     assert_eq!(on_hand, STOCK - handed_over, "each hand-over left the branch once");
     let syncs = store.device_syncs().await.expect("device syncs read");
     assert_eq!(syncs.len(), COURIERS.len(), "every device's push was recorded with it");
+    // The import's stock count is a single-line ledger record; planning and
+    // pushes wrote theirs grouped. Read back, they are one ledger in order.
+    let (ledger, balances) = store.stock_snapshot().await.expect("the ledger and stock read");
+    assert_eq!(ledger.len(), 1 + 2 * ORDERS, "the count, a reservation and a hand-over per receipt");
+    assert!(ledger.windows(2).all(|pair| pair[0].seq < pair[1].seq), "in sequence order, each line once");
+    assert_eq!(stock::audit(&ledger, &balances), Ok(vec![]), "the ledger replays to the stored stock");
+}
+
+/// The ids of what a courier's pull lists, from `cursor`, `page` changes at a
+/// time, following the cursors; and the last cursor.
+async fn pull_in_pages(store: &SledStore, courier: &Username, cursor: u64, page: usize) -> (Vec<DeliveryId>, u64) {
+    let (mut listed, mut cursor) = (Vec::new(), cursor);
+    for _ in 0..=ORDERS {
+        let (entries, last, more) = store.assignment_changes(courier, cursor, page).await.expect("a pull");
+        listed.extend(entries.into_iter().map(|entry| entry.delivery.delivery_id));
+        assert!(last > cursor || !more, "a pull with more to come moves the cursor on");
+        cursor = last;
+        if !more {
+            return (listed, cursor);
+        }
+    }
+    panic!("{courier} never reached the end of its feed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_page_through_grouped_feed_records_and_single_ones() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = SledStore::open(dir.path()).expect("a fresh store");
+    import::import_network(&store, &network()).await.expect("the network imports");
+    place_orders(&store, ORDERS, |_| 1).await;
+    // One planning transaction: one feed record per courier, 12 changes each.
+    store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
+
+    let mut cursors = HashMap::new();
+    for courier in COURIERS {
+        let username = Username::parse(courier).expect("a username");
+        let (whole, _) = pull_in_pages(&store, &username, 0, 1_000).await;
+        assert_eq!(whole.len(), ORDERS / COURIERS.len(), "{courier} holds its share");
+        for page in [1, 5, 7] {
+            // Pages end inside the record: each next pull starts there.
+            let (paged, cursor) = pull_in_pages(&store, &username, 0, page).await;
+            assert_eq!(paged, whole, "{courier} in pages of {page}: each change once, in order");
+            cursors.insert(courier, cursor);
+        }
+    }
+
+    // A dispatcher's reassignment writes single-line records after the grouped ones.
+    let (from, to) = (Username::parse(COURIERS[0]).expect("a name"), Username::parse(COURIERS[1]).expect("a name"));
+    let (held, _) = pull_in_pages(&store, &from, 0, 1_000).await;
+    let moved = held[3].clone();
+    let target = CourierAccount { username: to.clone(), role: Role::Expediter, node_id: NodeId::parse("B1").ok() };
+    let step = store.assign_delivery(&moved, &dispatcher(), &target, OffsetDateTime::now_utc()).await;
+    assert!(matches!(step, Ok(Step::Done(_))), "{step:?}");
+    for (courier, expected) in [(&from, "reassigned away"), (&to, "newly assigned")] {
+        let cursor = cursors[courier.as_str()];
+        let (since, _) = pull_in_pages(&store, courier, cursor, 1).await;
+        assert_eq!(since, vec![moved.clone()], "{courier} learns of the delivery {expected}, and of nothing else");
+    }
 }

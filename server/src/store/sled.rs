@@ -463,14 +463,14 @@ impl Store for SledStore {
     }
 
     async fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.blocking(|inner| scan(inner.trees.ledger.iter())).await
+        self.blocking(|inner| ledger_entries(&inner.trees.ledger)).await
     }
 
     async fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError> {
         self.blocking(|inner| {
             // No stock movement runs while the gate is held: both trees are read as of one moment.
             let _all_movements_paused = inner.stock_gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            Ok((scan(inner.trees.ledger.iter())?, balances(&inner.trees.stock)?))
+            Ok((ledger_entries(&inner.trees.ledger)?, balances(&inner.trees.stock)?))
         })
         .await
     }
@@ -944,21 +944,23 @@ impl Store for SledStore {
             let mut changed: Vec<u64> = Vec::new();
             let mut last_change = cursor;
             let mut more = false;
-            for entry in t.courier_feed.range(from..) {
+            'records: for entry in t.courier_feed.range(from..) {
                 let (key, value) = entry.map_err(backend)?;
                 if !key.starts_with(&prefix) {
                     break;
                 }
-                if changed.len() >= limit {
-                    more = true;
-                    break;
+                // A grouped record may start at or before the cursor: its earlier changes were sent.
+                for (change, delivery) in feed_changes(&key[prefix.len()..], &value)? {
+                    if change <= cursor {
+                        continue;
+                    }
+                    if changed.len() >= limit {
+                        more = true;
+                        break 'records;
+                    }
+                    last_change = change;
+                    changed.push(delivery);
                 }
-                let change: [u8; 8] =
-                    key[prefix.len()..].try_into().map_err(|_| StoreError::Backend("bad feed key".into()))?;
-                let delivery: [u8; 8] =
-                    value.as_ref().try_into().map_err(|_| StoreError::Backend("bad feed value".into()))?;
-                last_change = u64::from_be_bytes(change);
-                changed.push(u64::from_be_bytes(delivery));
             }
             // Each changed delivery once, at the place of its latest change.
             let mut seen = std::collections::HashSet::new();
@@ -1058,13 +1060,11 @@ struct PushTrees<'a> {
     deliveries: &'a TransactionalTree,
     receipts: &'a TransactionalTree,
     stock: &'a TransactionalTree,
-    ledger: &'a TransactionalTree,
     accounts: &'a TransactionalTree,
     loads: &'a TransactionalTree,
     courier_deliveries: &'a TransactionalTree,
-    counters: &'a TransactionalTree,
-    feed: &'a TransactionalTree,
-    audit: &'a TransactionalTree,
+    /// The group's ledger, feed and audit lines.
+    lines: &'a Appends<'a>,
 }
 
 /// Confirmations applied in one transaction at most, gathered from as many
@@ -1174,18 +1174,16 @@ fn push_transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutc
         &t.device_syncs,
     );
     finish_store(trees.transaction(|view| {
+        let lines = Appends::new(&view.8, &view.4, &view.9, Some(&view.10));
         let trees = PushTrees {
             confirmations: &view.0,
             deliveries: &view.1,
             receipts: &view.2,
             stock: &view.3,
-            ledger: &view.4,
             accounts: &view.5,
             loads: &view.6,
             courier_deliveries: &view.7,
-            counters: &view.8,
-            feed: &view.9,
-            audit: &view.10,
+            lines: &lines,
         };
         let device_syncs = &view.11;
         let mut answers = Vec::with_capacity(group.len());
@@ -1201,6 +1199,7 @@ fn push_transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutc
             }
             answers.push(outcomes);
         }
+        lines.write()?;
         Ok(answers)
     }))
 }
@@ -1225,19 +1224,7 @@ fn tx_push_one(
     digest: &str,
     now: OffsetDateTime,
 ) -> TxResult<PushOutcome> {
-    let PushTrees {
-        confirmations,
-        deliveries,
-        receipts,
-        stock,
-        ledger,
-        accounts,
-        loads,
-        courier_deliveries,
-        counters,
-        feed,
-        audit,
-    } = *trees;
+    let PushTrees { confirmations, deliveries, receipts, stock, accounts, loads, courier_deliveries, lines } = *trees;
     let seq = c.delivery_id.seq();
     let id_key = c.confirmation_id.as_bytes();
     let seen: Option<SeenConfirmation> = tx_get(confirmations, id_key)?;
@@ -1293,21 +1280,21 @@ fn tx_push_one(
                 };
                 let [leaving, arriving] = transfer(&leg.from, to, delivery.quantity);
                 let leg_id = leg.leg_id.clone();
-                tx_apply(stock, ledger, &item, &leaving, &Movement::Issue { leg_id: leg_id.clone() }, now)?;
-                tx_apply(stock, ledger, &item, &arriving, &Movement::Arrive { leg_id }, now)?;
+                tx_apply(stock, lines, &item, &leaving, &Movement::Issue { leg_id: leg_id.clone() }, now)?;
+                tx_apply(stock, lines, &item, &arriving, &Movement::Arrive { leg_id }, now)?;
                 delivery.legs[index].status = LegStatus::Issued;
                 delivery.legs[index].issued_at = Some(now);
             }
             let from = delivery.delivering_node().clone();
             let leg_id = delivery.legs[last].leg_id.clone();
             let [handed] = hand_over(&from, c.quantity);
-            tx_apply(stock, ledger, &item, &handed, &Movement::HandOver { leg_id }, now)?;
+            tx_apply(stock, lines, &item, &handed, &Movement::HandOver { leg_id }, now)?;
             let rest = delivery.quantity - c.quantity;
             if rest > 0 {
                 let release = StockEffect { node: &from, on_hand_delta: 0, reserved_delta: -i64::from(rest) };
                 tx_apply(
                     stock,
-                    ledger,
+                    lines,
                     &item,
                     &release,
                     &Movement::Release { delivery_id: delivery.delivery_id.clone() },
@@ -1361,7 +1348,7 @@ fn tx_push_one(
         }
     };
     for courier in previous.iter().chain((previous.as_ref() != Some(uploader)).then_some(uploader)) {
-        tx_feed(counters, feed, courier, seq)?;
+        lines.feed(courier, seq)?;
     }
     tx_put(deliveries, &key, &delivery)?;
     let entry = AuditEntry {
@@ -1373,7 +1360,7 @@ fn tx_push_one(
         confirmation_id: c.confirmation_id.clone(),
         detail: action,
     };
-    tx_put(audit, &audit.generate_id()?.to_be_bytes(), &entry)?;
+    lines.audit(entry)?;
     remember(FirstOutcome::Accepted)?;
     Ok(PushOutcome::Accepted)
 }
@@ -1437,7 +1424,7 @@ fn balances(stock: &sled::Tree) -> Result<Vec<(NodeId, ItemId, Balance)>, StoreE
 /// Applies one stock movement and records it in the ledger.
 fn tx_apply(
     stock: &TransactionalTree,
-    ledger: &TransactionalTree,
+    ledger: &impl LedgerLines,
     item: &ItemId,
     effect: &StockEffect<'_>,
     movement: &Movement,
@@ -1449,8 +1436,7 @@ fn tx_apply(
         abort(StoreError::Backend(format!("stock of {item} at {} would go negative ({movement:?})", effect.node)))
     })?;
     tx_put(stock, &key, &updated)?;
-    let seq = ledger.generate_id()?;
-    let entry = LedgerEntry {
+    ledger.append(|seq| LedgerEntry {
         seq,
         at: now,
         node_id: effect.node.clone(),
@@ -1458,9 +1444,149 @@ fn tx_apply(
         on_hand_delta: effect.on_hand_delta,
         reserved_delta: effect.reserved_delta,
         movement: movement.clone(),
-    };
-    tx_put(ledger, &seq.to_be_bytes(), &entry)?;
+    })?;
     Ok(updated)
+}
+
+/// Where a transaction's ledger lines go: straight into the ledger tree, one
+/// record each, or into the [`Appends`] of a grouped transaction.
+trait LedgerLines {
+    /// Appends the entry that `make` builds with its sequence number.
+    fn append(&self, make: impl FnOnce(u64) -> LedgerEntry) -> TxResult<()>;
+}
+
+impl LedgerLines for TransactionalTree {
+    fn append(&self, make: impl FnOnce(u64) -> LedgerEntry) -> TxResult<()> {
+        let seq = self.generate_id()?;
+        tx_put(self, &seq.to_be_bytes(), &make(seq))
+    }
+}
+
+/// The lines that a grouped transaction (a group of pushes, a chunk of
+/// planning) appends to the ledger, the couriers' feed and the audit log, kept
+/// until its body has run and then written as one record per tree, and one per
+/// courier for the feed. sled's cost is per key written (a lookup, a page
+/// update, a share of a leaf split): a delivered confirmation used to write
+/// three or four single-line records, and a group's lines now share three keys
+/// and one per courier. Readers take both forms ([`ledger_entries`],
+/// [`feed_changes`]): single-line records are still written by the
+/// transactions that change one thing.
+struct Appends<'t> {
+    counters: &'t TransactionalTree,
+    ledger_tree: &'t TransactionalTree,
+    feed_tree: &'t TransactionalTree,
+    audit_tree: Option<&'t TransactionalTree>,
+    pending: std::cell::RefCell<PendingLines>,
+}
+
+#[derive(Default)]
+struct PendingLines {
+    ledger: Vec<LedgerEntry>,
+    audit: Vec<AuditEntry>,
+    /// Per courier, its (change number, delivery) pairs, big-endian, in order.
+    feed: std::collections::BTreeMap<Username, Vec<u8>>,
+    last_change: Option<u64>,
+}
+
+impl<'t> Appends<'t> {
+    fn new(
+        counters: &'t TransactionalTree,
+        ledger_tree: &'t TransactionalTree,
+        feed_tree: &'t TransactionalTree,
+        audit_tree: Option<&'t TransactionalTree>,
+    ) -> Self {
+        Appends { counters, ledger_tree, feed_tree, audit_tree, pending: Default::default() }
+    }
+
+    /// Records that a delivery changed for a courier, under the next change number.
+    fn feed(&self, courier: &Username, delivery_seq: u64) -> TxResult<()> {
+        let mut pending = self.pending.borrow_mut();
+        let change = match pending.last_change {
+            Some(last) => last + 1,
+            None => tx_get_counter(self.counters, b"feed")? + 1,
+        };
+        pending.last_change = Some(change);
+        let pairs = pending.feed.entry(courier.clone()).or_default();
+        pairs.extend_from_slice(&change.to_be_bytes());
+        pairs.extend_from_slice(&delivery_seq.to_be_bytes());
+        Ok(())
+    }
+
+    fn audit(&self, entry: AuditEntry) -> TxResult<()> {
+        if self.audit_tree.is_none() {
+            return Err(abort(StoreError::Backend("this transaction does not write the audit log".into())));
+        }
+        self.pending.borrow_mut().audit.push(entry);
+        Ok(())
+    }
+
+    /// Writes what was appended. A feed record is keyed by its courier and its
+    /// last change number, so that a pull from cursor `c` finds every record
+    /// holding a change after `c` by a range read from `c + 1`.
+    fn write(self) -> TxResult<()> {
+        let pending = self.pending.into_inner();
+        if let Some(first) = pending.ledger.first() {
+            tx_put(self.ledger_tree, &first.seq.to_be_bytes(), &pending.ledger)?;
+        }
+        if let (Some(tree), false) = (self.audit_tree, pending.audit.is_empty()) {
+            tx_put(tree, &tree.generate_id()?.to_be_bytes(), &pending.audit)?;
+        }
+        if let Some(last) = pending.last_change {
+            for (courier, pairs) in &pending.feed {
+                let last_of_courier = &pairs[pairs.len() - FEED_PAIR..][..8];
+                self.feed_tree.insert(pair_key(courier.as_str(), last_of_courier), pairs.as_slice())?;
+            }
+            self.counters.insert(b"feed".as_slice(), last.to_be_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+impl LedgerLines for Appends<'_> {
+    fn append(&self, make: impl FnOnce(u64) -> LedgerEntry) -> TxResult<()> {
+        let seq = self.ledger_tree.generate_id()?;
+        self.pending.borrow_mut().ledger.push(make(seq));
+        Ok(())
+    }
+}
+
+/// Bytes of one (change number, delivery) pair in a grouped feed record.
+const FEED_PAIR: usize = 16;
+
+/// The (change number, delivery) pairs of one feed record: a single-line
+/// record is keyed by its change and holds the delivery; a grouped one holds
+/// its pairs (see [`Appends`]).
+fn feed_changes(change_key: &[u8], value: &[u8]) -> Result<Vec<(u64, u64)>, StoreError> {
+    let number = |bytes: &[u8]| bytes.try_into().map(u64::from_be_bytes);
+    let bad = || StoreError::Backend("bad feed record".into());
+    if value.len() == 8 {
+        return Ok(vec![(number(change_key).map_err(|_| bad())?, number(value).map_err(|_| bad())?)]);
+    }
+    if value.is_empty() || value.len() % FEED_PAIR != 0 {
+        return Err(bad());
+    }
+    value
+        .chunks_exact(FEED_PAIR)
+        .map(|pair| Ok((number(&pair[..8]).map_err(|_| bad())?, number(&pair[8..]).map_err(|_| bad())?)))
+        .collect()
+}
+
+/// Every ledger entry in order: a record holds one entry, or the array of
+/// entries that one grouped transaction appended (see [`Appends`]).
+fn ledger_entries(ledger: &sled::Tree) -> Result<Vec<LedgerEntry>, StoreError> {
+    let mut entries = Vec::new();
+    for record in ledger.iter() {
+        let (key, value) = record.map_err(backend)?;
+        if value.first() == Some(&b'[') {
+            entries.extend(decode::<Vec<LedgerEntry>>(&key, &value)?);
+        } else {
+            entries.push(decode(&key, &value)?);
+        }
+    }
+    // Transactions take turns, so records never interleave; sorting keeps the
+    // order by sequence number should that ever change (already sorted: linear).
+    entries.sort_by_key(|entry| entry.seq);
+    Ok(entries)
 }
 
 /// Records that a delivery changed for a courier, under the next change number.
@@ -1554,13 +1680,15 @@ fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<PlanResult>, 
         // Held per chunk, not per run, so that an audit waits for one chunk only.
         let _moving_stock = inner.stock_gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (planned, wrote) = finish_store(trees.transaction(|view| {
+            let lines = Appends::new(&view.7, &view.3, &view.8, None);
             let mut planned = Vec::with_capacity(chunk.len());
             let mut wrote = false;
             for &seq in chunk {
-                let (result, changed) = tx_plan_one(view, &network, seq, now)?;
+                let (result, changed) = tx_plan_one(view, &lines, &network, seq, now)?;
                 planned.extend(result);
                 wrote |= changed;
             }
+            lines.write()?;
             Ok((planned, wrote))
         }))?;
         results.extend(planned);
@@ -1586,11 +1714,13 @@ type PlanTrees = (
 /// the legs, reserves the stock and assigns a courier; or marks it backordered.
 fn tx_plan_one(
     view: &PlanTrees,
+    lines: &Appends<'_>,
     network: &PlanningNetwork,
     seq: u64,
     now: OffsetDateTime,
 ) -> TxResult<(Option<PlanResult>, bool)> {
-    let (receipts, unplanned, stock, ledger, deliveries, loads, index, counters, feed) = view;
+    // The ledger, the counters and the feed are written through `lines`.
+    let (receipts, unplanned, stock, _, deliveries, loads, index, _, _) = view;
     let key = seq.to_be_bytes();
     let Some(mut receipt) = tx_get::<Receipt>(receipts, &key)?.filter(|r| !r.planned) else {
         unplanned.remove(&key)?;
@@ -1635,7 +1765,7 @@ fn tx_plan_one(
     let [reservation] = reserve(&node, receipt.quantity);
     tx_apply(
         stock,
-        ledger,
+        lines,
         &receipt.item_id,
         &reservation,
         &Movement::Reserve { delivery_id: delivery_id.clone() },
@@ -1654,7 +1784,7 @@ fn tx_plan_one(
     if let Some(courier) = &assignee {
         tx_add_load(loads, courier, 1)?;
         index.insert(pair_key(courier.as_str(), &key), &[])?;
-        tx_feed(counters, feed, courier, seq)?;
+        lines.feed(courier, seq)?;
     }
     let delivery = Delivery {
         delivery_id: delivery_id.clone(),
