@@ -1086,11 +1086,12 @@ struct PushJob {
 /// has been answered (flat combining). The thread holding `push_turn` takes what
 /// is queued, applies it as one group, answers every batch in it, and only then
 /// lets go: so a thread that gets the turn and finds its batch gone finds its
-/// answer waiting. Concurrent groups would conflict on the rows they share (the
-/// branch's stock, the couriers' loads, the feed counter), and sled retries a
-/// conflicting transaction whole; taking turns costs nothing on two cores, and
-/// many small batches (handhelds syncing one confirmation each) share one
-/// transaction and one flush.
+/// answer waiting. Concurrent groups would gain nothing: sled 0.34 runs every
+/// transaction under one process-wide lock (`Transactional::transaction` holds
+/// `concurrency_control::write()` through the closure and the commit), and the
+/// groups would share rows anyway (the branch's stock, the couriers' loads, the
+/// feed counter). Taking turns lets many small batches (handhelds syncing one
+/// confirmation each) share one transaction and one flush.
 fn apply_pushes_until_answered(
     inner: &Inner,
     answered: &std::sync::mpsc::Receiver<Result<Vec<PushOutcome>, StoreError>>,
