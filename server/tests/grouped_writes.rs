@@ -28,10 +28,6 @@ const COURIERS: [&str; 4] = ["exp-1", "exp-2", "exp-3", "exp-4"];
 const ORDERS: usize = 48;
 const STOCK: u64 = 1_000;
 
-fn network() -> NetworkFile {
-    network_with_stock(STOCK)
-}
-
 fn network_with_stock(stock: u64) -> NetworkFile {
     let accounts = COURIERS
         .iter()
@@ -109,17 +105,25 @@ async fn place_orders(store: &SledStore, count: usize, quantity: impl Fn(usize) 
     }
 }
 
+/// A fresh store with the test network (`stock` units at B1), `count` orders
+/// placed (order `i` for `quantity(i)`) and one planning run done. The
+/// directory must outlive the store.
+async fn planned_store(stock: u64, count: usize, quantity: impl Fn(usize) -> i128) -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let store = SledStore::open(dir.path()).expect("a fresh store");
+    import::import_network(&store, &network_with_stock(stock)).await.expect("the network imports");
+    place_orders(&store, count, quantity).await;
+    store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
+    (dir, store)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planning_across_chunks_reserves_each_unit_once_in_receipt_order() {
     // More receipts than one planning transaction takes, and stock for two thirds of them.
     const RECEIPTS: usize = 450;
     const UNITS: u64 = 300;
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let store = SledStore::open(dir.path()).expect("a fresh store");
-    import::import_network(&store, &network_with_stock(UNITS)).await.expect("the network imports");
-    place_orders(&store, RECEIPTS, |_| 1).await;
     // One run plans them all, in three transactions (200, 200 and 50 receipts).
-    store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
+    let (_dir, store) = planned_store(UNITS, RECEIPTS, |_| 1).await;
     let mut planned_seqs = Vec::new();
     for courier in COURIERS {
         let username = Username::parse(courier).expect("a username");
@@ -138,11 +142,7 @@ async fn planning_across_chunks_reserves_each_unit_once_in_receipt_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pushes_each_get_their_own_outcomes_and_apply_once() {
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let store = SledStore::open(dir.path()).expect("a fresh store");
-    import::import_network(&store, &network()).await.expect("the network imports");
-    place_orders(&store, ORDERS, |i| 1 + (i % 3) as i128).await;
-    store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
+    let (_dir, store) = planned_store(STOCK, ORDERS, |i| 1 + (i % 3) as i128).await;
 
     // Each courier pushes its deliveries one by one and two by two from several
     // tasks at once; one confirmation is sent twice, by two tasks in flight
@@ -242,12 +242,8 @@ async fn pull_in_pages(store: &SledStore, courier: &Username, cursor: u64, page:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_page_through_grouped_feed_records_and_single_ones() {
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let store = SledStore::open(dir.path()).expect("a fresh store");
-    import::import_network(&store, &network()).await.expect("the network imports");
-    place_orders(&store, ORDERS, |_| 1).await;
     // One planning transaction: one feed record per courier, 12 changes each.
-    store.plan_pending(OffsetDateTime::now_utc()).await.expect("planning runs");
+    let (_dir, store) = planned_store(STOCK, ORDERS, |_| 1).await;
 
     let mut cursors = HashMap::new();
     for courier in COURIERS {
