@@ -213,9 +213,9 @@ pub struct Delivery {
 }
 
 /// The part of a stored [`Delivery`] that a courier's pull shows, read from the
-/// same record. A pull reads dozens of deliveries; decoding only these fields
-/// (serde skips the rest, the assignment history and the timestamps among them)
-/// is most of what makes a pull cheap.
+/// same record. A pull reads dozens of deliveries, and decoding them was its
+/// largest cost; serde skips the fields left out here (the assignment history
+/// and the timestamps among them) without building them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DeliveryCard {
     pub delivery_id: DeliveryId,

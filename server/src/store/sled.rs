@@ -389,8 +389,7 @@ impl Store for SledStore {
                         )),
                         Ok(_) if delta == 0 => {}
                         Ok(updated) => {
-                            let seq = ledger.generate_id()?;
-                            let entry = LedgerEntry {
+                            ledger.append(|seq| LedgerEntry {
                                 seq,
                                 at: now,
                                 node_id: count.node_id.clone(),
@@ -398,8 +397,7 @@ impl Store for SledStore {
                                 on_hand_delta: delta,
                                 reserved_delta: 0,
                                 movement: Movement::StockCount,
-                            };
-                            tx_put(ledger, &seq.to_be_bytes(), &entry)?;
+                            })?;
                             tx_put(stock, &key, &updated)?;
                         }
                     }
@@ -1468,8 +1466,8 @@ impl LedgerLines for TransactionalTree {
 /// until its body has run and then written as one record per tree, and one per
 /// courier for the feed. sled's cost is per key written (a lookup, a page
 /// update, a share of a leaf split): a delivered confirmation used to write
-/// three or four single-line records, and a group's lines now share three keys
-/// and one per courier. Readers take both forms ([`ledger_entries`],
+/// three or four single-line records, and a group's lines now share one ledger
+/// record, one audit record and one feed record per courier. Readers take both forms ([`ledger_entries`],
 /// [`feed_changes`]): single-line records are still written by the
 /// transactions that change one thing.
 struct Appends<'t> {
