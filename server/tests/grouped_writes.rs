@@ -271,3 +271,21 @@ async fn pulls_page_through_grouped_feed_records_and_single_ones() {
         assert_eq!(since, vec![moved.clone()], "{courier} learns of the delivery {expected}, and of nothing else");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_capture_of_a_delivery_in_the_same_batch_meets_it_delivered() {
+    // Both are judged in one transaction: the second must see what the first wrote.
+    let (_dir, store) = planned_store(STOCK, ORDERS, |_| 2).await;
+    let courier = Username::parse(COURIERS[0]).expect("a username");
+    let (entries, _, _) = store.assignment_changes(&courier, 0, 1_000).await.expect("a pull");
+    let delivery = &entries[0].delivery;
+    let (first, mut second) = (delivered(delivery), delivered(delivery));
+    second.quantity = 1;
+    let outcomes = store.push_confirmations(sync_of(COURIERS[0]), vec![first.clone(), second]).await.expect("stored");
+    assert_eq!(outcomes[0], PushOutcome::Accepted);
+    assert!(matches!(outcomes[1], PushOutcome::Rejected { .. }), "{:?}", outcomes[1]);
+    let receipt = store.receipt(&delivery.receipt_id).await.expect("reads").expect("exists");
+    assert_eq!(receipt.proof.map(|p| (p.confirmation_id, p.quantity)), Some((first.confirmation_id, 2)));
+    let b1 = store.node_stock(&NodeId::parse("B1").expect("a node id")).await.expect("stock reads");
+    assert_eq!(b1.iter().map(|(_, balance)| balance.on_hand).sum::<u64>(), STOCK - 2, "handed over once");
+}
