@@ -278,7 +278,7 @@ impl LocalStore {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use handover_shared::{sync::Outcome, CustomerId, ItemId, NodeId, ReceiptId};
+    use handover_shared::{CustomerId, ItemId, NodeId, ReceiptId};
 
     use super::*;
 
@@ -300,19 +300,8 @@ pub(crate) mod tests {
 
     pub(crate) fn confirmation(delivery: u64) -> Confirmation {
         Confirmation {
-            confirmation_id: uuid::Uuid::now_v7().to_string(),
-            delivery_id: DeliveryId::from_seq(delivery),
-            version: 1,
-            outcome: Outcome::Delivered,
-            reason: None,
-            note: None,
-            quantity: 2,
-            recipient: Some("Front desk".into()),
-            empties_collected: 0,
             captured_at: time::OffsetDateTime::UNIX_EPOCH,
-            position: None,
-            signature: None,
-            photo_digest: None,
+            ..Confirmation::delivered(DeliveryId::from_seq(delivery), 1, 2, "Front desk")
         }
     }
 

@@ -93,7 +93,7 @@ use handover_server::{
 use handover_shared::{
     api::{LoginRequest, LoginResponse, NetworkAccount, NetworkCustomer, NetworkFile, NetworkItem},
     sync::{
-        Assignment, AssignmentChanges, AssignmentStatus, Confirmation, ConfirmationBatch, ConfirmationResults, Outcome,
+        Assignment, AssignmentChanges, AssignmentStatus, Confirmation, ConfirmationBatch, ConfirmationResults,
         Position, ResultStatus,
     },
     CustomerId, DeliveryId, DeviceId, NodeId, NodeKind, ReceiptId, Role,
@@ -405,19 +405,8 @@ async fn plan_all(store: &SledStore, receipts: usize) -> Duration {
 /// A `delivered` confirmation of the whole delivery, as a handheld captures it.
 fn delivered(delivery_id: DeliveryId, version: u64, quantity: u32) -> Confirmation {
     Confirmation {
-        confirmation_id: Uuid::new_v4().to_string(),
-        delivery_id,
-        version,
-        outcome: Outcome::Delivered,
-        reason: None,
-        note: None,
-        quantity,
-        recipient: Some("Front desk".into()),
-        empties_collected: 0,
-        captured_at: OffsetDateTime::now_utc(),
         position: Some(Position { lat: 52.2297, lon: 21.0122, accuracy_m: Some(12.0) }),
-        signature: None,
-        photo_digest: None,
+        ..Confirmation::delivered(delivery_id, version, quantity, "Front desk")
     }
 }
 

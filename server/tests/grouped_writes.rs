@@ -16,11 +16,7 @@ use handover_server::{
     import, orders,
     store::{sled::SledStore, Step, Store},
 };
-use handover_shared::{
-    api::NetworkFile,
-    sync::{Confirmation, Outcome},
-    DeliveryId, DeviceId, NodeId, ReceiptId, Role, Username,
-};
+use handover_shared::{api::NetworkFile, sync::Confirmation, DeliveryId, DeviceId, NodeId, ReceiptId, Role, Username};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -53,21 +49,7 @@ fn network_with_stock(stock: u64) -> NetworkFile {
 }
 
 fn delivered(delivery: &handover_server::domain::shipments::DeliveryCard) -> Confirmation {
-    Confirmation {
-        confirmation_id: Uuid::new_v4().to_string(),
-        delivery_id: delivery.delivery_id.clone(),
-        version: delivery.version,
-        outcome: Outcome::Delivered,
-        reason: None,
-        note: None,
-        quantity: delivery.quantity,
-        recipient: Some("Front desk".into()),
-        empties_collected: 0,
-        captured_at: OffsetDateTime::now_utc(),
-        position: None,
-        signature: None,
-        photo_digest: None,
-    }
+    Confirmation::delivered(delivery.delivery_id.clone(), delivery.version, delivery.quantity, "Front desk")
 }
 
 fn sync_of(courier: &str) -> DeviceSync {

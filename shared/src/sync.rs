@@ -82,6 +82,26 @@ pub const MAX_SIGNATURE_BYTES: usize = 256 * 1024;
 pub const MAX_EMPTIES: u32 = 10_000;
 
 impl Confirmation {
+    /// A `delivered` confirmation captured now under a fresh id, with nothing
+    /// optional: no note, no empties, no position, signature or photo.
+    pub fn delivered(delivery_id: DeliveryId, version: u64, quantity: u32, recipient: &str) -> Self {
+        Confirmation {
+            confirmation_id: uuid::Uuid::now_v7().to_string(),
+            delivery_id,
+            version,
+            outcome: Outcome::Delivered,
+            reason: None,
+            note: None,
+            quantity,
+            recipient: Some(recipient.to_owned()),
+            empties_collected: 0,
+            captured_at: OffsetDateTime::now_utc(),
+            position: None,
+            signature: None,
+            photo_digest: None,
+        }
+    }
+
     /// Checks what a confirmation says on its own, before anyone looks at the
     /// delivery. The server judges pushed confirmations with it, and the agent
     /// checks a capture with it before saving, so that nothing the courier is
@@ -239,4 +259,22 @@ pub struct AssignmentChanges {
     /// a whole day's feed in memory.
     #[serde(default)]
     pub more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_delivered_confirmation_passes_its_own_check_under_a_fresh_id() {
+        let delivery = DeliveryId::from_seq(7);
+        let (one, two) =
+            (Confirmation::delivered(delivery.clone(), 2, 3, "Desk"), Confirmation::delivered(delivery, 2, 3, "Desk"));
+        assert_eq!(one.check(), Ok(()));
+        assert_ne!(one.confirmation_id, two.confirmation_id, "each capture has its own id");
+        assert_eq!(
+            (one.outcome, one.version, one.quantity, one.recipient.as_deref()),
+            (Outcome::Delivered, 2, 3, Some("Desk"))
+        );
+    }
 }

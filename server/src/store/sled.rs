@@ -1843,21 +1843,7 @@ mod tests {
     use crate::domain::confirmations::RejectCode;
 
     fn confirmation(delivery: &str) -> Confirmation {
-        Confirmation {
-            confirmation_id: Uuid::new_v4().to_string(),
-            delivery_id: DeliveryId::parse(delivery).expect("a delivery id"),
-            version: 1,
-            outcome: Outcome::Delivered,
-            reason: None,
-            note: None,
-            quantity: 1,
-            recipient: Some("Front desk".into()),
-            empties_collected: 0,
-            captured_at: OffsetDateTime::now_utc(),
-            position: None,
-            signature: None,
-            photo_digest: None,
-        }
+        Confirmation::delivered(DeliveryId::parse(delivery).expect("a delivery id"), 1, 1, "Front desk")
     }
 
     fn sync(courier: &str) -> DeviceSync {
