@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use handover_shared::{
     api::{ErrorBody, LoginRequest, LoginResponse, RefreshRequest},
     sync::{AssignmentChanges, ConfirmationBatch, ConfirmationResults},
+    ErrorCode,
 };
 use reqwest::{blocking, StatusCode};
 use serde::{de::DeserializeOwned, Serialize};
@@ -62,7 +63,8 @@ impl Client {
         }
         let (code, message) = match response.json::<ErrorBody>() {
             Ok(body) => (body.error.code, body.error.message),
-            Err(_) => ("http_error".to_owned(), status.to_string()),
+            // Not our error body (a proxy's page, say): no code of its own.
+            Err(_) => (ErrorCode::HttpError.as_str().to_owned(), status.to_string()),
         };
         Err(match status {
             StatusCode::UNAUTHORIZED => CallError::Unauthorized { code, message },

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use handover_shared::sync::{Confirmation, ConfirmationBatch, ConfirmationResult, ResultStatus, MAX_BATCH};
+use handover_shared::{
+    sync::{Confirmation, ConfirmationBatch, ConfirmationResult, ResultStatus, MAX_BATCH},
+    ErrorCode,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng as _;
 use serde::Serialize;
@@ -73,7 +76,9 @@ fn authorized<T>(
     loop {
         match call(&session.access_token) {
             Ok(value) => return Ok(value),
-            Err(CallError::Unauthorized { code, .. }) if code == "token_expired" && !refreshed => {
+            Err(CallError::Unauthorized { code, .. })
+                if ErrorCode::parse(&code) == Some(ErrorCode::TokenExpired) && !refreshed =>
+            {
                 refreshed = true;
                 match client.refresh(&session.refresh_token) {
                     Ok(pair) => {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use handover_shared::{DeliveryId, ItemId, LegId, NodeId, Username};
+use handover_shared::{DeliveryId, ErrorCode, ItemId, LegId, NodeId, Username};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
@@ -23,7 +23,7 @@ pub enum ShipmentFailure {
     NotFound(String),
     /// Well-formed input that names something unusable, with its stable code.
     #[error("{message}")]
-    Invalid { code: &'static str, message: String },
+    Invalid { code: ErrorCode, message: String },
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
     #[error(transparent)]
@@ -90,11 +90,14 @@ pub async fn goods_receipt(
 ) -> Result<(Balance, Vec<PlanResult>), ShipmentFailure> {
     store.node(node_id).await?.ok_or_else(|| ShipmentFailure::NotFound(format!("no node {node_id}")))?;
     if store.item(item_id).await?.is_none() {
-        return Err(ShipmentFailure::Invalid { code: "unknown_item", message: format!("there is no item {item_id}") });
+        return Err(ShipmentFailure::Invalid {
+            code: ErrorCode::UnknownItem,
+            message: format!("there is no item {item_id}"),
+        });
     }
     if quantity == 0 {
         return Err(ShipmentFailure::Invalid {
-            code: "invalid_quantity",
+            code: ErrorCode::InvalidQuantity,
             message: "a goods receipt brings at least 1 unit".into(),
         });
     }
@@ -157,7 +160,7 @@ pub async fn assign(
     // Who may see it is checked first, so a seller learns nothing of others' deliveries.
     delivery(store, principal, id).await?;
     let account = store.account(assignee).await?.ok_or_else(|| ShipmentFailure::Invalid {
-        code: "unknown_assignee",
+        code: ErrorCode::UnknownAssignee,
         message: format!("there is no account {assignee}"),
     })?;
     let courier = CourierAccount {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use time::OffsetDateTime;
 
-use crate::{CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId, ReceiptId, Role, Username};
+use crate::{CustomerId, DeliveryId, DeviceId, ErrorCode, ItemId, LegId, NodeId, OrderId, ReceiptId, Role, Username};
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,13 +19,22 @@ pub struct ErrorBody {
 /// One error: a stable machine-readable code and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
-    /// Stable, snake_case; clients branch on it. New codes may be added.
+    /// Stable, snake_case; clients branch on it through [`ErrorDetail::known_code`].
+    /// One of [`ErrorCode`]'s strings; kept a `String` because a newer server
+    /// may add codes, and an unknown code must not make the body unreadable.
     pub code: String,
     /// For people; its wording may change.
     pub message: String,
     /// Every individual problem, when there are several (an invalid network file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<Problem>,
+}
+
+impl ErrorDetail {
+    /// The code as this build knows it; `None` for a code from a newer server.
+    pub fn known_code(&self) -> Option<ErrorCode> {
+        ErrorCode::parse(&self.code)
+    }
 }
 
 /// One problem found in a document, located by a path.

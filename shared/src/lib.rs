@@ -6,10 +6,12 @@
 //! CI checks that neither actix nor sled ever shows up in its dependency tree.
 
 pub mod api;
+pub mod error_code;
 pub mod failpoints;
 pub mod ids;
 pub mod kinds;
 pub mod sync;
 
+pub use error_code::ErrorCode;
 pub use ids::{CustomerId, DeliveryId, DeviceId, IdError, ItemId, LegId, NodeId, OrderId, ReceiptId, Username};
 pub use kinds::{NodeKind, Role, UnknownName};

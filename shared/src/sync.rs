@@ -203,7 +203,7 @@ pub struct ConfirmationResult {
     pub confirmation_id: String,
     pub status: ResultStatus,
     /// For `rejected`: `not_assignee`, `delivery_cancelled`, `already_delivered`,
-    /// `conflicting_duplicate` or `invalid`. New codes may be added.
+    /// `conflicting_duplicate`, `superseded` or `invalid`. New codes may be added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

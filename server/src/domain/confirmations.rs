@@ -27,6 +27,9 @@ pub enum RejectCode {
     AlreadyDelivered,
     /// This id was seen before with other content.
     ConflictingDuplicate,
+    /// A `failed` captured under an assignment version that is no longer the
+    /// delivery's current one: the delivery moved on since, so it changes nothing.
+    Superseded,
     Invalid,
 }
 
@@ -37,6 +40,7 @@ impl RejectCode {
             RejectCode::DeliveryCancelled => "delivery_cancelled",
             RejectCode::AlreadyDelivered => "already_delivered",
             RejectCode::ConflictingDuplicate => "conflicting_duplicate",
+            RejectCode::Superseded => "superseded",
             RejectCode::Invalid => "invalid",
         }
     }

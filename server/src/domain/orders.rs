@@ -47,7 +47,9 @@ pub struct OrderProblem {
     pub message: String,
 }
 
-/// Stable codes, documented in the README.
+/// What is wrong with one field of an order. Each maps to its API
+/// [`ErrorCode`](handover_shared::ErrorCode), which holds the wire string and the
+/// status (see `docs/error-codes.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderProblemCode {
     UnknownCustomer,
@@ -63,28 +65,36 @@ pub enum OrderProblemCode {
 }
 
 impl OrderProblemCode {
-    /// The most severe problem decides how the API answers: 403 for ordering for
-    /// another customer, 400 for a malformed request, 422 for the rest.
-    pub fn severity(self) -> u8 {
+    /// The API code this problem is reported with, alone or in `problems`.
+    pub fn error_code(self) -> handover_shared::ErrorCode {
+        use handover_shared::ErrorCode;
         match self {
-            OrderProblemCode::NotYourCustomer => 3,
-            OrderProblemCode::MissingField | OrderProblemCode::UnknownField | OrderProblemCode::InvalidField => 2,
+            OrderProblemCode::UnknownCustomer => ErrorCode::UnknownCustomer,
+            OrderProblemCode::UnknownItem => ErrorCode::UnknownItem,
+            OrderProblemCode::DiscontinuedItem => ErrorCode::DiscontinuedItem,
+            OrderProblemCode::InvalidQuantity => ErrorCode::InvalidQuantity,
+            OrderProblemCode::QuantityAboveLimit => ErrorCode::QuantityAboveLimit,
+            OrderProblemCode::MissingField => ErrorCode::MissingField,
+            OrderProblemCode::UnknownField => ErrorCode::UnknownField,
+            OrderProblemCode::InvalidField => ErrorCode::InvalidField,
+            OrderProblemCode::NotYourCustomer => ErrorCode::NotYourCustomer,
+        }
+    }
+
+    /// The most severe problem decides how the API answers. Severity follows the
+    /// status of the problem's API code, so that it is not classified twice:
+    /// refused access (403) first, then a malformed request (400), then data
+    /// that is well-formed but unusable (422 and anything else).
+    pub fn severity(self) -> u8 {
+        match self.error_code().status() {
+            403 => 3,
+            400 => 2,
             _ => 1,
         }
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            OrderProblemCode::UnknownCustomer => "unknown_customer",
-            OrderProblemCode::UnknownItem => "unknown_item",
-            OrderProblemCode::DiscontinuedItem => "discontinued_item",
-            OrderProblemCode::InvalidQuantity => "invalid_quantity",
-            OrderProblemCode::QuantityAboveLimit => "quantity_above_limit",
-            OrderProblemCode::MissingField => "missing_field",
-            OrderProblemCode::UnknownField => "unknown_field",
-            OrderProblemCode::InvalidField => "invalid_field",
-            OrderProblemCode::NotYourCustomer => "not_your_customer",
-        }
+        self.error_code().as_str()
     }
 }
 

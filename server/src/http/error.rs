@@ -1,6 +1,8 @@
 //! The one API error. Every layer's error converts into [`ApiError`], and one
-//! `match` maps each to its status and stable code. Unexpected failures are
-//! logged with their cause chain and reach the client as an opaque 500.
+//! `match` ([`ApiError::code`]) gives each its [`ErrorCode`]; the status is the
+//! code's, from the one table in `handover_shared::error_code`. Unexpected
+//! failures are logged with their cause chain and reach the client as an opaque
+//! 500.
 
 use actix_web::{
     body::{BoxBody, MessageBody},
@@ -10,13 +12,16 @@ use actix_web::{
     middleware::ErrorHandlerResponse,
     HttpRequest, HttpResponse, ResponseError,
 };
-use handover_shared::api::{ErrorBody, ErrorDetail, Problem};
+use handover_shared::{
+    api::{ErrorBody, ErrorDetail, Problem},
+    ErrorCode,
+};
 
 use crate::{
-    auth::AuthError,
+    auth::{tokens::TokenError, AuthError},
     domain::{
         access::Forbidden,
-        orders::{DraftRefusal, OrderProblemCode},
+        orders::{DraftRefusal, OrderProblem},
         shipments::{AssignRefusal, LegRefusal},
     },
     import::ImportFailure,
@@ -25,24 +30,19 @@ use crate::{
     store::StoreError,
 };
 
+/// What a client is told of an unexpected failure; the details are in the log.
+const OPAQUE: &str = "an internal error occurred; it has been logged";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Input that cannot be read: malformed JSON, a wrong type, an unknown field.
+    /// Refused by the HTTP layer itself (an unreadable body or query, a wrong
+    /// device), with the code it chose.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    Refused { code: ErrorCode, message: String },
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("send the body as JSON with Content-Type: application/json")]
     UnsupportedMediaType,
-    /// Input judged and refused, with the status its most severe problem calls for.
-    #[error("{message}")]
-    Rejected { status: StatusCode, code: &'static str, message: String, problems: Vec<Problem> },
-    /// A document that parses but breaks rules; every problem listed.
-    #[error("{message}")]
-    Unprocessable { code: &'static str, message: String, problems: Vec<Problem> },
-    /// A request that conflicts with the object's state.
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
@@ -50,161 +50,127 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
+    Order(#[from] OrderFailure),
+    #[error(transparent)]
+    Shipment(#[from] ShipmentFailure),
+    #[error(transparent)]
+    Import(#[from] ImportFailure),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
 }
 
-impl From<ImportFailure> for ApiError {
-    fn from(failure: ImportFailure) -> Self {
-        match failure {
-            ImportFailure::Invalid(problems) => ApiError::Unprocessable {
-                code: "invalid_network",
-                message: format!("the network file has {} problem(s); nothing was imported", problems.len()),
-                problems,
+impl ApiError {
+    /// A refusal of the HTTP layer with its code.
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError::Refused { code, message: message.into() }
+    }
+
+    /// The stable code of every error, in one place. The status is the code's.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Refused { code, .. } => *code,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::Auth(err) => match err {
+                AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
+                AuthError::RateLimited { .. } => ErrorCode::RateLimited,
+                AuthError::InvalidRefreshToken => ErrorCode::InvalidRefreshToken,
+                AuthError::RefreshTokenReused => ErrorCode::RefreshTokenReused,
+                AuthError::MissingToken => ErrorCode::MissingToken,
+                AuthError::Token(TokenError::Expired) => ErrorCode::TokenExpired,
+                AuthError::Token(TokenError::Invalid) => ErrorCode::InvalidToken,
+                AuthError::SessionRevoked => ErrorCode::SessionRevoked,
+                AuthError::Store(_) | AuthError::Internal(_) => ErrorCode::Internal,
             },
-            ImportFailure::Store(err) => ApiError::Store(err),
-            ImportFailure::Internal(message) => ApiError::Internal(message),
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::Order(failure) => match failure {
+                // Problems arrive most severe first; the first decides.
+                OrderFailure::Abnormal(problems) => {
+                    problems.first().map_or(ErrorCode::Internal, |first| first.code.error_code())
+                }
+                OrderFailure::NotFound(_) => ErrorCode::NotFound,
+                OrderFailure::Refused(DraftRefusal::Cancelled) => ErrorCode::OrderCancelled,
+                OrderFailure::Refused(DraftRefusal::Expired) => ErrorCode::DraftExpired,
+                OrderFailure::Refused(DraftRefusal::AlreadyConfirmed) => ErrorCode::OrderConfirmed,
+                OrderFailure::Forbidden(_) => ErrorCode::Forbidden,
+                OrderFailure::Store(_) => ErrorCode::Internal,
+            },
+            ApiError::Shipment(failure) => match failure {
+                ShipmentFailure::NotFound(_) => ErrorCode::NotFound,
+                ShipmentFailure::Invalid { code, .. } => *code,
+                ShipmentFailure::Forbidden(_) | ShipmentFailure::Assign(AssignRefusal::NotAllowed(_)) => {
+                    ErrorCode::Forbidden
+                }
+                ShipmentFailure::Assign(AssignRefusal::WrongCourier { .. }) => ErrorCode::WrongCourier,
+                ShipmentFailure::Assign(AssignRefusal::Closed(..)) | ShipmentFailure::Leg(LegRefusal::Closed(..)) => {
+                    ErrorCode::DeliveryClosed
+                }
+                ShipmentFailure::Leg(LegRefusal::LastLeg(_)) => ErrorCode::LastLeg,
+                ShipmentFailure::Leg(LegRefusal::PreviousNotIssued(_)) => ErrorCode::PreviousLegNotIssued,
+                ShipmentFailure::Store(_) => ErrorCode::Internal,
+            },
+            ApiError::Import(failure) => match failure {
+                ImportFailure::Invalid(_) => ErrorCode::InvalidNetwork,
+                ImportFailure::Store(_) | ImportFailure::Internal(_) => ErrorCode::Internal,
+            },
+            ApiError::Store(_) | ApiError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The message and the problems of the body; opaque for an internal error.
+    fn message_and_problems(&self, code: ErrorCode) -> (String, Vec<Problem>) {
+        match self {
+            _ if code == ErrorCode::Internal => (OPAQUE.to_owned(), Vec::new()),
+            ApiError::Order(OrderFailure::Abnormal(problems)) => abnormal_order(problems),
+            ApiError::Import(ImportFailure::Invalid(problems)) => {
+                (format!("the network file has {} problem(s); nothing was imported", problems.len()), problems.clone())
+            }
+            other => (other.to_string(), Vec::new()),
         }
     }
 }
 
-impl From<ShipmentFailure> for ApiError {
-    fn from(failure: ShipmentFailure) -> Self {
-        match failure {
-            ShipmentFailure::NotFound(message) => ApiError::NotFound(message),
-            ShipmentFailure::Invalid { code, message } => {
-                ApiError::Unprocessable { code, message, problems: Vec::new() }
-            }
-            ShipmentFailure::Forbidden(forbidden) => ApiError::Forbidden(forbidden),
-            ShipmentFailure::Assign(AssignRefusal::NotAllowed(message)) => ApiError::Forbidden(Forbidden(message)),
-            ShipmentFailure::Assign(refusal @ AssignRefusal::WrongCourier { .. }) => {
-                ApiError::Unprocessable { code: "wrong_courier", message: refusal.to_string(), problems: Vec::new() }
-            }
-            ShipmentFailure::Assign(refusal @ AssignRefusal::Closed(..)) => {
-                ApiError::Conflict { code: "delivery_closed", message: refusal.to_string() }
-            }
-            ShipmentFailure::Leg(refusal) => ApiError::Conflict {
-                code: match refusal {
-                    LegRefusal::LastLeg(_) => "last_leg",
-                    LegRefusal::PreviousNotIssued(_) => "previous_leg_not_issued",
-                    LegRefusal::Closed(..) => "delivery_closed",
-                },
-                message: refusal.to_string(),
-            },
-            ShipmentFailure::Store(err) => ApiError::Store(err),
-        }
-    }
+/// The HTTP status of a code, from its table entry.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    // The table's statuses are all valid (a unit test checks); the fallback
+    // only keeps this total.
+    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-impl From<OrderFailure> for ApiError {
-    fn from(failure: OrderFailure) -> Self {
-        match failure {
-            OrderFailure::Abnormal(problems) => abnormal_order(problems),
-            OrderFailure::NotFound(message) => ApiError::NotFound(message),
-            OrderFailure::Refused(refusal) => ApiError::Conflict {
-                code: match refusal {
-                    DraftRefusal::Cancelled => "order_cancelled",
-                    DraftRefusal::Expired => "draft_expired",
-                    DraftRefusal::AlreadyConfirmed => "order_confirmed",
-                },
-                message: refusal.to_string(),
-            },
-            OrderFailure::Forbidden(forbidden) => ApiError::Forbidden(forbidden),
-            OrderFailure::Store(err) => ApiError::Store(err),
-        }
-    }
-}
-
-/// Abnormal order data: the most severe problem decides the status and the
-/// top-level code (problems arrive sorted, most severe first); every problem is
-/// listed with its field and its own code.
-fn abnormal_order(problems: Vec<crate::domain::orders::OrderProblem>) -> ApiError {
-    let Some(first) = problems.first() else {
-        return ApiError::Internal("an abnormal order without problems".into());
-    };
-    let code = first.code.as_str();
-    let message = match problems.len() {
-        1 => format!("{}; nothing was stored", first.message),
-        n => format!("the order has {n} problems; nothing was stored"),
-    };
-    let status = match first.code {
-        OrderProblemCode::NotYourCustomer => StatusCode::FORBIDDEN,
-        OrderProblemCode::MissingField | OrderProblemCode::UnknownField | OrderProblemCode::InvalidField => {
-            StatusCode::BAD_REQUEST
-        }
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
+/// Abnormal order data: every problem is listed with its field and its own
+/// code; the message names the one problem or counts them.
+fn abnormal_order(problems: &[OrderProblem]) -> (String, Vec<Problem>) {
+    let message = match problems {
+        [only] => format!("{}; nothing was stored", only.message),
+        many => format!("the order has {} problems; nothing was stored", many.len()),
     };
     let problems = problems
-        .into_iter()
+        .iter()
         .map(|p| Problem {
             path: p.field.as_str().to_owned(),
             code: Some(p.code.as_str().to_owned()),
-            message: p.message,
+            message: p.message.clone(),
         })
         .collect();
-    ApiError::Rejected { status, code, message, problems }
-}
-
-impl ApiError {
-    /// Status, stable code, message and problems, in one place.
-    fn parts(&self) -> (StatusCode, &'static str, String, &[Problem]) {
-        const NONE: &[Problem] = &[];
-        let opaque = || "an internal error occurred; it has been logged".to_owned();
-        match self {
-            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message.clone(), NONE),
-            ApiError::PayloadTooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", self.to_string(), NONE)
-            }
-            ApiError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", self.to_string(), NONE)
-            }
-            ApiError::Unprocessable { code, message, problems } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, code, message.clone(), problems)
-            }
-            ApiError::Rejected { status, code, message, problems } => (*status, code, message.clone(), problems),
-            ApiError::Conflict { code, message } => (StatusCode::CONFLICT, code, message.clone(), NONE),
-            ApiError::Auth(err) => {
-                let code = match err {
-                    AuthError::InvalidCredentials => "invalid_credentials",
-                    AuthError::RateLimited { .. } => "rate_limited",
-                    AuthError::InvalidRefreshToken => "invalid_refresh_token",
-                    AuthError::RefreshTokenReused => "refresh_token_reused",
-                    AuthError::MissingToken => "missing_token",
-                    AuthError::Token(crate::auth::tokens::TokenError::Expired) => "token_expired",
-                    AuthError::Token(crate::auth::tokens::TokenError::Invalid) => "invalid_token",
-                    AuthError::SessionRevoked => "session_revoked",
-                    AuthError::Store(_) | AuthError::Internal(_) => {
-                        return (StatusCode::INTERNAL_SERVER_ERROR, "internal", opaque(), NONE)
-                    }
-                };
-                let status = match err {
-                    AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-                    _ => StatusCode::UNAUTHORIZED,
-                };
-                (status, code, err.to_string(), NONE)
-            }
-            ApiError::Forbidden(err) => (StatusCode::FORBIDDEN, "forbidden", err.to_string(), NONE),
-            ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message.clone(), NONE),
-            ApiError::Store(_) | ApiError::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", opaque(), NONE)
-            }
-        }
-    }
+    (message, problems)
 }
 
 /// Builds the SPEC's error body.
-pub fn error_body(code: &str, message: String, problems: Vec<Problem>) -> ErrorBody {
-    ErrorBody { error: ErrorDetail { code: code.to_owned(), message, problems } }
+pub fn error_body(code: ErrorCode, message: String, problems: Vec<Problem>) -> ErrorBody {
+    ErrorBody { error: ErrorDetail { code: code.as_str().to_owned(), message, problems } }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.parts().0
+        status_of(self.code())
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        let (status, code, message, problems) = self.parts();
+        let code = self.code();
+        let status = status_of(code);
         if status.is_server_error() {
             tracing::error!(error = %self, cause = ?std::error::Error::source(self), "request failed");
         }
@@ -215,7 +181,8 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        response.json(error_body(code, message, problems.to_vec()))
+        let (message, problems) = self.message_and_problems(code);
+        response.json(error_body(code, message, problems))
     }
 }
 
@@ -226,28 +193,30 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
             ApiError::PayloadTooLarge { limit }
         }
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-        JsonPayloadError::Deserialize(err) => ApiError::BadRequest {
-            code: "invalid_json",
-            message: format!("the body is not valid for this endpoint: {err}"),
-        },
-        other => ApiError::BadRequest { code: "invalid_body", message: format!("the body could not be read: {other}") },
+        JsonPayloadError::Deserialize(err) => {
+            ApiError::refused(ErrorCode::InvalidJson, format!("the body is not valid for this endpoint: {err}"))
+        }
+        other => ApiError::refused(ErrorCode::InvalidBody, format!("the body could not be read: {other}")),
     }
     .into()
 }
 
 /// For `PathConfig::error_handler`: a malformed id in the URL.
 pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::BadRequest { code: "invalid_path", message: format!("the URL names an invalid id: {err}") }.into()
+    ApiError::refused(ErrorCode::InvalidPath, format!("the URL names an invalid id: {err}")).into()
 }
 
 /// For `QueryConfig::error_handler`.
 pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::BadRequest { code: "invalid_query", message: format!("the query string is invalid: {err}") }.into()
+    ApiError::refused(ErrorCode::InvalidQuery, format!("the query string is invalid: {err}")).into()
 }
 
 /// Last line of defence, as an `ErrorHandlers` default: any error response that
 /// is neither JSON nor one of our HTML pages (an unknown route, a wrong method, a
-/// framework error) gets the SPEC's JSON error body, never an empty body.
+/// framework error) gets the SPEC's JSON error body, never an empty body. The
+/// framework chose the status already and it is kept: for the codes named here
+/// it is the code's own; `internal` and `http_error` stand for any 5xx and any
+/// other 4xx.
 pub fn ensure_json_error<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
@@ -262,13 +231,89 @@ pub fn ensure_json_error<B: MessageBody + 'static>(
     }
     let status = res.status();
     let (code, message) = match status {
-        StatusCode::NOT_FOUND => ("not_found", "no such endpoint".to_owned()),
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this endpoint does not take that method".to_owned()),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large".to_owned()),
-        s if s.is_server_error() => ("internal", "an internal error occurred; it has been logged".to_owned()),
-        s => ("http_error", s.canonical_reason().unwrap_or("request refused").to_lowercase()),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such endpoint".to_owned()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            (ErrorCode::MethodNotAllowed, "this endpoint does not take that method".to_owned())
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "the request body is too large".to_owned()),
+        s if s.is_server_error() => (ErrorCode::Internal, OPAQUE.to_owned()),
+        s => (ErrorCode::HttpError, s.canonical_reason().unwrap_or("request refused").to_lowercase()),
     };
     let (req, _) = res.into_parts();
     let response = HttpResponse::build(status).json(error_body(code, message, Vec::new()));
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_boxed_body().map_into_right_body()))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::to_bytes;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::domain::orders::{OrderField, OrderProblemCode};
+
+    async fn answer(err: ApiError) -> (StatusCode, Option<String>, Value) {
+        let response = err.error_response();
+        let status = response.status();
+        let challenge = response.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(Into::into);
+        let bytes = to_bytes(response.into_body()).await.expect("the body is in memory");
+        (status, challenge, serde_json::from_slice(&bytes).expect("the body is JSON"))
+    }
+
+    fn problem(field: OrderField, code: OrderProblemCode, message: &str) -> OrderProblem {
+        OrderProblem { field, code, message: message.into() }
+    }
+
+    #[test]
+    fn every_status_in_the_table_is_one_actix_knows() {
+        for &code in ErrorCode::ALL {
+            assert!(StatusCode::from_u16(code.status()).is_ok(), "{code}: {}", code.status());
+        }
+    }
+
+    #[actix_web::test]
+    async fn abnormal_order_data_answers_with_the_status_of_its_most_severe_problem() {
+        let problems = vec![
+            problem(OrderField::CustomerId, OrderProblemCode::NotYourCustomer, "not yours"),
+            problem(OrderField::Quantity, OrderProblemCode::InvalidQuantity, "too small"),
+        ];
+
+        let got = answer(OrderFailure::Abnormal(problems).into()).await;
+
+        let body = json!({"error": {"code": "not_your_customer", "message": "the order has 2 problems; nothing was stored",
+        "problems": [
+            {"path": "customer_id", "code": "not_your_customer", "message": "not yours"},
+            {"path": "quantity", "code": "invalid_quantity", "message": "too small"}
+        ]}});
+        assert_eq!(got, (StatusCode::FORBIDDEN, None, body));
+    }
+
+    #[actix_web::test]
+    async fn a_shipment_refusal_answers_with_its_code_and_the_codes_status() {
+        let failure =
+            ShipmentFailure::Invalid { code: ErrorCode::UnknownAssignee, message: "there is no account x".into() };
+
+        let got = answer(failure.into()).await;
+
+        let body = json!({"error": {"code": "unknown_assignee", "message": "there is no account x"}});
+        assert_eq!(got, (StatusCode::UNPROCESSABLE_ENTITY, None, body));
+    }
+
+    #[actix_web::test]
+    async fn an_expired_token_answers_401_with_a_bearer_challenge() {
+        let got = answer(AuthError::Token(TokenError::Expired).into()).await;
+
+        let body = json!({"error": {"code": "token_expired", "message": "the access token has expired"}});
+        assert_eq!(got, (StatusCode::UNAUTHORIZED, Some("Bearer".to_owned()), body));
+    }
+
+    #[actix_web::test]
+    async fn a_store_failure_inside_a_layer_error_is_an_opaque_500() {
+        let failure = OrderFailure::Store(StoreError::Backend("disk on fire".into()));
+
+        let got = answer(failure.into()).await;
+
+        let body = json!({"error": {"code": "internal", "message": OPAQUE}});
+        assert_eq!(got, (StatusCode::INTERNAL_SERVER_ERROR, None, body));
+    }
 }

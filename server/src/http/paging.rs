@@ -3,6 +3,8 @@
 
 use std::fmt::Display;
 
+use handover_shared::ErrorCode;
+
 use super::error::ApiError;
 
 /// The largest page a list endpoint returns.
@@ -15,7 +17,7 @@ pub fn limit(asked: Option<usize>) -> Result<usize, ApiError> {
     if (1..=MAX_PAGE).contains(&limit) {
         Ok(limit)
     } else {
-        Err(ApiError::BadRequest { code: "invalid_query", message: format!("limit must be from 1 to {MAX_PAGE}") })
+        Err(ApiError::refused(ErrorCode::InvalidQuery, format!("limit must be from 1 to {MAX_PAGE}")))
     }
 }
 
@@ -28,10 +30,8 @@ pub fn after<Id: Display>(
 ) -> Result<Option<u64>, ApiError> {
     asked
         .map(|id| {
-            seq(id).ok_or_else(|| ApiError::BadRequest {
-                code: "invalid_query",
-                message: format!("after must be {example}, not {id}"),
-            })
+            seq(id)
+                .ok_or_else(|| ApiError::refused(ErrorCode::InvalidQuery, format!("after must be {example}, not {id}")))
         })
         .transpose()
 }

@@ -12,7 +12,7 @@ use handover_shared::{
         Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
         ResultStatus, MAX_BATCH,
     },
-    DeviceId,
+    DeviceId, ErrorCode,
 };
 use serde::Deserialize;
 
@@ -82,9 +82,11 @@ pub async fn assignments(
                 Some(rest) => (rest, true),
                 None => (raw, false),
             };
-            let cursor = number.parse::<u64>().map_err(|_| ApiError::BadRequest {
-                code: "invalid_query",
-                message: format!("since must be the cursor of a previous pull, not {raw:?}"),
+            let cursor = number.parse::<u64>().map_err(|_| {
+                ApiError::refused(
+                    ErrorCode::InvalidQuery,
+                    format!("since must be the cursor of a previous pull, not {raw:?}"),
+                )
             })?;
             (cursor, first)
         }
@@ -146,16 +148,16 @@ pub async fn confirmations(
 ) -> Result<HttpResponse, ApiError> {
     let batch = body.into_inner();
     if batch.device_id != caller.device_id {
-        return Err(ApiError::BadRequest {
-            code: "device_mismatch",
-            message: format!("this session belongs to device {}, not {}", caller.device_id, batch.device_id),
-        });
+        return Err(ApiError::refused(
+            ErrorCode::DeviceMismatch,
+            format!("this session belongs to device {}, not {}", caller.device_id, batch.device_id),
+        ));
     }
     if batch.confirmations.len() > usize::from(MAX_BATCH) {
-        return Err(ApiError::BadRequest {
-            code: "batch_too_large",
-            message: format!("send at most {MAX_BATCH} confirmations per batch"),
-        });
+        return Err(ApiError::refused(
+            ErrorCode::BatchTooLarge,
+            format!("send at most {MAX_BATCH} confirmations per batch"),
+        ));
     }
     let ids: Vec<String> = batch.confirmations.iter().map(|c| c.confirmation_id.clone()).collect();
     let sync = DeviceSync {
