@@ -21,13 +21,12 @@ pub enum ImportFailure {
     Internal(String),
 }
 
-/// One import at a time: each is validated against what the previous ones
-/// stored (two files adding a master warehouse each must not both pass).
-static ONE_IMPORT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Imports a network file whole, or changes nothing.
+/// Imports a network file whole, or changes nothing. The file is validated
+/// here against the stored network, before the passwords are hashed (slow on
+/// purpose); the store judges it again under its own import lock, so that two
+/// imports at once (two files adding a master warehouse each) never both pass,
+/// whichever server instance runs them.
 pub async fn import_network(store: &dyn Store, file: &NetworkFile) -> Result<ImportSummary, ImportFailure> {
-    let _turn = ONE_IMPORT_AT_A_TIME.lock().await;
     let known = store.known_network().await?;
     let valid = network::validate(file, &known).map_err(ImportFailure::Invalid)?;
     let accounts =

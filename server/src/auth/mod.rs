@@ -6,11 +6,11 @@ pub mod passwords;
 pub mod tokens;
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     net::IpAddr,
     num::NonZeroU32,
     path::Path,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex},
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
@@ -66,9 +66,60 @@ pub struct AuthService {
     refresh_ttl: Duration,
     by_username: Limiter<String>,
     by_address: Limiter<IpAddr>,
-    /// Revoked sessions, checked on every request so that revocation is
-    /// immediate and costs no storage read.
-    revoked: RwLock<HashSet<Uuid>>,
+    revocations: Revocations,
+}
+
+/// How long a session the store said was live is taken as live without asking
+/// again: a revocation made through another server instance on the same store
+/// cuts its tokens off within this time (one made here, at once).
+pub const REVOCATION_STALENESS: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sessions remembered at most; past that the cache starts over.
+const REVOCATION_CACHE_SESSIONS: usize = 100_000;
+
+/// What the store last said of each session that showed a token: checked on
+/// every request, read from the store at most once per session per
+/// [`REVOCATION_STALENESS`]. A revocation never ends, so it is kept.
+#[derive(Debug)]
+struct Revocations {
+    checked: Mutex<HashMap<Uuid, Checked>>,
+    staleness: std::time::Duration,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations { checked: Mutex::default(), staleness: REVOCATION_STALENESS }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Checked {
+    Revoked,
+    LiveAt(std::time::Instant),
+}
+
+impl Revocations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Checked>> {
+        self.checked.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What is known without the store: `None` when it must be read.
+    fn known(&self, session: &Uuid) -> Option<bool> {
+        match self.lock().get(session) {
+            Some(Checked::Revoked) => Some(true),
+            Some(Checked::LiveAt(at)) if at.elapsed() < self.staleness => Some(false),
+            _ => None,
+        }
+    }
+
+    fn remember(&self, session: Uuid, revoked: bool) {
+        let mut checked = self.lock();
+        if checked.len() >= REVOCATION_CACHE_SESSIONS && !checked.contains_key(&session) {
+            checked.clear();
+        }
+        let state = if revoked { Checked::Revoked } else { Checked::LiveAt(std::time::Instant::now()) };
+        checked.insert(session, state);
+    }
 }
 
 impl std::fmt::Debug for AuthService {
@@ -82,16 +133,14 @@ fn per_minute(n: u32) -> Quota {
 }
 
 impl AuthService {
-    /// Builds the service and loads the revoked sessions.
     pub async fn new(store: Arc<dyn Store>, settings: &AuthSettings, secret: &[u8]) -> Result<Self, StoreError> {
-        let revoked = store.revoked_sessions().await?.into_iter().collect();
         Ok(Self {
             store,
             keys: TokenKeys::new(secret, &settings.issuer, &settings.audience, settings.access_ttl_secs),
             refresh_ttl: Duration::seconds(i64::try_from(settings.refresh_ttl_secs).unwrap_or(i64::MAX)),
             by_username: RateLimiter::keyed(per_minute(settings.login_attempts_per_minute_per_username)),
             by_address: RateLimiter::keyed(per_minute(settings.login_attempts_per_minute_per_address)),
-            revoked: RwLock::new(revoked),
+            revocations: Revocations::default(),
         })
     }
 
@@ -237,21 +286,28 @@ impl AuthService {
     }
 
     fn mark_revoked(&self, sessions: impl IntoIterator<Item = Uuid>) {
-        let mut revoked = self.revoked.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        revoked.extend(sessions);
+        for session in sessions {
+            self.revocations.remember(session, true);
+        }
     }
 
-    /// Whether a session was revoked (logout, device revoked, token reuse).
-    pub fn is_revoked(&self, session_id: &Uuid) -> bool {
-        self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(session_id)
+    /// Whether a session was revoked (logout, device revoked, token reuse), by
+    /// this server or another on the same store (see [`REVOCATION_STALENESS`]).
+    /// A session the store does not know counts as revoked.
+    pub async fn is_revoked(&self, session_id: &Uuid) -> Result<bool, StoreError> {
+        if let Some(revoked) = self.revocations.known(session_id) {
+            return Ok(revoked);
+        }
+        let revoked = self.store.session(session_id).await?.is_none_or(|session| session.revoked_at.is_some());
+        self.revocations.remember(*session_id, revoked);
+        Ok(revoked)
     }
 
     /// The check behind every authenticated endpoint.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Principal, AuthError> {
         let token = bearer.ok_or(AuthError::MissingToken)?;
         let claims = self.keys.verify(token)?;
-        let revoked = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if revoked.contains(&claims.sid) {
+        if self.is_revoked(&claims.sid).await? {
             return Err(AuthError::SessionRevoked);
         }
         Ok(claims.into())
@@ -300,5 +356,56 @@ pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow
 impl AuthSettings {
     fn auth_secret(&self) -> Option<Vec<u8>> {
         self.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use handover_shared::api::NetworkFile;
+
+    use super::*;
+    use crate::store::sled::SledStore;
+
+    async fn store_with_a_dispatcher(dir: &Path) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).expect("a fresh store"));
+        let file: NetworkFile = serde_json::from_value(serde_json::json!({
+            "accounts": [{"username": "disp", "password": "a-password", "role": "dispatcher"}]
+        }))
+        .expect("a network file");
+        crate::import::import_network(store.as_ref(), &file).await.expect("imported");
+        store
+    }
+
+    #[tokio::test]
+    async fn a_revocation_through_another_server_on_the_same_store_is_seen_once_the_live_answer_is_stale() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let store = store_with_a_dispatcher(dir.path()).await;
+        let (settings, secret) = (AuthSettings::default(), [7u8; 32]);
+        let here = AuthService::new(Arc::clone(&store), &settings, &secret).await.expect("a service");
+        let mut there = AuthService::new(Arc::clone(&store), &settings, &secret).await.expect("a service");
+        // Its live answers go stale at once, as they would after a second.
+        there.revocations.staleness = std::time::Duration::ZERO;
+        let device = DeviceId::parse("laptop-1").expect("a device id");
+        let request =
+            LoginRequest { username: "disp".into(), password: "a-password".into(), device_id: Some(device.clone()) };
+        let login = here.login(request, None).await.expect("logged in");
+        let bearer = Some(login.access_token.as_str());
+        assert!(here.authenticate(bearer).await.is_ok());
+        assert!(there.authenticate(bearer).await.is_ok());
+
+        assert_eq!(here.revoke_device(&device).await.expect("revoked"), 1);
+        assert!(matches!(here.authenticate(bearer).await, Err(AuthError::SessionRevoked)), "at once where revoked");
+        assert!(
+            matches!(there.authenticate(bearer).await, Err(AuthError::SessionRevoked)),
+            "on another server once its live answer is stale"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_of_a_session_the_store_does_not_know_is_refused() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let store = store_with_a_dispatcher(dir.path()).await;
+        let service = AuthService::new(store, &AuthSettings::default(), &[7u8; 32]).await.expect("a service");
+        assert!(service.is_revoked(&Uuid::now_v7()).await.expect("checked"));
     }
 }

@@ -11,11 +11,6 @@
 use handover_shared::{CustomerId, DeviceId, NodeId, Role, Username};
 use uuid::Uuid;
 
-use super::{
-    network::{Customer, Node},
-    orders::{Draft, Receipt},
-};
-
 /// The authenticated caller, as its access token describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -57,52 +52,10 @@ impl Principal {
     }
 }
 
-impl Guarded for Customer {
-    fn describe(&self) -> String {
-        format!("customer {}", self.id)
-    }
-
-    /// Dispatchers see every customer; a customer account sees its own.
-    fn visible_to(&self, principal: &Principal) -> bool {
-        principal.acts_for_customer(&self.id)
-    }
-}
-
-impl Guarded for Node {
-    fn describe(&self) -> String {
-        format!("node {}", self.id)
-    }
-
-    /// Dispatchers see every node's stock.
-    fn visible_to(&self, principal: &Principal) -> bool {
-        principal.is_dispatcher()
-    }
-}
-
 impl Principal {
     /// Dispatchers act for every customer; a customer account for its own.
     pub fn acts_for_customer(&self, customer: &CustomerId) -> bool {
         self.is_dispatcher() || self.customer_id.as_ref() == Some(customer)
-    }
-}
-
-impl Guarded for Draft {
-    fn describe(&self) -> String {
-        format!("order {}", self.order_id)
-    }
-
-    fn visible_to(&self, principal: &Principal) -> bool {
-        principal.acts_for_customer(&self.customer_id)
-    }
-}
-
-impl Guarded for Receipt {
-    fn describe(&self) -> String {
-        format!("receipt {}", self.receipt_id)
-    }
-
-    fn visible_to(&self, principal: &Principal) -> bool {
-        principal.acts_for_customer(&self.customer_id)
     }
 }
 
@@ -111,7 +64,10 @@ mod tests {
     use handover_shared::NodeKind;
 
     use super::*;
-    use crate::domain::fixtures::{customer, principal};
+    use crate::domain::{
+        fixtures::{customer, principal},
+        network::Node,
+    };
 
     #[test]
     fn a_customer_sees_itself_and_no_other() {

@@ -5,14 +5,20 @@
 //! device's clock), and a delivery confirmed by someone else refuses the rest.
 
 use handover_shared::{
+    api::DeliveryProof,
     sync::{Confirmation, Outcome},
-    DeviceId, Username,
+    CustomerId, DeviceId, ItemId, NodeId, Username,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::shipments::{Delivery, DeliveryState};
+use super::{
+    changes::{ChangeSet, Inconsistent, StockBook},
+    orders::{CustomerAccount, Receipt},
+    shipments::{hand_over, issue_leg_stock, Assignment, Delivery, DeliveryState, LegStatus, StockEffect},
+    stock::Movement,
+};
 
 pub use handover_shared::sync::{MAX_EMPTIES, MAX_NOTE_LEN, MAX_RECIPIENT_LEN, MAX_SIGNATURE_BYTES};
 
@@ -96,6 +102,18 @@ pub struct DeviceSync {
     pub reported_queued: Option<u64>,
 }
 
+impl DeviceSync {
+    /// This sync as recorded over the device's `previous` one: a sync that
+    /// reports nothing queued (a pull) keeps what the last push said.
+    pub fn over(&self, previous: Option<&DeviceSync>) -> DeviceSync {
+        let mut sync = self.clone();
+        if sync.reported_queued.is_none() {
+            sync.reported_queued = previous.and_then(|before| before.reported_queued);
+        }
+        sync
+    }
+}
+
 /// One entry of the audit log: who did what to which delivery, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -177,6 +195,18 @@ pub fn judge(
         }
         DeliveryState::Open => {}
     }
+    // A delivered confirmation is honoured under any version its uploader held
+    // (the goods were handed over); a failed attempt only under the current
+    // one, so that it cannot take back a delivery that moved on since.
+    if confirmation.outcome == Outcome::Failed && confirmation.version != delivery.version {
+        return reject(
+            RejectCode::Superseded,
+            format!(
+                "delivery {} is at version {}; a failed attempt captured under version {} changes nothing",
+                delivery.delivery_id, delivery.version, confirmation.version
+            ),
+        );
+    }
     if confirmation.outcome == Outcome::Delivered && confirmation.quantity > delivery.quantity {
         return reject(
             RejectCode::Invalid,
@@ -187,6 +217,185 @@ pub fn judge(
         );
     }
     Verdict::Apply
+}
+
+/// What a pushed confirmation needs read besides its id's record and its
+/// delivery: the receipt, the stock its goods move through, the customer's
+/// account when empties come back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushReads {
+    pub receipt: bool,
+    pub stock: Vec<(NodeId, ItemId)>,
+    pub account: Option<CustomerId>,
+}
+
+impl PushReads {
+    pub fn of(confirmation: &Confirmation, delivery: Option<&Delivery>) -> PushReads {
+        match delivery {
+            Some(delivery) if confirmation.outcome == Outcome::Delivered => PushReads {
+                receipt: true,
+                stock: delivery.stock_nodes().map(|node| (node.clone(), delivery.item_id.clone())).collect(),
+                account: (confirmation.empties_collected > 0).then(|| delivery.customer_id.clone()),
+            },
+            _ => PushReads::default(),
+        }
+    }
+}
+
+/// The records a pushed confirmation is judged and applied against, read as
+/// [`PushReads`] says.
+#[derive(Debug, Clone, Default)]
+pub struct PushInputs {
+    pub seen: Option<SeenConfirmation>,
+    pub delivery: Option<Delivery>,
+    pub receipt: Option<Receipt>,
+    pub stock: StockBook,
+    /// `None` when not read, or when the customer has no account record yet.
+    pub account: Option<CustomerAccount>,
+}
+
+/// Who pushed, from which device, and when the server received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Pusher<'a> {
+    pub uploader: &'a Username,
+    pub device: &'a DeviceId,
+    pub received_at: OffsetDateTime,
+}
+
+/// Judges one pushed confirmation and, when sound, applies it: the answer and
+/// everything it changes. A delivered confirmation, in one change: issues the
+/// transfer legs not yet issued (the goods did travel), hands the goods over,
+/// frees what was not handed over, turns the receipt's Delivered flag on with
+/// the proof, applies the empties collected. A failed one puts the delivery
+/// back to the dispatcher under a new version. The first outcome of a
+/// well-formed id is remembered; an id seen before is never remembered again.
+pub fn push(
+    confirmation: &Confirmation,
+    digest: &str,
+    by: Pusher<'_>,
+    inputs: PushInputs,
+) -> Result<(PushOutcome, ChangeSet), Inconsistent> {
+    let c = confirmation;
+    let mut changes = ChangeSet::default();
+    let remember = |outcome: FirstOutcome| SeenConfirmation {
+        confirmation_id: c.confirmation_id.clone(),
+        digest: digest.to_owned(),
+        delivery_id: c.delivery_id.clone(),
+        uploader: by.uploader.clone(),
+        device_id: by.device.clone(),
+        received_at: by.received_at,
+        outcome,
+    };
+    match judge(c, digest, by.uploader, inputs.seen.as_ref(), inputs.delivery.as_ref()) {
+        Verdict::Replay(first) => return Ok((PushOutcome::replay(&first), changes)),
+        Verdict::Reject { code, message } => {
+            // The first outcome stays forever: an id seen before is not
+            // remembered again, and a malformed id has no identity to replay.
+            if inputs.seen.is_none() && uuid::Uuid::parse_str(&c.confirmation_id).is_ok() {
+                changes.confirmations.push(remember(FirstOutcome::Rejected { code, message: message.clone() }));
+            }
+            return Ok((PushOutcome::Rejected { code, message }, changes));
+        }
+        Verdict::Apply => {}
+    }
+    let PushInputs { delivery, receipt, mut stock, account, .. } = inputs;
+    let before = delivery.ok_or_else(|| Inconsistent(format!("an applied confirmation without {}", c.delivery_id)))?;
+    let mut delivery = before.clone();
+    let now = by.received_at;
+    let previous = before.assignee.clone();
+    let detail = match c.outcome {
+        Outcome::Delivered => {
+            let mut receipt =
+                receipt.ok_or_else(|| Inconsistent(format!("the receipt of {} was not read", delivery.delivery_id)))?;
+            let receipt_before = receipt.clone();
+            hand_over_goods(&mut delivery, c.quantity, &mut stock, now)?;
+            receipt.delivered = true;
+            receipt.delivered_at = Some(now);
+            receipt.proof = Some(DeliveryProof {
+                confirmation_id: c.confirmation_id.clone(),
+                delivered_by: by.uploader.clone(),
+                device_id: by.device.clone(),
+                captured_at: c.captured_at,
+                received_at: now,
+                recipient: c.recipient.clone().unwrap_or_default(),
+                quantity: c.quantity,
+                empties_collected: c.empties_collected,
+                position: c.position,
+                signed: c.signature.is_some(),
+                photo_digest: c.photo_digest.clone(),
+            });
+            if c.empties_collected > 0 {
+                let account = account.unwrap_or_default().with_empties_collected(c.empties_collected);
+                changes.customer_accounts.push((receipt.customer_id.clone(), account));
+            }
+            changes.put_receipt(Some(receipt_before), receipt);
+            changes.take_stock(stock);
+            format!("delivered {} of {} to {}", c.quantity, delivery.quantity, c.recipient.as_deref().unwrap_or(""))
+        }
+        Outcome::Failed => {
+            // Back to the dispatcher for another attempt.
+            let reason = c.reason.map(|r| format!("{r:?}")).unwrap_or_default();
+            delivery.version += 1;
+            delivery.assignee = None;
+            delivery.assignments.push(Assignment {
+                version: delivery.version,
+                assignee: None,
+                at: now,
+                by: format!("{} (failed: {reason})", by.uploader),
+            });
+            format!("failed: {reason}; {}", c.note.as_deref().unwrap_or(""))
+        }
+    };
+    for courier in previous.iter().chain((previous.as_ref() != Some(by.uploader)).then_some(by.uploader)) {
+        changes.notify(courier, &delivery.delivery_id);
+    }
+    changes.audit.push(AuditEntry {
+        at: now,
+        actor: by.uploader.clone(),
+        device_id: by.device.clone(),
+        action: format!("{:?}", c.outcome).to_lowercase(),
+        delivery_id: delivery.delivery_id.clone(),
+        confirmation_id: c.confirmation_id.clone(),
+        detail,
+    });
+    changes.put_delivery(Some(before), delivery);
+    changes.confirmations.push(remember(FirstOutcome::Accepted));
+    Ok((PushOutcome::Accepted, changes))
+}
+
+/// The goods reach the customer: transfer legs not recorded yet are issued, in
+/// the flow of the goods; `quantity` units leave the delivering node and the
+/// rest of the reservation is freed; the delivery is delivered.
+fn hand_over_goods(
+    delivery: &mut Delivery,
+    quantity: u32,
+    stock: &mut StockBook,
+    now: OffsetDateTime,
+) -> Result<(), Inconsistent> {
+    let item = delivery.item_id.clone();
+    let last = delivery
+        .legs
+        .len()
+        .checked_sub(1)
+        .ok_or_else(|| Inconsistent(format!("{} has no legs", delivery.delivery_id)))?;
+    for index in 0..last {
+        if delivery.legs[index].status != LegStatus::Issued {
+            issue_leg_stock(delivery, index, stock, now)?;
+        }
+    }
+    let from = delivery.delivering_node().clone();
+    let leg_id = delivery.legs[last].leg_id.clone();
+    let [handed] = hand_over(&from, quantity);
+    stock.apply(&item, &handed, Movement::HandOver { leg_id }, now)?;
+    let rest = delivery.quantity - quantity;
+    if rest > 0 {
+        let release = StockEffect { node: &from, on_hand_delta: 0, reserved_delta: -i64::from(rest) };
+        stock.apply(&item, &release, Movement::Release { delivery_id: delivery.delivery_id.clone() }, now)?;
+    }
+    delivery.legs[last].status = LegStatus::Completed;
+    delivery.legs[last].issued_at = Some(now);
+    delivery.state = DeliveryState::Delivered;
+    Ok(())
 }
 
 #[cfg(test)]

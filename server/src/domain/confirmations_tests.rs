@@ -186,3 +186,63 @@ fn the_digest_tells_content_apart_and_ignores_nothing() {
     assert_ne!(digest(&c), digest(&d));
     assert_eq!(digest(&c).len(), 64);
 }
+
+/// Who pushes, at the epoch.
+fn by<'a>(uploader: &'a Username, device: &'a DeviceId) -> Pusher<'a> {
+    Pusher { uploader, device, received_at: OffsetDateTime::UNIX_EPOCH }
+}
+
+#[test]
+fn a_stale_failed_attempt_is_superseded_and_changes_nothing() {
+    // Reassigned from exp1 (version 1) to exp2 (version 2): exp1's failed
+    // attempt, captured before, must not take the delivery back from exp2.
+    let (exp1, device) = (name("exp1"), DeviceId::parse("hh-1").expect("id"));
+    let stale = Confirmation { version: 1, ..failed(FailureReason::CustomerAbsent, None) };
+    let inputs = PushInputs { delivery: Some(delivery()), ..PushInputs::default() };
+    let (outcome, changes) = push(&stale, &digest(&stale), by(&exp1, &device), inputs).expect("judged");
+    let PushOutcome::Rejected { code: RejectCode::Superseded, message } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(message, "delivery D-000001 is at version 2; a failed attempt captured under version 1 changes nothing");
+    assert!(changes.deliveries.is_empty() && changes.feed.is_empty() && changes.audit.is_empty(), "{changes:?}");
+    assert_eq!(changes.confirmations.len(), 1, "only the refusal is remembered");
+}
+
+#[test]
+fn a_failed_attempt_under_the_current_version_puts_the_delivery_back_to_the_dispatcher() {
+    let (exp2, device) = (name("exp2"), DeviceId::parse("hh-2").expect("id"));
+    let attempt = failed(FailureReason::Refused, None);
+    let inputs = PushInputs { delivery: Some(delivery()), ..PushInputs::default() };
+    let (outcome, changes) = push(&attempt, &digest(&attempt), by(&exp2, &device), inputs).expect("judged");
+    assert_eq!(outcome, PushOutcome::Accepted);
+    let after = &changes.deliveries[0].after;
+    assert_eq!((after.assignee.as_ref(), after.version), (None, 3));
+    assert_eq!(changes.courier_loads.get(&exp2), Some(&-1), "exp2 carries one delivery fewer");
+    assert_eq!(changes.feed, vec![(exp2.clone(), after.delivery_id.clone())]);
+    assert!(changes.ledger.is_empty(), "no goods moved");
+}
+
+#[test]
+fn a_conflicting_duplicate_is_refused_without_touching_the_first_outcome() {
+    let (exp2, device) = (name("exp2"), DeviceId::parse("hh-2").expect("id"));
+    let first = delivered(2);
+    let seen = SeenConfirmation {
+        confirmation_id: first.confirmation_id.clone(),
+        digest: digest(&first),
+        delivery_id: first.delivery_id.clone(),
+        uploader: exp2.clone(),
+        device_id: device.clone(),
+        received_at: OffsetDateTime::UNIX_EPOCH,
+        outcome: FirstOutcome::Accepted,
+    };
+    let other = Confirmation { recipient: Some("Someone else".into()), ..first.clone() };
+    let intruder = name("exp1");
+    let inputs = PushInputs { seen: Some(seen.clone()), delivery: Some(delivery()), ..PushInputs::default() };
+    let (outcome, changes) = push(&other, &digest(&other), by(&intruder, &device), inputs).expect("judged");
+    assert!(matches!(outcome, PushOutcome::Rejected { code: RejectCode::ConflictingDuplicate, .. }), "{outcome:?}");
+    assert!(changes.is_empty(), "the first outcome stays as it was: {changes:?}");
+    // The first sender's retry still gets the first outcome.
+    let inputs = PushInputs { seen: Some(seen), delivery: Some(delivery()), ..PushInputs::default() };
+    let (retry, changes) = push(&first, &digest(&first), by(&exp2, &device), inputs).expect("judged");
+    assert_eq!((retry, changes.is_empty()), (PushOutcome::Duplicate, true));
+}

@@ -3,10 +3,13 @@
 //! directly.
 
 pub mod access;
+pub mod changes;
 pub mod confirmations;
 #[cfg(test)]
 mod fixtures;
 pub mod network;
+#[cfg(test)]
+mod operations_tests;
 pub mod orders;
 pub mod sessions;
 pub mod shipments;

@@ -6,11 +6,19 @@
 use std::collections::{HashMap, HashSet};
 
 use handover_shared::{
-    api::{NetworkFile, Problem},
+    api::{ImportSummary, NetworkFile, Problem},
     CustomerId, ItemId, NodeId, NodeKind, Role, Username,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{
+    access::{Guarded, Principal},
+    changes::{ChangeSet, StockBook},
+    shipments::StockEffect,
+    stock::Movement,
+};
 
 /// Limits that keep one document's values sane.
 pub const MAX_NAME_LEN: usize = 200;
@@ -100,6 +108,113 @@ pub struct AccountSpec {
     pub username: Username,
     pub password: SecretString,
     pub membership: Membership,
+}
+
+/// A stored account; the password only as its argon2id hash (PHC string).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub username: Username,
+    pub password_hash: String,
+    pub membership: Membership,
+}
+
+/// A validated network file whose passwords are already hashed.
+#[derive(Debug, Clone, Default)]
+pub struct ImportPlan {
+    pub nodes: Vec<Node>,
+    pub items: Vec<Item>,
+    pub stock: Vec<StockCount>,
+    pub customers: Vec<Customer>,
+    pub accounts: Vec<Account>,
+}
+
+/// Applies a validated network file over what the store holds, as read under
+/// the store's import lock: the file was validated against an earlier read, so
+/// the node rules are checked again against `stored` (another import may have
+/// landed since). A stock count sets the on-hand figure, recorded in the
+/// ledger as the difference; it may not drop below what is reserved. `stock`
+/// holds the balance of every counted (node, item). Everything, or nothing
+/// with every problem.
+pub fn import(
+    plan: ImportPlan,
+    stored: &KnownNetwork,
+    mut stock: StockBook,
+    now: OffsetDateTime,
+) -> Result<(ImportSummary, ChangeSet), Vec<Problem>> {
+    let mut problems = Problems::default();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        check_node(i, node, stored, &plan.nodes[..i], &mut problems);
+    }
+    for (i, count) in plan.stock.iter().enumerate() {
+        let balance = match stock.balance(&count.node_id, &count.item_id) {
+            Ok(balance) => balance,
+            Err(err) => {
+                problems.add(format!("stock[{i}]"), err.to_string());
+                continue;
+            }
+        };
+        let target = i64::try_from(count.quantity).unwrap_or(i64::MAX);
+        let delta = target - i64::try_from(balance.on_hand).unwrap_or(i64::MAX);
+        if delta == 0 {
+            continue;
+        }
+        let effect = StockEffect { node: &count.node_id, on_hand_delta: delta, reserved_delta: 0 };
+        if stock.apply(&count.item_id, &effect, Movement::StockCount, now).is_err() {
+            problems.add(
+                format!("stock[{i}].quantity"),
+                format!(
+                    "{} of {} at {} are reserved for planned deliveries; on hand cannot drop to {}",
+                    balance.reserved, count.item_id, count.node_id, count.quantity
+                ),
+            );
+        }
+    }
+    if !problems.0.is_empty() {
+        return Err(problems.0);
+    }
+    let summary = ImportSummary {
+        nodes: plan.nodes.len() as u64,
+        items: plan.items.len() as u64,
+        stock: plan.stock.len() as u64,
+        customers: plan.customers.len() as u64,
+        accounts: plan.accounts.len() as u64,
+    };
+    let mut changes = ChangeSet {
+        nodes: plan.nodes,
+        items: plan.items,
+        customers: plan.customers,
+        accounts: plan.accounts,
+        ..ChangeSet::default()
+    };
+    changes.take_stock(stock);
+    Ok((summary, changes))
+}
+
+/// The rules a node must keep against the stored network and the nodes before
+/// it in the same file: its kind never changes, and the cascade knows one
+/// master warehouse and one manufacturer. `false` when it broke one.
+fn check_node(index: usize, node: &Node, known: &KnownNetwork, earlier: &[Node], problems: &mut Problems) -> bool {
+    let (id, kind) = (&node.id, node.kind);
+    let at = format!("nodes[{index}].kind");
+    if let Some(&stored) = known.nodes.get(id) {
+        if stored != kind {
+            problems.add(at, format!("node {id} is already a {stored}; a node's kind cannot change"));
+            return false;
+        }
+    }
+    if matches!(kind, NodeKind::MasterWarehouse | NodeKind::Manufacturer) {
+        let other = known
+            .nodes
+            .iter()
+            .map(|(other, other_kind)| (other, *other_kind))
+            .chain(earlier.iter().map(|node| (&node.id, node.kind)))
+            .find(|(other, other_kind)| *other_kind == kind && *other != id);
+        if let Some((other, _)) = other {
+            problems.add(at, format!("the network already has a {kind} ({other}); it may have only one"));
+            return false;
+        }
+    }
+    true
 }
 
 /// A network file that passed every check.
@@ -232,26 +347,10 @@ fn validate_nodes(file: &NetworkFile, known: &KnownNetwork, problems: &mut Probl
             problems.add(at("id"), format!("duplicate node id {id} (first at nodes[{first}])"));
             continue;
         }
-        if let Some(&stored) = known.nodes.get(&id) {
-            if stored != kind {
-                problems.add(at("kind"), format!("node {id} is already a {stored}; a node's kind cannot change"));
-                continue;
-            }
+        let node = Node { id, kind, name };
+        if check_node(i, &node, known, &nodes, problems) {
+            nodes.push(node);
         }
-        // The cascade knows one master warehouse and one manufacturer.
-        if matches!(kind, NodeKind::MasterWarehouse | NodeKind::Manufacturer) {
-            let other = known
-                .nodes
-                .iter()
-                .map(|(other, other_kind)| (other, *other_kind))
-                .chain(nodes.iter().map(|node: &Node| (&node.id, node.kind)))
-                .find(|(other, other_kind)| *other_kind == kind && **other != id);
-            if let Some((other, _)) = other {
-                problems.add(at("kind"), format!("the network already has a {kind} ({other}); it may have only one"));
-                continue;
-            }
-        }
-        nodes.push(Node { id, kind, name });
     }
     nodes
 }
@@ -496,6 +595,28 @@ fn membership(
 impl AccountSpec {
     pub fn password(&self) -> &str {
         self.password.expose_secret()
+    }
+}
+
+impl Guarded for Customer {
+    fn describe(&self) -> String {
+        format!("customer {}", self.id)
+    }
+
+    /// Dispatchers see every customer; a customer account sees its own.
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.acts_for_customer(&self.id)
+    }
+}
+
+impl Guarded for Node {
+    fn describe(&self) -> String {
+        format!("node {}", self.id)
+    }
+
+    /// Dispatchers see every node's stock.
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.is_dispatcher()
     }
 }
 

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use super::{
-    access::Principal,
+    access::{Guarded, Principal},
+    changes::ChangeSet,
     network::{Customer, Item},
 };
 
@@ -323,6 +324,22 @@ impl Draft {
         }
     }
 
+    /// Past its time: Confirm is refused.
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now >= self.expires_at
+    }
+
+    /// Whether a purge at `before` forgets it: an open draft that expired, or
+    /// one cancelled, before then. A confirmed draft is kept (a retried
+    /// Confirm must find its receipt).
+    pub fn is_stale(&self, before: OffsetDateTime) -> bool {
+        match self.state {
+            DraftState::Open => self.expires_at < before,
+            DraftState::Cancelled { at } => at < before,
+            DraftState::Confirmed { .. } => false,
+        }
+    }
+
     /// How many used cartridges the courier should collect for this order.
     pub fn empties_expected(&self) -> u32 {
         if self.collectable {
@@ -358,7 +375,7 @@ pub fn decide_confirm(draft: &Draft, now: OffsetDateTime) -> ConfirmDecision {
     match &draft.state {
         DraftState::Confirmed { receipt_id } => ConfirmDecision::Replay(receipt_id.clone()),
         DraftState::Cancelled { .. } => ConfirmDecision::Refuse(DraftRefusal::Cancelled),
-        DraftState::Open if now >= draft.expires_at => ConfirmDecision::Refuse(DraftRefusal::Expired),
+        DraftState::Open if draft.is_expired(now) => ConfirmDecision::Refuse(DraftRefusal::Expired),
         DraftState::Open => ConfirmDecision::Confirm,
     }
 }
@@ -370,6 +387,54 @@ pub fn decide_cancel(draft: &Draft) -> Result<bool, DraftRefusal> {
         DraftState::Cancelled { .. } => Ok(false),
         DraftState::Confirmed { .. } => Err(DraftRefusal::AlreadyConfirmed),
     }
+}
+
+/// What Confirm did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Confirmed {
+    /// The first Confirm: this receipt was generated.
+    New(Box<Receipt>),
+    /// Confirmed before: the receipt it generated then, unchanged.
+    Replay(handover_shared::ReceiptId),
+}
+
+/// Confirm, in one step: the draft is marked confirmed, the receipt generated
+/// under `next_seq` (the store's next receipt number), the customer
+/// information (order history, collection flag) updated. `account` is the
+/// customer's, as stored (default when it has none yet).
+pub fn confirm(
+    draft: &Draft,
+    next_seq: u64,
+    account: CustomerAccount,
+    now: OffsetDateTime,
+) -> Result<(Confirmed, ChangeSet), DraftRefusal> {
+    let mut changes = ChangeSet::default();
+    match decide_confirm(draft, now) {
+        ConfirmDecision::Refuse(refusal) => Err(refusal),
+        ConfirmDecision::Replay(receipt_id) => Ok((Confirmed::Replay(receipt_id), changes)),
+        ConfirmDecision::Confirm => {
+            let receipt = Receipt::from_draft(draft, next_seq, now);
+            let mut confirmed = draft.clone();
+            confirmed.state = DraftState::Confirmed { receipt_id: receipt.receipt_id.clone() };
+            changes.drafts.push(confirmed);
+            changes.customer_accounts.push((receipt.customer_id.clone(), account.with_order(&receipt)));
+            changes.put_receipt(None, receipt.clone());
+            Ok((Confirmed::New(Box::new(receipt)), changes))
+        }
+    }
+}
+
+/// Cancel: the draft is discarded (kept as cancelled until purged). Cancelling
+/// twice changes nothing the second time.
+pub fn cancel(draft: Draft, now: OffsetDateTime) -> Result<(Draft, ChangeSet), DraftRefusal> {
+    let mut changes = ChangeSet::default();
+    if !decide_cancel(&draft)? {
+        return Ok((draft, changes));
+    }
+    let mut cancelled = draft;
+    cancelled.state = DraftState::Cancelled { at: now };
+    changes.drafts.push(cancelled.clone());
+    Ok((cancelled, changes))
 }
 
 /// The order receipt: what Confirm generates. Its flags start off; shipment
@@ -454,6 +519,26 @@ impl CustomerAccount {
             empties_expected: self.empties_expected + u64::from(receipt.empties_expected),
             orders: self.orders + 1,
         }
+    }
+}
+
+impl Guarded for Draft {
+    fn describe(&self) -> String {
+        format!("order {}", self.order_id)
+    }
+
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.acts_for_customer(&self.customer_id)
+    }
+}
+
+impl Guarded for Receipt {
+    fn describe(&self) -> String {
+        format!("receipt {}", self.receipt_id)
+    }
+
+    fn visible_to(&self, principal: &Principal) -> bool {
+        principal.acts_for_customer(&self.customer_id)
     }
 }
 

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::changes::ChangeSet;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub id: Uuid,
@@ -73,6 +75,95 @@ pub fn decide_refresh(token: Option<&RefreshToken>, session: Option<&Session>, n
     } else {
         RefreshDecision::Rotate
     }
+}
+
+/// The outcome of presenting a refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// The token was retired and its successor now belongs to the session.
+    Rotated(Session),
+    /// The token had been used before; the session is now revoked.
+    ReuseDetected(Session),
+    Refused(RefreshRefusal),
+}
+
+/// Carries out [`decide_refresh`] for the token stored under `presented_hash`:
+/// a rotation retires it and stores its successor under `successor_hash`; a
+/// reuse revokes the session.
+pub fn refresh(
+    presented_hash: [u8; 32],
+    token: Option<RefreshToken>,
+    session: Option<Session>,
+    successor: ([u8; 32], OffsetDateTime),
+    now: OffsetDateTime,
+) -> (RefreshOutcome, ChangeSet) {
+    let mut changes = ChangeSet::default();
+    let outcome = match (decide_refresh(token.as_ref(), session.as_ref(), now), token, session) {
+        (RefreshDecision::Rotate, Some(mut token), Some(session)) => {
+            token.retired_at = Some(now);
+            let (successor_hash, expires_at) = successor;
+            changes.refresh_tokens.push((presented_hash, token));
+            changes
+                .refresh_tokens
+                .push((successor_hash, RefreshToken { session_id: session.id, expires_at, retired_at: None }));
+            RefreshOutcome::Rotated(session)
+        }
+        (RefreshDecision::RevokeSession, _, Some(session)) => {
+            let revoked = revoke(session, RevokeReason::RefreshTokenReused, now);
+            changes.sessions.push(revoked.clone());
+            RefreshOutcome::ReuseDetected(revoked)
+        }
+        (RefreshDecision::Refuse(refusal), _, _) => RefreshOutcome::Refused(refusal),
+        // decide_refresh rotates or revokes only with both records present.
+        _ => RefreshOutcome::Refused(RefreshRefusal::Unknown),
+    };
+    (outcome, changes)
+}
+
+/// Logout: the presented token is retired and its session revoked (each
+/// once). `None` when the token or its session is unknown.
+pub fn close(
+    presented_hash: [u8; 32],
+    token: Option<RefreshToken>,
+    session: Option<Session>,
+    now: OffsetDateTime,
+) -> Option<(Session, ChangeSet)> {
+    let (mut token, session) = (token?, session?);
+    let mut changes = ChangeSet::default();
+    if token.retired_at.is_none() {
+        token.retired_at = Some(now);
+        changes.refresh_tokens.push((presented_hash, token));
+    }
+    let session = if session.revoked_at.is_none() {
+        let revoked = revoke(session, RevokeReason::Logout, now);
+        changes.sessions.push(revoked.clone());
+        revoked
+    } else {
+        session
+    };
+    Some((session, changes))
+}
+
+/// A lost handheld: every live session of the device is revoked. Returns the
+/// ones it revoked.
+pub fn revoke_device(sessions: Vec<Session>, now: OffsetDateTime) -> (Vec<Uuid>, ChangeSet) {
+    let mut changes = ChangeSet::default();
+    let revoked = sessions
+        .into_iter()
+        .filter(|session| session.revoked_at.is_none())
+        .map(|session| {
+            let id = session.id;
+            changes.sessions.push(revoke(session, RevokeReason::DeviceRevoked, now));
+            id
+        })
+        .collect();
+    (revoked, changes)
+}
+
+fn revoke(mut session: Session, reason: RevokeReason, now: OffsetDateTime) -> Session {
+    session.revoked_at = Some(now);
+    session.revoke_reason = Some(reason);
+    session
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@ use time::OffsetDateTime;
 
 use super::{
     access::{Guarded, Principal},
+    changes::{ChangeSet, Inconsistent, Step, StockBook},
     network::Customer,
-    stock::{Balance, NegativeStock},
+    orders::Receipt,
+    stock::{Balance, Movement, NegativeStock},
 };
 
 /// Where in the cascade a receipt found its stock, in cascade order.
@@ -59,6 +61,16 @@ impl CascadeNodes {
             seller: customer.seller_id.clone(),
             manufacturer: manufacturer.cloned(),
         }
+    }
+
+    /// Every node the cascade may visit, in cascade order.
+    pub fn all(&self) -> impl Iterator<Item = &NodeId> {
+        Source::CASCADE.into_iter().filter_map(|source| self.node(source))
+    }
+
+    /// The branches whose expediters may carry the delivery: the customer's two.
+    pub fn delivering_branches(&self) -> [&NodeId; 2] {
+        [&self.branch_1, &self.branch_2]
     }
 
     pub fn node(&self, source: Source) -> Option<&NodeId> {
@@ -309,6 +321,12 @@ impl Delivery {
     pub fn is_open(&self) -> bool {
         self.state == DeliveryState::Open
     }
+
+    /// Every node its goods stay at on their way, in the flow of the goods:
+    /// the nodes whose stock of its item a step of the delivery may move.
+    pub fn stock_nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.legs.iter().map(|leg| &leg.from)
+    }
 }
 
 impl Guarded for Delivery {
@@ -414,6 +432,198 @@ pub fn check_issue(delivery: &Delivery, index: usize) -> Result<bool, LegRefusal
         }
     }
     Ok(true)
+}
+
+/// (Re)assigns a delivery to a courier: the rule of [`check_assignment`]; a
+/// new assignee gets a new version, both couriers hear of it. Assigning to the
+/// courier who holds it changes nothing.
+pub fn assign(
+    delivery: Delivery,
+    by: &Principal,
+    courier: &CourierAccount,
+    now: OffsetDateTime,
+) -> Result<(Delivery, ChangeSet), AssignRefusal> {
+    check_assignment(&delivery, by, courier)?;
+    let mut changes = ChangeSet::default();
+    if delivery.assignee.as_ref() == Some(&courier.username) {
+        return Ok((delivery, changes));
+    }
+    let mut after = delivery.clone();
+    if let Some(previous) = &delivery.assignee {
+        // The previous courier learns on its next pull that it was reassigned away.
+        changes.notify(previous, &delivery.delivery_id);
+    }
+    changes.notify(&courier.username, &delivery.delivery_id);
+    after.version += 1;
+    after.assignee = Some(courier.username.clone());
+    after.assignments.push(Assignment {
+        version: after.version,
+        assignee: after.assignee.clone(),
+        at: now,
+        by: by.username.to_string(),
+    });
+    changes.put_delivery(Some(delivery), after.clone());
+    Ok((after, changes))
+}
+
+/// Issues transfer leg `index` of a delivery ([`check_issue`]): the goods leave
+/// its node and arrive at the next, still reserved; its courier sees the
+/// delivery move towards ready. `stock` holds the item at the delivery's
+/// [`Delivery::stock_nodes`]. Issuing twice changes nothing.
+pub fn issue_leg(
+    delivery: Delivery,
+    index: usize,
+    mut stock: StockBook,
+    now: OffsetDateTime,
+) -> Result<Step<(Delivery, ChangeSet), LegRefusal>, Inconsistent> {
+    let mut changes = ChangeSet::default();
+    if index >= delivery.legs.len() {
+        return Ok(Step::NotFound);
+    }
+    match check_issue(&delivery, index) {
+        Err(refusal) => return Ok(Step::Refused(refusal)),
+        Ok(false) => return Ok(Step::Done((delivery, changes))),
+        Ok(true) => {}
+    }
+    let mut after = delivery.clone();
+    issue_leg_stock(&mut after, index, &mut stock, now)?;
+    if let Some(courier) = &after.assignee {
+        changes.notify(courier, &after.delivery_id);
+    }
+    changes.take_stock(stock);
+    changes.put_delivery(Some(delivery), after.clone());
+    Ok(Step::Done((after, changes)))
+}
+
+/// Moves the goods along transfer leg `index` and marks it issued.
+pub(crate) fn issue_leg_stock(
+    delivery: &mut Delivery,
+    index: usize,
+    stock: &mut StockBook,
+    now: OffsetDateTime,
+) -> Result<(), Inconsistent> {
+    let leg = &delivery.legs[index];
+    let Destination::Node(to) = &leg.to else {
+        return Err(Inconsistent(format!("transfer leg {} ends at a customer", leg.leg_id)));
+    };
+    let [leaving, arriving] = transfer(&leg.from, to, delivery.quantity);
+    let leg_id = leg.leg_id.clone();
+    stock.apply(&delivery.item_id, &leaving, Movement::Issue { leg_id: leg_id.clone() }, now)?;
+    stock.apply(&delivery.item_id, &arriving, Movement::Arrive { leg_id }, now)?;
+    delivery.legs[index].status = LegStatus::Issued;
+    delivery.legs[index].issued_at = Some(now);
+    Ok(())
+}
+
+/// Goods arrived at a node from outside the network: on-hand grows. `stock`
+/// holds the item at the node; returns its balance after.
+pub fn goods_receipt(
+    node: &NodeId,
+    item: &ItemId,
+    quantity: u32,
+    mut stock: StockBook,
+    now: OffsetDateTime,
+) -> Result<(Balance, ChangeSet), Inconsistent> {
+    let effect = StockEffect { node, on_hand_delta: i64::from(quantity), reserved_delta: 0 };
+    let balance = stock.apply(item, &effect, Movement::GoodsReceipt, now)?;
+    let mut changes = ChangeSet::default();
+    changes.take_stock(stock);
+    Ok((balance, changes))
+}
+
+/// What one planning run did to one receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanResult {
+    Planned(Box<Delivery>),
+    Backordered(ReceiptId),
+}
+
+/// What planning one receipt reads.
+#[derive(Debug, Clone)]
+pub struct PlanInputs<'a> {
+    /// Not yet planned.
+    pub receipt: Receipt,
+    pub nodes: &'a CascadeNodes,
+    /// The receipt's item at every node of `nodes`.
+    pub stock: StockBook,
+    /// The expediters of the branches that may deliver (both of the
+    /// customer's branches), each with its node and its count of open deliveries.
+    pub expediters: &'a [(Username, NodeId, u64)],
+}
+
+/// Plans one receipt: the cascade finds the first node that covers the whole
+/// quantity, the stock is reserved there at once, the legs are planned towards
+/// the customer, and the delivery goes to the least loaded expediter of the
+/// delivering branch, or is entrusted to the seller. No node covers it: the
+/// receipt is backordered (once; a backorder planned again in vain changes nothing).
+pub fn plan_receipt(inputs: PlanInputs<'_>, now: OffsetDateTime) -> Result<(PlanResult, ChangeSet), Inconsistent> {
+    let PlanInputs { receipt, nodes, mut stock, expediters } = inputs;
+    let mut changes = ChangeSet::default();
+    let mut unread = None;
+    let found = cascade(nodes, u64::from(receipt.quantity), |node| match stock.balance(node, &receipt.item_id) {
+        Ok(balance) => balance.available(),
+        Err(err) => {
+            unread = Some(err);
+            0
+        }
+    });
+    if let Some(err) = unread {
+        return Err(err);
+    }
+    let Some((source, node)) = found else {
+        let result = PlanResult::Backordered(receipt.receipt_id.clone());
+        if !receipt.backordered {
+            let mut after = receipt.clone();
+            after.backordered = true;
+            changes.put_receipt(Some(receipt), after);
+        }
+        return Ok((result, changes));
+    };
+    let delivery_id = receipt
+        .receipt_id
+        .seq()
+        .map(DeliveryId::from_seq)
+        .ok_or_else(|| Inconsistent(format!("receipt {} has no number", receipt.receipt_id)))?;
+    let legs = plan_legs(&delivery_id, source, nodes, &receipt.customer_id);
+    let carrier = match source {
+        Source::Seller => Carrier::Seller { seller: node.clone() },
+        _ => Carrier::Distributor { branch: legs.last().map_or_else(|| node.clone(), |leg| leg.from.clone()) },
+    };
+    let [reservation] = reserve(&node, receipt.quantity);
+    stock.apply(&receipt.item_id, &reservation, Movement::Reserve { delivery_id: delivery_id.clone() }, now)?;
+    let assignee = match &carrier {
+        Carrier::Seller { .. } => None,
+        Carrier::Distributor { branch } => {
+            choose_courier(expediters.iter().filter(|(_, node, _)| node == branch).map(|(name, _, load)| (name, *load)))
+        }
+    };
+    if let Some(courier) = &assignee {
+        changes.notify(courier, &delivery_id);
+    }
+    let delivery = Delivery {
+        delivery_id: delivery_id.clone(),
+        receipt_id: receipt.receipt_id.clone(),
+        customer_id: receipt.customer_id.clone(),
+        item_id: receipt.item_id.clone(),
+        quantity: receipt.quantity,
+        source,
+        source_node: node,
+        legs,
+        carrier,
+        assignee: assignee.clone(),
+        version: 1,
+        assignments: vec![Assignment { version: 1, assignee, at: now, by: "planner".into() }],
+        state: DeliveryState::Open,
+        planned_at: now,
+    };
+    let mut after = receipt.clone();
+    after.planned = true;
+    after.backordered = false;
+    after.delivery_id = Some(delivery_id);
+    changes.put_receipt(Some(receipt), after);
+    changes.take_stock(stock);
+    changes.put_delivery(None, delivery.clone());
+    Ok((PlanResult::Planned(Box::new(delivery)), changes))
 }
 
 /// What a step of a delivery does to stock: one movement per node.

@@ -3,7 +3,7 @@
 //! the handler, and forgetting it means forgetting the parameter, which leaves
 //! the handler without a principal to work with.
 
-use std::{future::Ready, marker::PhantomData, ops::Deref};
+use std::{future::Future, marker::PhantomData, ops::Deref, pin::Pin};
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use handover_shared::Role;
@@ -12,7 +12,7 @@ use super::{error::ApiError, AppState};
 use crate::domain::access::{Forbidden, Principal};
 
 /// A set of roles an endpoint serves.
-pub trait Roles {
+pub trait Roles: 'static {
     const ALLOWED: &'static [Role];
 }
 
@@ -84,10 +84,10 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn authorize<R: Roles>(req: &HttpRequest) -> Result<Auth<R>, ApiError> {
+async fn authorize<R: Roles>(req: HttpRequest) -> Result<Auth<R>, ApiError> {
     let state =
         req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Internal("application state missing".into()))?;
-    let principal = state.auth.authenticate(bearer(req))?;
+    let principal = state.auth.authenticate(bearer(&req)).await?;
     if !R::ALLOWED.contains(&principal.role) {
         let allowed: Vec<&str> = R::ALLOWED.iter().map(|role| role.as_str()).collect();
         return Err(Forbidden(format!(
@@ -106,9 +106,10 @@ fn authorize<R: Roles>(req: &HttpRequest) -> Result<Auth<R>, ApiError> {
 
 impl<R: Roles> FromRequest for Auth<R> {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    // The session's revocation may take a store read.
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
-        std::future::ready(authorize(req))
+        Box::pin(authorize(req.clone()))
     }
 }

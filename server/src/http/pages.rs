@@ -214,9 +214,9 @@ impl PageUser {
         let Some(login) = login else {
             return Err(PageError::LoginRequired { next });
         };
-        if state.auth.is_revoked(&login.session_id)
-            || login.expires_at <= time::OffsetDateTime::now_utc().unix_timestamp()
-        {
+        let revoked =
+            state.auth.is_revoked(&login.session_id).await.map_err(|err| PageError::Internal(err.to_string()))?;
+        if revoked || login.expires_at <= time::OffsetDateTime::now_utc().unix_timestamp() {
             session.purge();
             return Err(PageError::LoginRequired { next });
         }
@@ -503,7 +503,7 @@ pub async fn order_show(state: State, user: PageUser, path: web::Path<OrderId>) 
     match &draft.state {
         DraftState::Confirmed { receipt_id } => return Ok(redirect(&format!("/receipts/{receipt_id}"))),
         DraftState::Cancelled { .. } => return Ok(redirect("/order?notice=discarded")),
-        DraftState::Open if time::OffsetDateTime::now_utc() >= draft.expires_at => {
+        DraftState::Open if draft.is_expired(time::OffsetDateTime::now_utc()) => {
             let alert = Some("This draft has expired; place the order again.".to_owned());
             return order_page(&state, &user, StatusCode::CONFLICT, FormState { alert, ..FormState::default() }).await;
         }

@@ -1,11 +1,45 @@
-//! The storage boundary. Handlers and domain rules see only the [`Store`] trait;
-//! [`sled::SledStore`] implements it today, and a PostgreSQL backend can
-//! implement it later without touching either.
+//! The storage boundary. Handlers and services see only the [`Store`] trait;
+//! [`sled::SledStore`] implements it, and a second backend implements it
+//! without touching either.
 //!
-//! Contract for every backend: each method is atomic (all of its records change
-//! or none), and a method that writes returns only once its change is durable.
+//! **The domain decides, the store persists.** A method that changes state
+//! reads the records the domain rule needs, calls the rule in
+//! `crate::domain` (which returns a [`ChangeSet`](crate::domain::changes::ChangeSet)
+//! and the outcome), and writes that change set. A backend numbers what is
+//! appended (receipts, ledger lines, feed changes), keeps its own indexes, and
+//! decides nothing else.
+//!
+//! What every backend guarantees (`server/tests/store_contract.rs` checks each
+//! on every backend):
+//!
+//! - **Atomic.** Each method's change is written whole or not at all, and is
+//!   judged against the records as of its own transaction: two concurrent
+//!   calls never both act on the same old state (no unit reserved twice, no
+//!   confirmation applied twice).
+//! - **Durable when answered.** A method that writes returns only once its
+//!   change survives a crash; a replay (a second Confirm, a retried push) is
+//!   answered only once the first is durable too. [`Store::record_sync`]
+//!   (dashboard bookkeeping) is the one exception: durable at the next write
+//!   or [`Store::flush`], which makes everything written so far durable.
+//! - **Replays answer the same.** Confirming a draft again returns the same
+//!   receipt; a confirmation id keeps its first outcome forever and is applied
+//!   at most once.
+//! - **Receipt numbers are contiguous**: 1, 2, 3... in the order of their
+//!   Confirm, with no gap and no repeat, whatever runs concurrently; receipt
+//!   order is the order planning follows.
+//! - **The feed has no gaps.** Every change to a delivery that a courier holds
+//!   or held gets a change number greater than every change committed before
+//!   it; a reader from cursor `c` sees every change after `c`, in commit
+//!   order, and a change committed after a read is after that read's cursor.
+//! - **Judged against the store, not the caller.** A refused change (an
+//!   import that conflicts with the stored network, a push or an issue that
+//!   the records forbid) writes nothing; a step repeated (a leg issued again,
+//!   a delivery assigned to the courier who holds it, a draft cancelled
+//!   again) changes nothing and answers as the first did.
+//! - **One planner, one import.** [`Store::plan_pending`] and
+//!   [`Store::import_network`] each run one at a time per store, across every
+//!   process that shares it, and never at the same time as each other.
 
-pub mod commit;
 pub mod sled;
 
 use async_trait::async_trait;
@@ -13,64 +47,27 @@ use handover_shared::{
     api::{ImportSummary, Problem},
     CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId, ReceiptId, Username,
 };
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{
     access::Principal,
-    network::{Customer, Item, KnownNetwork, Membership, Node, StockCount},
+    confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+    network::{Customer, Item, KnownNetwork, Node},
     orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
-    sessions::{RefreshRefusal, RefreshToken, Session},
+    sessions::{RefreshToken, Session},
     shipments::{AssignRefusal, CourierAccount, Delivery, DeliveryCard, LegRefusal},
     stock::{Balance, LedgerEntry},
 };
-
-/// A stored account; the password only as its argon2id hash (PHC string).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Account {
-    pub username: Username,
-    pub password_hash: String,
-    pub membership: Membership,
-}
-
-/// A validated network file whose passwords are already hashed.
-#[derive(Debug, Clone, Default)]
-pub struct ImportPlan {
-    pub nodes: Vec<Node>,
-    pub items: Vec<Item>,
-    pub stock: Vec<StockCount>,
-    pub customers: Vec<Customer>,
-    pub accounts: Vec<Account>,
-}
-
-/// The outcome of presenting a refresh token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefreshOutcome {
-    /// The token was retired and `new_hash` now belongs to the session.
-    Rotated(Session),
-    /// The token had been used before; the session is now revoked.
-    ReuseDetected(Session),
-    Refused(RefreshRefusal),
-}
-
-/// The outcome of a step on an object whose state may forbid it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step<T, R> {
-    Done(T),
-    Refused(R),
-    NotFound,
-}
+pub use crate::domain::{
+    changes::{Inconsistent, Step},
+    network::{Account, ImportPlan},
+    sessions::RefreshOutcome,
+    shipments::PlanResult,
+};
 
 /// A step (confirm, cancel) on a draft.
 pub type DraftStep<T> = Step<T, DraftRefusal>;
-
-/// What one planning run did to one receipt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlanResult {
-    Planned(Box<Delivery>),
-    Backordered(ReceiptId),
-}
 
 /// Which deliveries to list, in receipt order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -117,6 +114,9 @@ pub enum StoreError {
     },
     #[error("the storage task failed: {0}")]
     Task(String),
+    /// A domain rule found the stored records inconsistent; nothing was written.
+    #[error(transparent)]
+    Inconsistent(#[from] Inconsistent),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +142,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Nothing was ever imported.
     async fn is_empty(&self) -> Result<bool, StoreError>;
     async fn known_network(&self) -> Result<KnownNetwork, StoreError>;
-    /// Upserts everything the plan names, in one transaction. A stock count
-    /// becomes a ledger entry for the difference with the current on-hand.
+    /// Applies `domain::network::import` to the plan over the stored network:
+    /// upserts everything it names, in one transaction, or refuses it whole
+    /// with every conflict. One import at a time, and none during planning.
     async fn import_network(&self, plan: ImportPlan, now: OffsetDateTime) -> Result<ImportSummary, ImportError>;
 
     async fn account(&self, username: &Username) -> Result<Option<Account>, StoreError>;
@@ -152,8 +153,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn customer(&self, id: &CustomerId) -> Result<Option<Customer>, StoreError>;
     /// Every item with a balance at the node, by item id.
     async fn node_stock(&self, id: &NodeId) -> Result<Vec<(ItemId, Balance)>, StoreError>;
-    /// The whole ledger, in sequence order.
-    async fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError>;
     /// Every stored balance, with the ledger read in the same snapshot, for audits.
     async fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError>;
 
@@ -164,7 +163,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         refresh_hash: [u8; 32],
         refresh: RefreshToken,
     ) -> Result<(), StoreError>;
-    /// Applies `decide_refresh` to the presented token and carries out the decision.
+    /// Applies `domain::sessions::refresh` to the presented token.
     async fn rotate_refresh(
         &self,
         presented_hash: [u8; 32],
@@ -172,26 +171,25 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         successor_expires_at: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Result<RefreshOutcome, StoreError>;
-    /// Ends the session a refresh token belongs to (logout); `None` when unknown.
+    /// Applies `domain::sessions::close` (logout); `None` when the token is unknown.
     async fn close_session(&self, refresh_hash: [u8; 32], now: OffsetDateTime) -> Result<Option<Session>, StoreError>;
-    /// Revokes every live session of a device; returns the ones it revoked.
+    /// Applies `domain::sessions::revoke_device`; returns the sessions it revoked.
     async fn revoke_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
-    /// Every revoked session id, so that their access tokens die at once.
-    async fn revoked_sessions(&self) -> Result<Vec<Uuid>, StoreError>;
+    /// A session by id, revoked or not: every authenticated request asks
+    /// whether its session was revoked (cached briefly, see `auth`).
+    async fn session(&self, id: &Uuid) -> Result<Option<Session>, StoreError>;
 
     async fn create_draft(&self, draft: Draft) -> Result<(), StoreError>;
     async fn draft(&self, id: &OrderId) -> Result<Option<Draft>, StoreError>;
     /// Drafts still open (possibly expired), newest first; of one customer, or all.
     async fn open_drafts(&self, customer: Option<&CustomerId>) -> Result<Vec<Draft>, StoreError>;
-    /// Applies `decide_confirm`. On the first confirm, in one transaction: the
-    /// draft is marked confirmed, the receipt generated with the next receipt
-    /// number, the customer information updated. On a later one, the same
-    /// receipt comes back and nothing changes (`false`).
+    /// Applies `domain::orders::confirm` with the next receipt number. On a
+    /// later confirm the same receipt comes back and nothing changes (`false`).
     async fn confirm_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError>;
-    /// Applies `decide_cancel`; cancelling twice is harmless.
+    /// Applies `domain::orders::cancel`; cancelling twice is harmless.
     async fn cancel_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<Draft>, StoreError>;
-    /// Forgets drafts that expired or were cancelled before `before`; confirmed
-    /// drafts are kept (a retried confirm must find its receipt).
+    /// Forgets the drafts that `Draft::is_stale` at `before`; a draft that
+    /// changed since it was read (confirmed meanwhile) is kept.
     async fn purge_drafts(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     async fn receipt(&self, id: &ReceiptId) -> Result<Option<Receipt>, StoreError>;
@@ -202,19 +200,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn customer_account(&self, customer: &CustomerId) -> Result<CustomerAccount, StoreError>;
     /// The catalogue, by item id.
     async fn items(&self) -> Result<Vec<Item>, StoreError>;
-    /// Every node, by id.
-    async fn nodes(&self) -> Result<Vec<Node>, StoreError>;
     /// Every account, by username.
     async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
     /// Every stored balance, by node then item.
     async fn all_balances(&self) -> Result<Vec<(NodeId, ItemId, Balance)>, StoreError>;
 
-    /// Plans every receipt not yet planned, in receipt order, in transactions of
-    /// a few hundred receipts: the cascade reads available stock inside the
-    /// transaction, so that concurrent runs and goods receipts never reserve a
-    /// unit twice, and a crash leaves a chunk wholly planned or not at all.
+    /// Applies `domain::shipments::plan_receipt` to every receipt not yet
+    /// planned, in receipt order, in transactions of a few hundred receipts:
+    /// the stock is read inside the transaction, so that goods receipts and
+    /// pushes meanwhile never make a unit reserved twice, and a crash leaves a
+    /// chunk wholly planned or not at all. One run at a time per store.
     async fn plan_pending(&self, now: OffsetDateTime) -> Result<Vec<PlanResult>, StoreError>;
-    /// Goods arrived at a node: on-hand grows, recorded in the ledger.
+    /// Applies `domain::shipments::goods_receipt`.
     async fn goods_receipt(
         &self,
         node: &NodeId,
@@ -224,8 +221,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Balance, StoreError>;
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError>;
     async fn deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>, StoreError>;
-    /// Applies `check_assignment` and, when it passes and the assignee changes,
-    /// bumps the version and records the assignment.
+    /// Applies `domain::shipments::assign`.
     async fn assign_delivery(
         &self,
         id: &DeliveryId,
@@ -244,24 +240,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         cursor: u64,
         limit: usize,
     ) -> Result<(Vec<FeedEntry>, u64, bool), StoreError>;
-    /// Judges and applies a batch of confirmations in order (see
-    /// `domain::confirmations`), and records the device's sync with it, at
-    /// `sync.last_sync_at`; returns once all of it is durable.
+    /// Applies `domain::confirmations::push` to each confirmation of the batch
+    /// in order (each sees the ones before it), and records the device's sync
+    /// with it, at `sync.last_sync_at`; returns once all of it is durable.
     async fn push_confirmations(
         &self,
-        sync: crate::domain::confirmations::DeviceSync,
+        sync: DeviceSync,
         batch: Vec<handover_shared::sync::Confirmation>,
-    ) -> Result<Vec<crate::domain::confirmations::PushOutcome>, StoreError>;
+    ) -> Result<Vec<PushOutcome>, StoreError>;
     /// Records that a device synced (pull or push).
-    async fn record_sync(&self, sync: crate::domain::confirmations::DeviceSync) -> Result<(), StoreError>;
+    async fn record_sync(&self, sync: DeviceSync) -> Result<(), StoreError>;
     /// Every device's last sync, by device id.
-    async fn device_syncs(&self) -> Result<Vec<crate::domain::confirmations::DeviceSync>, StoreError>;
+    async fn device_syncs(&self) -> Result<Vec<DeviceSync>, StoreError>;
     /// Rejected confirmations, for the dispatcher to review.
-    async fn rejected_confirmations(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<crate::domain::confirmations::SeenConfirmation>, StoreError>;
-    /// Applies `check_issue` and moves the goods along the leg in the ledger.
+    async fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError>;
+    /// Applies `domain::shipments::issue_leg`.
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
 
     /// Makes everything written so far durable.

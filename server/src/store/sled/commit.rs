@@ -19,7 +19,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
@@ -32,17 +32,21 @@ pub struct CommitStats {
 
 #[derive(Debug)]
 pub struct GroupCommit {
-    requests: mpsc::Sender<Waiter>,
+    /// `None` only while dropping.
+    requests: Option<mpsc::Sender<Waiter>>,
+    flusher: Option<thread::JoinHandle<()>>,
     stats: Arc<CommitStats>,
 }
 
 impl GroupCommit {
-    /// Starts the flusher thread. It ends when the last handle is dropped.
+    /// Starts the flusher thread. It ends when the handle is dropped, and the
+    /// drop waits for it: the thread holds the database, and a store reopened
+    /// right after must find its files unlocked.
     pub fn start(db: sled::Db) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel::<Waiter>();
         let stats = Arc::new(CommitStats::default());
         let thread_stats = Arc::clone(&stats);
-        thread::Builder::new()
+        let flusher = thread::Builder::new()
             .name("handover-flusher".into())
             .spawn(move || {
                 while let Ok(first) = queue.recv() {
@@ -61,13 +65,14 @@ impl GroupCommit {
                 }
             })
             .map_err(|err| StoreError::Backend(format!("cannot start the flusher thread: {err}")))?;
-        Ok(Self { requests, stats })
+        Ok(Self { requests: Some(requests), flusher: Some(flusher), stats })
     }
 
     /// Returns once everything written before this call is on disk.
     pub async fn durable(&self) -> Result<(), StoreError> {
         let (waiter, answer) = oneshot::channel();
-        self.requests.send(waiter).map_err(|_| StoreError::Backend("the flusher thread has stopped".into()))?;
+        let stopped = || StoreError::Backend("the flusher thread has stopped".into());
+        self.requests.as_ref().ok_or_else(stopped)?.send(waiter).map_err(|_| stopped())?;
         answer
             .await
             .map_err(|_| StoreError::Backend("the flusher thread has stopped".into()))?
@@ -76,6 +81,18 @@ impl GroupCommit {
 
     pub fn stats(&self) -> &CommitStats {
         &self.stats
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after the flush it may be running.
+        drop(self.requests.take());
+        if let Some(flusher) = self.flusher.take() {
+            if flusher.join().is_err() {
+                tracing::error!("the flusher thread panicked");
+            }
+        }
     }
 }
 
