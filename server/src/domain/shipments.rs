@@ -68,11 +68,6 @@ impl CascadeNodes {
         Source::CASCADE.into_iter().filter_map(|source| self.node(source))
     }
 
-    /// The branches whose expediters may carry the delivery: the customer's two.
-    pub fn delivering_branches(&self) -> [&NodeId; 2] {
-        [&self.branch_1, &self.branch_2]
-    }
-
     pub fn node(&self, source: Source) -> Option<&NodeId> {
         match source {
             Source::Branch1 => Some(&self.branch_1),
@@ -546,8 +541,8 @@ pub struct PlanInputs<'a> {
     pub nodes: &'a CascadeNodes,
     /// The receipt's item at every node of `nodes`.
     pub stock: StockBook,
-    /// The expediters of the branches that may deliver (both of the
-    /// customer's branches), each with its node and its count of open deliveries.
+    /// The expediters of the delivering branch ([`delivering_branch`]), each
+    /// with its node and its count of open deliveries; others are ignored.
     pub expediters: &'a [(Username, NodeId, u64)],
 }
 
@@ -559,18 +554,7 @@ pub struct PlanInputs<'a> {
 pub fn plan_receipt(inputs: PlanInputs<'_>, now: OffsetDateTime) -> Result<(PlanResult, ChangeSet), Inconsistent> {
     let PlanInputs { receipt, nodes, mut stock, expediters } = inputs;
     let mut changes = ChangeSet::default();
-    let mut unread = None;
-    let found = cascade(nodes, u64::from(receipt.quantity), |node| match stock.balance(node, &receipt.item_id) {
-        Ok(balance) => balance.available(),
-        Err(err) => {
-            unread = Some(err);
-            0
-        }
-    });
-    if let Some(err) = unread {
-        return Err(err);
-    }
-    let Some((source, node)) = found else {
+    let Some((source, node)) = find_source(&receipt, nodes, &stock)? else {
         let result = PlanResult::Backordered(receipt.receipt_id.clone());
         if !receipt.backordered {
             let mut after = receipt.clone();
@@ -585,10 +569,7 @@ pub fn plan_receipt(inputs: PlanInputs<'_>, now: OffsetDateTime) -> Result<(Plan
         .map(DeliveryId::from_seq)
         .ok_or_else(|| Inconsistent(format!("receipt {} has no number", receipt.receipt_id)))?;
     let legs = plan_legs(&delivery_id, source, nodes, &receipt.customer_id);
-    let carrier = match source {
-        Source::Seller => Carrier::Seller { seller: node.clone() },
-        _ => Carrier::Distributor { branch: legs.last().map_or_else(|| node.clone(), |leg| leg.from.clone()) },
-    };
+    let carrier = carrier_of(source, &node, nodes);
     let [reservation] = reserve(&node, receipt.quantity);
     stock.apply(&receipt.item_id, &reservation, Movement::Reserve { delivery_id: delivery_id.clone() }, now)?;
     let assignee = match &carrier {
@@ -624,6 +605,48 @@ pub fn plan_receipt(inputs: PlanInputs<'_>, now: OffsetDateTime) -> Result<(Plan
     changes.take_stock(stock);
     changes.put_delivery(None, delivery.clone());
     Ok((PlanResult::Planned(Box::new(delivery)), changes))
+}
+
+/// The cascade over the receipt's item: where its whole quantity is found.
+fn find_source(
+    receipt: &Receipt,
+    nodes: &CascadeNodes,
+    stock: &StockBook,
+) -> Result<Option<(Source, NodeId)>, Inconsistent> {
+    let mut unread = None;
+    let found = cascade(nodes, u64::from(receipt.quantity), |node| match stock.balance(node, &receipt.item_id) {
+        Ok(balance) => balance.available(),
+        Err(err) => {
+            unread = Some(err);
+            0
+        }
+    });
+    unread.map_or(Ok(found), Err)
+}
+
+/// Who carries what ships from `node`: the seller's servicemen, or the
+/// expediters of the branch the last leg starts at (see [`plan_legs`]).
+fn carrier_of(source: Source, node: &NodeId, nodes: &CascadeNodes) -> Carrier {
+    match source {
+        Source::Seller => Carrier::Seller { seller: node.clone() },
+        Source::Branch2 => Carrier::Distributor { branch: nodes.branch_2.clone() },
+        Source::Branch1 | Source::MasterWarehouse | Source::Manufacturer => {
+            Carrier::Distributor { branch: nodes.branch_1.clone() }
+        }
+    }
+}
+
+/// The branch whose expediters planning the receipt chooses among, read
+/// before [`plan_receipt`]: `None` when no node covers it or the seller ships it.
+pub fn delivering_branch(
+    receipt: &Receipt,
+    nodes: &CascadeNodes,
+    stock: &StockBook,
+) -> Result<Option<NodeId>, Inconsistent> {
+    Ok(find_source(receipt, nodes, stock)?.and_then(|(source, node)| match carrier_of(source, &node, nodes) {
+        Carrier::Distributor { branch } => Some(branch),
+        Carrier::Seller { .. } => None,
+    }))
 }
 
 /// What a step of a delivery does to stock: one movement per node.

@@ -17,7 +17,7 @@ use crate::{
         changes::ChangeSet,
         network::{Account, Customer, Membership, Node},
         orders::Receipt,
-        shipments::{plan_receipt, CascadeNodes, PlanInputs, PlanResult},
+        shipments::{delivering_branch, plan_receipt, CascadeNodes, PlanInputs, PlanResult},
     },
     store::StoreError,
 };
@@ -109,8 +109,9 @@ fn tx_plan_one(
     })?;
     let nodes = CascadeNodes::for_customer(customer, network.master.as_ref(), network.manufacturer.as_ref());
     let stock = tx_stock(tx, nodes.all().map(|node| (node, &receipt.item_id)))?;
+    let branch = delivering_branch(&receipt, &nodes, &stock).map_err(|err| abort(err.into()))?;
     let mut expediters = Vec::new();
-    for branch in nodes.delivering_branches() {
+    for branch in branch.iter() {
         for name in network.expediters.get(branch).map(Vec::as_slice).unwrap_or_default() {
             expediters.push((name.clone(), branch.clone(), tx_get_counter(tx.courier_load, name.as_str().as_bytes())?));
         }
