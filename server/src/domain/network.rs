@@ -766,3 +766,71 @@ mod tests {
         assert_eq!(problems[0].message, "node B1 is already a branch_warehouse; a node's kind cannot change");
     }
 }
+
+#[cfg(test)]
+mod import_tests {
+    use super::*;
+    use crate::domain::stock::Balance;
+
+    fn node(id: &str, kind: NodeKind) -> Node {
+        Node { id: NodeId::parse(id).expect("id"), kind, name: id.into() }
+    }
+
+    fn stored(nodes: &[(&str, NodeKind)]) -> KnownNetwork {
+        KnownNetwork {
+            nodes: nodes.iter().map(|(id, kind)| (NodeId::parse(*id).expect("id"), *kind)).collect(),
+            ..KnownNetwork::default()
+        }
+    }
+
+    fn count(node: &str, quantity: u64) -> StockCount {
+        StockCount { node_id: NodeId::parse(node).expect("id"), item_id: ItemId::parse("TC").expect("id"), quantity }
+    }
+
+    fn book(node: &str, on_hand: u64, reserved: u64) -> StockBook {
+        StockBook::new([(
+            NodeId::parse(node).expect("id"),
+            ItemId::parse("TC").expect("id"),
+            Balance { on_hand, reserved },
+        )])
+    }
+
+    fn paths(problems: Vec<Problem>) -> Vec<String> {
+        problems.into_iter().map(|problem| problem.path).collect()
+    }
+
+    #[test]
+    fn a_stock_count_is_recorded_as_the_difference_with_what_is_on_hand() {
+        let plan = ImportPlan { stock: vec![count("B1", 7)], ..ImportPlan::default() };
+        let (summary, changes) =
+            import(plan, &stored(&[]), book("B1", 10, 2), OffsetDateTime::UNIX_EPOCH).expect("applies");
+        assert_eq!(summary.stock, 1);
+        assert_eq!(changes.ledger.iter().map(|line| line.on_hand_delta).collect::<Vec<_>>(), vec![-3]);
+        assert_eq!(changes.balances[0].2, Balance { on_hand: 7, reserved: 2 });
+        let unchanged = ImportPlan { stock: vec![count("B1", 10)], ..ImportPlan::default() };
+        let (_, changes) =
+            import(unchanged, &stored(&[]), book("B1", 10, 2), OffsetDateTime::UNIX_EPOCH).expect("applies");
+        assert!(changes.ledger.is_empty() && changes.balances.is_empty(), "the same count moves nothing");
+    }
+
+    #[test]
+    fn what_the_store_holds_now_refuses_the_whole_plan_with_every_problem() {
+        // Validated against an older read: meanwhile MW-A became the master
+        // warehouse and B1 a branch, and planning reserved 4 at B1.
+        let now = stored(&[("MW-A", NodeKind::MasterWarehouse), ("B1", NodeKind::BranchWarehouse)]);
+        let plan = ImportPlan {
+            nodes: vec![node("MW-B", NodeKind::MasterWarehouse), node("B1", NodeKind::Seller)],
+            stock: vec![count("B1", 3)],
+            ..ImportPlan::default()
+        };
+        let problems = import(plan, &now, book("B1", 10, 4), OffsetDateTime::UNIX_EPOCH).expect_err("refused");
+        assert_eq!(paths(problems), vec!["nodes[0].kind", "nodes[1].kind", "stock[0].quantity"]);
+    }
+
+    #[test]
+    fn a_counted_balance_that_was_not_read_is_a_problem_not_a_zero() {
+        let plan = ImportPlan { stock: vec![count("B2", 3)], ..ImportPlan::default() };
+        let problems = import(plan, &stored(&[]), book("B1", 10, 0), OffsetDateTime::UNIX_EPOCH).expect_err("refused");
+        assert_eq!(paths(problems), vec!["stock[0]"]);
+    }
+}

@@ -219,3 +219,69 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod change_tests {
+    use time::Duration;
+
+    use super::*;
+
+    fn session(revoked: bool) -> Session {
+        Session {
+            id: Uuid::nil(),
+            username: Username::parse("exp1").expect("id"),
+            device_id: DeviceId::parse("hh-1").expect("id"),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            revoked_at: revoked.then_some(OffsetDateTime::UNIX_EPOCH),
+            revoke_reason: revoked.then_some(RevokeReason::Logout),
+        }
+    }
+
+    fn token(retired: bool) -> RefreshToken {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        RefreshToken {
+            session_id: Uuid::nil(),
+            expires_at: now + Duration::hours(1),
+            retired_at: retired.then_some(now),
+        }
+    }
+
+    #[test]
+    fn a_rotation_retires_the_token_and_stores_its_successor() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::minutes(5);
+        let (outcome, changes) = refresh([1; 32], Some(token(false)), Some(session(false)), ([2; 32], now), now);
+        assert_eq!(outcome, RefreshOutcome::Rotated(session(false)));
+        assert_eq!(changes.refresh_tokens.len(), 2);
+        assert_eq!(changes.refresh_tokens[0], ([1; 32], RefreshToken { retired_at: Some(now), ..token(false) }));
+        assert_eq!(changes.refresh_tokens[1].1.retired_at, None);
+        assert!(changes.sessions.is_empty());
+    }
+
+    #[test]
+    fn a_reused_token_revokes_the_session_and_stores_nothing_else() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let (outcome, changes) = refresh([1; 32], Some(token(true)), Some(session(false)), ([2; 32], now), now);
+        let RefreshOutcome::ReuseDetected(revoked) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(revoked.revoke_reason, Some(RevokeReason::RefreshTokenReused));
+        assert_eq!((changes.sessions, changes.refresh_tokens.len()), (vec![revoked], 0));
+    }
+
+    #[test]
+    fn logout_twice_changes_nothing_the_second_time() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let (closed, changes) = close([1; 32], Some(token(false)), Some(session(false)), now).expect("known");
+        assert_eq!(closed.revoke_reason, Some(RevokeReason::Logout));
+        assert_eq!((changes.sessions.len(), changes.refresh_tokens.len()), (1, 1));
+        let (_, again) = close([1; 32], Some(token(true)), Some(closed), now).expect("known");
+        assert!(again.is_empty());
+        assert!(close([1; 32], None, None, now).is_none());
+    }
+
+    #[test]
+    fn revoking_a_device_revokes_only_its_live_sessions() {
+        let live = Session { id: Uuid::from_u128(7), ..session(false) };
+        let (revoked, changes) = revoke_device(vec![session(true), live], OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(revoked, vec![Uuid::from_u128(7)]);
+        assert_eq!(changes.sessions[0].revoke_reason, Some(RevokeReason::DeviceRevoked));
+    }
+}

@@ -517,10 +517,9 @@ impl Store for SledStore {
     }
 
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError> {
-        let Some(seq) = leg.split().and_then(|(delivery, _)| delivery.seq()) else {
+        let Some((seq, index)) = leg.split().and_then(|(delivery, index)| Some((delivery.seq()?, index))) else {
             return Ok(Step::NotFound);
         };
-        let index = leg.split().map_or(0, |(_, index)| index);
         self.write(move |inner| {
             let _moving_stock = inner.moving_stock();
             inner.apply(|tx| {
