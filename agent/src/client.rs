@@ -1,7 +1,20 @@
 //! The agent's HTTP client: reqwest over rustls, trusting the configured CA
 //! (the server's development CA) and nothing else when one is given.
+//!
+//! It knows every server address the courier logged in with (instances of one
+//! server on one database) and fails over: a call that gets no answer from one
+//! is sent to the next, and the client keeps using the one that answered.
+//! Sending a push again elsewhere is safe: confirmations keep their ids, and
+//! the server applies an id once.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use handover_shared::{
@@ -38,11 +51,15 @@ impl CallError {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: blocking::Client,
-    base: String,
+    bases: Vec<String>,
+    /// The server that answered last, tried first.
+    current: Arc<AtomicUsize>,
 }
 
 impl Client {
-    pub fn new(server: &str, ca: Option<&Path>, timeout: Duration) -> anyhow::Result<Self> {
+    /// A client of `servers`, tried in turn when one does not answer.
+    pub fn new(servers: &[String], ca: Option<&Path>, timeout: Duration) -> anyhow::Result<Self> {
+        anyhow::ensure!(!servers.is_empty(), "no server address to talk to");
         let mut builder = blocking::Client::builder()
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(5).min(timeout))
@@ -52,7 +69,31 @@ impl Client {
             let certificate = reqwest::Certificate::from_pem(&pem).context("the CA file is not a PEM certificate")?;
             builder = builder.tls_built_in_root_certs(false).add_root_certificate(certificate);
         }
-        Ok(Self { http: builder.build()?, base: server.trim_end_matches('/').to_owned() })
+        let bases = servers.iter().map(|server| server.trim_end_matches('/').to_owned()).collect();
+        Ok(Self { http: builder.build()?, bases, current: Arc::default() })
+    }
+
+    /// The server tried first now.
+    pub fn server(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Sends the request that `build` makes for a server's base URL, starting
+    /// with the current server and going on to the next while none answers.
+    fn call<T: DeserializeOwned>(&self, build: impl Fn(&str) -> blocking::RequestBuilder) -> Result<T, CallError> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut unreachable = Vec::new();
+        for turn in 0..self.bases.len() {
+            let index = (first + turn) % self.bases.len();
+            match self.send(build(&self.bases[index])) {
+                Err(CallError::Unreachable(why)) => unreachable.push(format!("{}: {why}", self.bases[index])),
+                answered => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        Err(CallError::Unreachable(unreachable.join("; ")))
     }
 
     fn send<T: DeserializeOwned>(&self, request: blocking::RequestBuilder) -> Result<T, CallError> {
@@ -80,11 +121,13 @@ impl Client {
         body: &B,
         token: Option<&str>,
     ) -> Result<T, CallError> {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        self.send(request)
+        self.call(|base| {
+            let request = self.http.post(format!("{base}{path}")).json(body);
+            match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            }
+        })
     }
 
     pub fn login(&self, request: &LoginRequest) -> Result<LoginResponse, CallError> {
@@ -96,11 +139,13 @@ impl Client {
     }
 
     pub fn pull(&self, token: &str, since: Option<&str>) -> Result<AssignmentChanges, CallError> {
-        let mut request = self.http.get(format!("{}/api/v1/sync/assignments", self.base)).bearer_auth(token);
-        if let Some(cursor) = since {
-            request = request.query(&[("since", cursor)]);
-        }
-        self.send(request)
+        self.call(|base| {
+            let request = self.http.get(format!("{base}/api/v1/sync/assignments")).bearer_auth(token);
+            match since {
+                Some(cursor) => request.query(&[("since", cursor)]),
+                None => request,
+            }
+        })
     }
 
     pub fn push(&self, token: &str, batch: &ConfirmationBatch) -> Result<ConfirmationResults, CallError> {

@@ -50,8 +50,10 @@ struct Cli {
 enum Command {
     /// Log in and keep the session on this handheld.
     Login {
-        #[arg(long)]
-        server: String,
+        /// The server's address; give it once per instance (`--server URL
+        /// --server URL2`): when one does not answer, the next is tried.
+        #[arg(long = "server", required = true)]
+        servers: Vec<String>,
         /// The CA certificate to trust (the server's `certs/ca.pem` in development).
         #[arg(long, value_name = "FILE")]
         ca: Option<PathBuf>,
@@ -148,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let options = SyncOptions { timeout: Duration::from_secs(cli.timeout), ..SyncOptions::default() };
     match cli.command {
-        Command::Login { server, ca, username, password_stdin, device_id } => {
+        Command::Login { servers, ca, username, password_stdin, device_id } => {
             let password = if password_stdin {
                 let mut line = String::new();
                 std::io::stdin().read_to_string(&mut line).context("reading the password from standard input")?;
@@ -163,13 +165,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(_) => DeviceId::parse(format!("hh-{}", uuid::Uuid::new_v4().simple()))?,
                 },
             };
-            let client = Client::new(&server, ca.as_deref(), options.timeout)?;
+            let client = Client::new(&servers, ca.as_deref(), options.timeout)?;
             let answer = client
                 .login(&LoginRequest { username, password, device_id: Some(device_id) })
                 .map_err(|err| anyhow::anyhow!("login failed: {err}"))?;
             let ca = ca.map(|path| std::fs::canonicalize(&path).unwrap_or(path).display().to_string());
             store.save_session(&Session {
-                server,
+                servers,
                 ca,
                 username: answer.username.clone(),
                 device_id: answer.device_id.clone(),
@@ -219,7 +221,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "last_sync_at": store.last_sync_at()?,
                 "username": session.as_ref().map(|s| s.username.to_string()),
                 "device_id": session.as_ref().map(|s| s.device_id.to_string()),
-                "server": session.as_ref().map(|s| s.server.clone()),
+                "server": session.as_ref().and_then(|s| s.servers.first().cloned()),
+                "servers": session.as_ref().map(|s| s.servers.clone()),
             });
             if json {
                 println!("{status}");

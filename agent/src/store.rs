@@ -16,7 +16,10 @@ use sled::Transactional as _;
 /// Who is logged in on this handheld, and where the server is.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Session {
-    pub server: String,
+    /// Every address of the server, tried in turn; a session saved by an
+    /// agent that knew one address (`"server": URL`) reads as a list of one.
+    #[serde(alias = "server", deserialize_with = "one_or_many")]
+    pub servers: Vec<String>,
     pub ca: Option<String>,
     pub username: Username,
     pub device_id: DeviceId,
@@ -27,11 +30,24 @@ pub struct Session {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("server", &self.server)
+            .field("servers", &self.servers)
             .field("username", &self.username)
             .field("device_id", &self.device_id)
             .finish_non_exhaustive()
     }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(server) => vec![server],
+        OneOrMany::Many(servers) => servers,
+    })
 }
 
 /// A confirmation the server refused, kept for the courier to see.
@@ -281,6 +297,16 @@ pub(crate) mod tests {
     use handover_shared::{CustomerId, ItemId, NodeId, ReceiptId};
 
     use super::*;
+
+    #[test]
+    fn a_session_saved_with_one_server_address_reads_as_a_list_of_one() {
+        let saved = r#"{"server":"https://a:8443","ca":null,"username":"exp1","device_id":"hh-1",
+            "access_token":"t","refresh_token":"r"}"#;
+        let session: Session = serde_json::from_str(saved).expect("an older session reads");
+        assert_eq!(session.servers, vec!["https://a:8443".to_owned()]);
+        let now: Session = serde_json::from_str(&serde_json::to_string(&session).expect("encodes")).expect("reads");
+        assert_eq!(now.servers, session.servers);
+    }
 
     fn assignment(delivery: u64, status: AssignmentStatus) -> Assignment {
         Assignment {

@@ -115,12 +115,28 @@ fn authorized<T>(
 /// Fetches what changed since the cursor; returns how many assignments changed.
 pub fn pull(store: &LocalStore, options: &SyncOptions) -> Result<usize, SyncError> {
     let (mut session, client) = connect(store, options)?;
-    pull_with(store, &mut session, &client, options)
+    let pulled = pull_with(store, &mut session, &client, options);
+    prefer_the_answering_server(store, &mut session, &client)?;
+    pulled
+}
+
+/// The server that answered last is tried first next time, so that a handheld
+/// whose first address is down does not wait on it at every sync.
+fn prefer_the_answering_server(store: &LocalStore, session: &mut Session, client: &Client) -> anyhow::Result<()> {
+    let Some(position) = session.servers.iter().position(|server| server.trim_end_matches('/') == client.server())
+    else {
+        return Ok(());
+    };
+    if position > 0 {
+        session.servers.rotate_left(position);
+        store.save_session(session)?;
+    }
+    Ok(())
 }
 
 fn connect(store: &LocalStore, options: &SyncOptions) -> anyhow::Result<(Session, Client)> {
     let session = store.session()?;
-    let client = Client::new(&session.server, session.ca.as_deref().map(std::path::Path::new), options.timeout)?;
+    let client = Client::new(&session.servers, session.ca.as_deref().map(std::path::Path::new), options.timeout)?;
     Ok((session, client))
 }
 
@@ -197,6 +213,7 @@ pub fn sync(store: &LocalStore, options: &SyncOptions) -> Result<SyncReport, Syn
     }
     bar.finish_and_clear();
     report.pulled = pull_with(store, &mut session, &client, options)?;
+    prefer_the_answering_server(store, &mut session, &client)?;
     report.queued = store.queued();
     Ok(report)
 }

@@ -342,3 +342,42 @@ async fn a_delivery_reassigned_after_capture_is_honoured_and_the_later_capture_i
         (&json!("Front desk"), &json!("hh-exp1"))
     );
 }
+
+#[tokio::test]
+async fn an_agent_that_knows_two_addresses_syncs_with_the_one_that_answers() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 2).await; // D-000001: exp1
+    server.plan(&dispatcher).await;
+    // An address where nothing listens any more: an instance that went down.
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        format!("https://127.0.0.1:{}", listener.local_addr().expect("an address").port())
+    };
+    let ca = sandbox.certs_dir().join("ca.pem");
+    let ca = ca.to_str().expect("a UTF-8 path");
+    let login = sandbox.agent(
+        "exp1",
+        &["login", "--server", &down, "--server", &server.url, "--ca", ca, "--username", "exp1", "--password-stdin"],
+        Some(&format!("{DEMO_PASSWORD}\n")),
+    );
+    assert!(login.status.success(), "the second address answers the login: {:?}", text(&login));
+
+    assert_eq!(ok(&sandbox, &["pull"]), "1 assignment(s) changed\n");
+    let status: Value = serde_json::from_str(&ok(&sandbox, &["status", "--json"])).expect("json");
+    assert_eq!(status["servers"], json!([server.url, down]), "the address that answered is tried first from now on");
+    ok(&sandbox, &["confirm", "D-000001", "--recipient", "Front desk"]);
+    let report: Value = serde_json::from_str(&ok(&sandbox, &["sync", "--json"])).expect("json");
+    assert_eq!((&report["accepted"], &report["queued"]), (&json!(1), &json!(0)));
+    let (_, receipt) = server.get("/api/v1/receipts/R-000001", Some(&dispatcher)).await;
+    assert_eq!(receipt["delivered"], true);
+
+    // Both down: the sync fails, naming every address it tried.
+    let url = server.url.clone();
+    assert!(server.stop().success());
+    let offline = sandbox.agent("exp1", &["sync"], None);
+    let (_, stderr) = text(&offline);
+    assert!(!offline.status.success());
+    assert!(stderr.contains(&url) && stderr.contains(&down), "{stderr}");
+}
