@@ -246,3 +246,41 @@ fn a_conflicting_duplicate_is_refused_without_touching_the_first_outcome() {
     let (retry, changes) = push(&first, &digest(&first), by(&exp2, &device), inputs).expect("judged");
     assert_eq!((retry, changes.is_empty()), (PushOutcome::Duplicate, true));
 }
+
+#[test]
+fn records_that_do_not_fit_together_are_an_error_and_change_nothing() {
+    // A sound confirmation, but the backend handed in no receipt, or not the
+    // stock its goods move through: never applied half, never against zero.
+    let (exp2, device) = (name("exp2"), DeviceId::parse("hh-2").expect("id"));
+    let c = Confirmation { empties_collected: 0, ..delivered(2) };
+    let mut planned = delivery();
+    planned.legs = crate::domain::shipments::plan_legs(
+        &planned.delivery_id,
+        Source::Branch1,
+        &crate::domain::shipments::CascadeNodes::for_customer(&crate::domain::fixtures::customer("C1"), None, None),
+        &planned.customer_id,
+    );
+    let without_receipt = PushInputs { delivery: Some(planned.clone()), ..PushInputs::default() };
+    let err = push(&c, &digest(&c), by(&exp2, &device), without_receipt).expect_err("inconsistent");
+    assert_eq!(err.0, "the receipt of D-000001 was not read");
+    let receipt = crate::domain::orders::Receipt {
+        receipt_id: ReceiptId::from_seq(1),
+        seq: 1,
+        order_id: handover_shared::OrderId::parse("o1").expect("id"),
+        customer_id: planned.customer_id.clone(),
+        item_id: planned.item_id.clone(),
+        quantity: 3,
+        empties_expected: 0,
+        ordered_by: exp2.clone(),
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        planned: true,
+        backordered: false,
+        delivered: false,
+        delivered_at: None,
+        delivery_id: Some(planned.delivery_id.clone()),
+        proof: None,
+    };
+    let without_stock = PushInputs { delivery: Some(planned), receipt: Some(receipt), ..PushInputs::default() };
+    let err = push(&c, &digest(&c), by(&exp2, &device), without_stock).expect_err("inconsistent");
+    assert_eq!(err.0, "the stock of TC-100 at B1 was not read");
+}

@@ -17,8 +17,8 @@ use super::{
     access::Principal,
     changes::{ChangeSet, Step, StockBook, StockLine},
     confirmations::{self, FirstOutcome, PushInputs, PushOutcome, PushReads, Pusher, SeenConfirmation},
-    network::Customer,
-    orders::{CustomerAccount, Receipt},
+    network::{Customer, Item},
+    orders::{self, Confirmed, CustomerAccount, Draft, Receipt, ValidOrder, DRAFT_TTL},
     shipments::{self, CascadeNodes, CourierAccount, Delivery, PlanInputs, PlanResult},
     stock::{self, Balance, LedgerEntry},
 };
@@ -239,24 +239,22 @@ fn run(world: &World) -> Result<(), TestCaseError> {
     }
     for (seq, &(customer, item, quantity)) in (1u64..).zip(&world.orders) {
         let customer = &world.customers[customer % world.customers.len()];
-        let receipt = Receipt {
-            receipt_id: handover_shared::ReceiptId::from_seq(seq),
-            seq,
-            order_id: handover_shared::OrderId::parse(format!("o{seq}")).expect("an order id"),
-            customer_id: customer.id.clone(),
-            item_id: item_id(ITEMS[item]),
-            quantity,
-            empties_expected: quantity,
-            ordered_by: user("disp"),
-            created_at: now,
-            planned: false,
-            backordered: false,
-            delivered: false,
-            delivered_at: None,
-            delivery_id: None,
-            proof: None,
+        // Placed as a customer would: a draft, confirmed under the next number.
+        let item = Item {
+            id: item_id(ITEMS[item]),
+            name: ITEMS[item].into(),
+            collectable: true,
+            max_per_order: 20,
+            discontinued: false,
         };
-        books.receipts.insert(seq, receipt);
+        let order = ValidOrder { customer_id: customer.id.clone(), item, quantity };
+        let order_id = handover_shared::OrderId::parse(format!("o{seq}")).expect("an order id");
+        let draft = Draft::new(order, order_id, &dispatcher(), now, DRAFT_TTL);
+        let account = books.accounts.get(&customer.id).cloned().unwrap_or_default();
+        let (confirmed, changes) =
+            orders::confirm(&draft, seq, account, now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert!(matches!(confirmed, Confirmed::New(_)));
+        books.apply(changes)?;
     }
     let customers: HashMap<CustomerId, Customer> = world.customers.iter().map(|c| (c.id.clone(), c.clone())).collect();
     let master = world.has_master.then(|| node("MW"));
