@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub struct Settings {
     /// Where the sled store and the generated JWT key live.
     pub data_dir: PathBuf,
+    pub store: StoreSettings,
     pub listen: SocketAddr,
     /// Where TLS material is read from (and, in development mode, made).
     pub certs_dir: PathBuf,
@@ -22,6 +23,42 @@ pub struct Settings {
     pub orders: OrderSettings,
     /// Load the demo network when the store is empty.
     pub demo: bool,
+}
+
+/// Which backend keeps the data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    /// `postgres://user:password@host:port/database`, for `backend = "postgres"`.
+    /// Secret: it may carry a password.
+    pub postgres_url: Option<SecretString>,
+    /// Connections each instance keeps open at most.
+    pub postgres_pool_size: usize,
+    /// How long a request waits for a database connection before it is
+    /// answered 503.
+    pub postgres_connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded, in `data_dir`: one process, no setup.
+    #[default]
+    Sled,
+    /// A PostgreSQL database that any number of instances share.
+    Postgres,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Sled,
+            postgres_url: None,
+            postgres_pool_size: 16,
+            postgres_connect_timeout_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +104,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data"),
+            store: StoreSettings::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             certs_dir: PathBuf::from("./certs"),
             tls: TlsSettings::default(),
@@ -132,6 +170,9 @@ impl Default for LimitSettings {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub data_dir: Option<PathBuf>,
+    /// `sled` or `postgres`.
+    pub store_backend: Option<String>,
+    pub postgres_url: Option<String>,
     pub listen: Option<String>,
     pub certs_dir: Option<PathBuf>,
     pub plain_http: bool,
@@ -151,6 +192,12 @@ impl Settings {
         );
         if let Some(dir) = &overrides.data_dir {
             builder = builder.set_override("data_dir", dir.display().to_string())?;
+        }
+        if let Some(backend) = &overrides.store_backend {
+            builder = builder.set_override("store.backend", backend.as_str())?;
+        }
+        if let Some(url) = &overrides.postgres_url {
+            builder = builder.set_override("store.postgres_url", url.as_str())?;
         }
         if let Some(listen) = &overrides.listen {
             builder = builder.set_override("listen", listen.as_str())?;
@@ -177,6 +224,7 @@ impl Settings {
             ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs, YEAR),
             ("orders.draft_ttl_secs", self.orders.draft_ttl_secs, YEAR),
             ("limits.pull_page_changes", self.limits.pull_page_changes, 10_000),
+            ("store.postgres_connect_timeout_secs", self.store.postgres_connect_timeout_secs, 3600),
         ];
         for (key, value, max) in bounded {
             if value > max {
@@ -185,6 +233,14 @@ impl Settings {
         }
         if self.limits.pull_page_changes == 0 {
             return Err(config::ConfigError::Message("limits.pull_page_changes must be at least 1".into()));
+        }
+        if self.store.backend == StoreBackend::Postgres && self.store.postgres_url.is_none() {
+            return Err(config::ConfigError::Message(
+                "store.backend = \"postgres\" needs store.postgres_url (or --postgres-url)".into(),
+            ));
+        }
+        if self.store.postgres_pool_size == 0 {
+            return Err(config::ConfigError::Message("store.postgres_pool_size must be at least 1".into()));
         }
         if self.auth.access_ttl_secs == 0 || self.auth.refresh_ttl_secs == 0 {
             return Err(config::ConfigError::Message("token lifetimes must be at least 1 second".into()));
@@ -229,6 +285,25 @@ mod tests {
         std::fs::write(&file, "[orders]\ndraft_ttl_secs = 1000000000000\n").expect("write");
         let err = Settings::load(Some(&file), &Overrides::default()).err().map(|e| e.to_string());
         assert_eq!(err.as_deref(), Some("orders.draft_ttl_secs must be at most 31536000, got 1000000000000"));
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_its_url_and_hides_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pg.toml");
+        std::fs::write(&file, "[store]\nbackend = \"postgres\"\n").expect("write");
+        let err = Settings::load(Some(&file), &Overrides::default()).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("store.backend = \"postgres\" needs store.postgres_url (or --postgres-url)"));
+
+        let overrides =
+            Overrides { postgres_url: Some("postgres://u:hunter2@db/handover".into()), ..Overrides::default() };
+        let settings = Settings::load(Some(&file), &overrides).expect("loads");
+        assert_eq!(settings.store.backend, StoreBackend::Postgres);
+        assert!(!format!("{settings:?}").contains("hunter2"), "the database password stays out of logs");
+
+        std::fs::write(&file, "[store]\nbackend = \"mysql\"\n").expect("write");
+        let err = Settings::load(Some(&file), &Overrides::default()).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("mysql")), "an unknown backend is named");
     }
 
     #[test]

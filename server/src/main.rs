@@ -1,4 +1,5 @@
-//! `handover-server`: serve, import a network file, revoke a device.
+//! `handover-server`: serve, import a network file, revoke a device, apply
+//! the PostgreSQL schema.
 
 use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
@@ -6,14 +7,19 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use handover_server::{
     auth::AuthService,
-    config::{Overrides, Settings},
+    config::{Overrides, Settings, StoreBackend},
     demo,
     import::{import_network, ImportFailure},
     startup::launch,
-    store::{sled::SledStore, Store},
+    store::{
+        postgres::{PgOptions, PgStore},
+        sled::SledStore,
+        Store,
+    },
     telemetry,
 };
 use handover_shared::{api::NetworkFile, DeviceId};
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Handover central server.
 #[derive(Debug, Parser)]
@@ -26,13 +32,38 @@ struct Cli {
     command: Command,
 }
 
+/// Where the data is kept: the same flags for every command.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Where the sled store (and a generated JWT key) lives [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Which backend keeps the data: sled (embedded) or postgres [default: sled].
+    #[arg(long = "store", value_name = "BACKEND")]
+    store_backend: Option<String>,
+    /// The database for `--store postgres`. Prefer HANDOVER__STORE__POSTGRES_URL
+    /// when it carries a password: a flag shows in the process list.
+    #[arg(long, value_name = "URL")]
+    postgres_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn overrides(self) -> Overrides {
+        Overrides {
+            data_dir: self.data_dir,
+            store_backend: self.store_backend,
+            postgres_url: self.postgres_url,
+            ..Overrides::default()
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the API and the pages.
     Serve {
-        /// Where the store lives [default: ./data].
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Address to listen on; port 0 picks a free one [default: 127.0.0.1:8443].
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
@@ -46,18 +77,25 @@ enum Command {
         #[arg(long)]
         demo: bool,
     },
-    /// Import a network file (with the server stopped). Refused whole on any problem.
+    /// Import a network file. Refused whole on any problem. With sled, stop
+    /// the server first; on PostgreSQL it may run beside the servers.
     Import {
         file: PathBuf,
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
-    /// Cut a lost handheld off: revoke every session of a device (server stopped;
-    /// while it runs, use POST /api/v1/admin/devices/{id}/revoke).
+    /// Cut a lost handheld off: revoke every session of a device (sled: with
+    /// the server stopped; while it runs, use POST /api/v1/admin/devices/{id}/revoke).
     RevokeDevice {
         device_id: String,
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Create or upgrade the PostgreSQL schema (`serve` also does it when it
+    /// starts), and print its version.
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -68,18 +106,19 @@ async fn main() -> anyhow::Result<()> {
     let _failpoints = handover_shared::failpoints::setup();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data_dir, listen, certs_dir, http, demo } => {
-            let overrides = Overrides { data_dir, listen, certs_dir, plain_http: http, demo };
+        Command::Serve { store, listen, certs_dir, http, demo } => {
+            let overrides = Overrides { listen, certs_dir, plain_http: http, demo, ..store.overrides() };
             serve(load_settings(cli.config.as_deref(), &overrides)?).await
         }
-        Command::Import { file, data_dir } => {
-            let settings = load_settings(cli.config.as_deref(), &Overrides { data_dir, ..Overrides::default() })?;
-            import(&settings, &file).await
+        Command::Import { file, store } => {
+            let mut settings = load_settings(cli.config.as_deref(), &store.overrides())?;
+            import(&mut settings, &file).await
         }
-        Command::RevokeDevice { device_id, data_dir } => {
-            let settings = load_settings(cli.config.as_deref(), &Overrides { data_dir, ..Overrides::default() })?;
-            revoke_device(&settings, &device_id).await
+        Command::RevokeDevice { device_id, store } => {
+            let mut settings = load_settings(cli.config.as_deref(), &store.overrides())?;
+            revoke_device(&mut settings, &device_id).await
         }
+        Command::Migrate { store } => migrate(&load_settings(cli.config.as_deref(), &store.overrides())?).await,
     }
 }
 
@@ -87,14 +126,54 @@ fn load_settings(file: Option<&std::path::Path>, overrides: &Overrides) -> anyho
     Settings::load(file, overrides).context("invalid configuration")
 }
 
-fn open_store(settings: &Settings) -> anyhow::Result<Arc<SledStore>> {
-    let store = SledStore::open(&settings.data_dir)
-        .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
-    Ok(Arc::new(store))
+fn pg_options(settings: &Settings) -> anyhow::Result<PgOptions> {
+    let url = settings.store.postgres_url.as_ref().context("store.postgres_url is not set")?;
+    let mut options = PgOptions::new(url.expose_secret());
+    options.pool_size = settings.store.postgres_pool_size;
+    options.connect_timeout = std::time::Duration::from_secs(settings.store.postgres_connect_timeout_secs);
+    Ok(options)
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let store = open_store(&settings)?;
+/// Opens the configured store. On PostgreSQL, without `auth.jwt_secret`, the
+/// signing key is the one kept in the database (made by the first instance),
+/// so that every instance accepts the tokens of the others.
+async fn open_store(settings: &mut Settings) -> anyhow::Result<Arc<dyn Store>> {
+    match settings.store.backend {
+        StoreBackend::Sled => {
+            let store = SledStore::open(&settings.data_dir)
+                .with_context(|| format!("cannot open the store in {}", settings.data_dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Postgres => {
+            let store = PgStore::open(&pg_options(settings)?).await.context("cannot open the PostgreSQL store")?;
+            if settings.auth.jwt_secret.is_none() {
+                let candidate = handover_server::auth::new_secret_text();
+                let shared = store.shared_secret("jwt", candidate.as_bytes()).await?;
+                let shared = String::from_utf8(shared).context("the stored JWT key is not text")?;
+                settings.auth.jwt_secret = Some(SecretString::from(shared));
+            }
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    if settings.store.backend == StoreBackend::Sled {
+        println!("the sled store needs no migration: it is laid out when it is opened");
+        return Ok(());
+    }
+    let store = PgStore::connect(&pg_options(settings)?)?;
+    let report = store.migrate().await.context("migrating the PostgreSQL schema")?;
+    if report.applied.is_empty() {
+        println!("the schema is up to date (version {})", report.version);
+    } else {
+        println!("applied migration(s) {:?}; the schema is at version {}", report.applied, report.version);
+    }
+    Ok(())
+}
+
+async fn serve(mut settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&mut settings).await?;
     if settings.demo && demo::load_if_empty(store.as_ref()).await.context("loading the demo network")? {
         print_demo_banner();
     }
@@ -123,11 +202,11 @@ fn print_demo_banner() {
     }
 }
 
-async fn import(settings: &Settings, path: &std::path::Path) -> anyhow::Result<()> {
+async fn import(settings: &mut Settings, path: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file: NetworkFile =
         serde_json::from_str(&text).with_context(|| format!("{} is not a network file", path.display()))?;
-    let store = open_store(settings)?;
+    let store = open_store(settings).await?;
     match import_network(store.as_ref(), &file).await {
         Ok(summary) => {
             println!(
@@ -146,9 +225,9 @@ async fn import(settings: &Settings, path: &std::path::Path) -> anyhow::Result<(
     }
 }
 
-async fn revoke_device(settings: &Settings, raw: &str) -> anyhow::Result<()> {
+async fn revoke_device(settings: &mut Settings, raw: &str) -> anyhow::Result<()> {
     let device_id = DeviceId::parse(raw).with_context(|| format!("invalid device id {raw:?}"))?;
-    let store: Arc<dyn Store> = open_store(settings)?;
+    let store = open_store(settings).await?;
     let secret = handover_server::auth::load_or_create_secret(&settings.auth, &settings.data_dir)?;
     let auth = AuthService::new(store, &settings.auth, &secret).await?;
     let revoked = auth.revoke_device(&device_id).await?;

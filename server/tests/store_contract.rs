@@ -63,6 +63,28 @@ impl Backend for SledBackend {
     }
 }
 
+/// The PostgreSQL backend: a database of its own on the server that
+/// `HANDOVER_TEST_POSTGRES` names, dropped with the backend; skipped when
+/// the variable is unset.
+struct PgBackend(handover_server::store::postgres::ScratchDatabase);
+
+impl Backend for PgBackend {
+    fn fresh() -> Option<Self> {
+        handover_server::store::postgres::ScratchDatabase::from_env().map(Self)
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        let options = handover_server::store::postgres::PgOptions::new(self.0.url());
+        Arc::new(handover_server::store::postgres::PgStore::open(&options).await.expect("the PostgreSQL store opens"))
+    }
+
+    /// What PostgreSQL has committed: a copy of the database (the open
+    /// store's connections are cut to take it, as a crash would cut them).
+    fn crash_image(&self) -> Self {
+        Self(self.0.copy().expect("a copy of the test database"))
+    }
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("a directory");
     for entry in std::fs::read_dir(from).expect("a directory to copy") {
@@ -112,6 +134,7 @@ macro_rules! store_contract {
 }
 
 store_contract!(sled, SledBackend);
+store_contract!(postgres, PgBackend);
 
 // 1. Receipts.
 

@@ -353,6 +353,14 @@ pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow
     Ok(secret)
 }
 
+/// A new random signing key (32 random bytes), as text: it can be stored
+/// as `auth.jwt_secret` is given.
+pub fn new_secret_text() -> String {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    URL_SAFE_NO_PAD.encode(secret)
+}
+
 impl AuthSettings {
     fn auth_secret(&self) -> Option<Vec<u8>> {
         self.jwt_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec())

@@ -40,6 +40,7 @@
 //!   [`Store::import_network`] each run one at a time per store, across every
 //!   process that shares it, and never at the same time as each other.
 
+pub mod postgres;
 pub mod sled;
 
 use async_trait::async_trait;
@@ -106,6 +107,10 @@ pub enum StoreError {
     UnsupportedFormat { found: String, expected: u32 },
     #[error("storage failure: {0}")]
     Backend(String),
+    /// The database cannot be reached (down, restarting, out of connections):
+    /// nothing was written, and the same call may succeed shortly.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("stored record {key} is unreadable: {source}")]
     Corrupt {
         key: String,
