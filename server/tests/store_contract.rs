@@ -8,6 +8,8 @@
 
 #[path = "store_contract/fixture.rs"]
 mod fixture;
+#[path = "store_contract/in_turn.rs"]
+mod in_turn;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -85,6 +87,31 @@ impl Backend for PgBackend {
     }
 }
 
+/// Two server instances on one PostgreSQL database: two stores, each with its
+/// own pool, taking the calls in turn. Every contract then holds across
+/// instances: the concurrent confirms, pushes, planning runs and imports of
+/// each test reach both.
+struct PgTwoInstances(handover_server::store::postgres::ScratchDatabase);
+
+impl Backend for PgTwoInstances {
+    fn fresh() -> Option<Self> {
+        handover_server::store::postgres::ScratchDatabase::from_env().map(Self)
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        let options = handover_server::store::postgres::PgOptions::new(self.0.url());
+        let open = || handover_server::store::postgres::PgStore::open(&options);
+        let (first, second) = tokio::join!(open(), open());
+        let instances =
+            [first, second].map(|store| Arc::new(store.expect("the PostgreSQL store opens")) as Arc<dyn Store>);
+        Arc::new(in_turn::InTurn::new(instances.to_vec()))
+    }
+
+    fn crash_image(&self) -> Self {
+        Self(self.0.copy().expect("a copy of the test database"))
+    }
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).expect("a directory");
     for entry in std::fs::read_dir(from).expect("a directory to copy") {
@@ -135,6 +162,7 @@ macro_rules! store_contract {
 
 store_contract!(sled, SledBackend);
 store_contract!(postgres, PgBackend);
+store_contract!(postgres_two_instances, PgTwoInstances);
 
 // 1. Receipts.
 

@@ -145,6 +145,8 @@ error_codes! {
     HttpError = ("http_error", 400),
     /// Any endpoint: an unexpected failure; details only in the server log.
     Internal = ("internal", 500),
+    /// Any endpoint: the server cannot reach its database (down, restarting, out of connections). Nothing was changed; retry after `Retry-After` seconds.
+    StoreUnavailable = ("store_unavailable", 503),
 }
 
 impl fmt::Display for ErrorCode {

@@ -12,7 +12,6 @@
 //! (200) and `HANDOVER_FAULT_SEED` (1) make deeper runs.
 
 use std::{
-    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -22,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::{
     agent::count_applied,
-    helpers::{base_network, Sandbox, TestServer},
+    helpers::{base_network, copy_dir, Sandbox, TestServer},
     proxy::{Fault, FaultyProxy},
 };
 
@@ -133,19 +132,6 @@ async fn baseline(n: usize) -> Baseline {
     Baseline { sandbox, saved, proxy }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("a directory");
-    for entry in std::fs::read_dir(from).expect("a directory to copy") {
-        let entry = entry.expect("an entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("a type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("a copy");
-        }
-    }
-}
-
 /// The server of a run: started on the run's data, behind the proxy.
 fn start_server(run: &Sandbox, proxy: &FaultyProxy, failpoints: Option<&str>) -> TestServer {
     let env: Vec<(&str, &str)> = failpoints.map(|f| ("FAILPOINTS", f)).into_iter().collect();
@@ -188,8 +174,8 @@ fn armed(rng: &mut StdRng, point: &str, action: &str, evaluations: u64) -> Strin
 /// One run of one scenario; fills `row`.
 async fn run_once(base: &Baseline, n: usize, breaker: Breaker, seed: u64, row: &mut Row) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let run = Sandbox::new();
-    copy_dir(&base.sandbox.data_dir(), &run.data_dir());
+    let mut run = Sandbox::new();
+    run.copy_store_from(&base.sandbox);
     copy_dir(&base.sandbox.path("agent-exp1"), &run.path("agent-exp1"));
     let proxy = &base.proxy;
     proxy.set_fault(Fault::Pass);
@@ -494,6 +480,12 @@ async fn fifty_couriers_sync_at_once_through_a_faulty_network_while_the_dispatch
 
 #[tokio::test]
 async fn a_data_dir_copied_in_the_middle_of_writes_keeps_every_acknowledged_write_or_refuses_clearly() {
+    if crate::helpers::on_postgres() {
+        // A copy of files under a live writer is sled's failure; PostgreSQL's
+        // durability is its own (its WAL), and the crash matrix kills servers on it.
+        eprintln!("skipped on PostgreSQL: the server keeps no store files in its data dir");
+        return;
+    }
     let n = 200;
     let base = baseline(n).await;
     let server = base.sandbox.start(&["--http"]);

@@ -32,14 +32,56 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Temporary data and certs directories that outlive server restarts.
+/// The variable that runs the suite on PostgreSQL: `HANDOVER_E2E_STORE=postgres`,
+/// with `HANDOVER_TEST_POSTGRES` naming the server. Unset: sled.
+pub const STORE_VARIABLE: &str = "HANDOVER_E2E_STORE";
+
+/// Whether this run's servers keep their data in PostgreSQL.
+pub fn on_postgres() -> bool {
+    match std::env::var(STORE_VARIABLE).as_deref() {
+        Ok("postgres") => true,
+        Ok("sled") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("{STORE_VARIABLE}={other}: expected sled or postgres"),
+    }
+}
+
+/// Temporary data and certs directories that outlive server restarts, and on
+/// PostgreSQL a database of the sandbox's own, dropped with it.
 pub struct Sandbox {
+    database: Option<handover_server::store::postgres::ScratchDatabase>,
     root: tempfile::TempDir,
 }
 
 impl Sandbox {
     pub fn new() -> Self {
-        Self { root: tempfile::tempdir().expect("a temporary directory") }
+        let database = on_postgres().then(|| {
+            handover_server::store::postgres::ScratchDatabase::from_env().unwrap_or_else(|| {
+                panic!("{STORE_VARIABLE}=postgres needs {}", handover_server::store::postgres::TEST_SERVER_VARIABLE)
+            })
+        });
+        Self { database, root: tempfile::tempdir().expect("a temporary directory") }
+    }
+
+    /// The settings that point a server at this sandbox's store.
+    pub fn store_env(&self) -> Vec<(&'static str, String)> {
+        match &self.database {
+            Some(database) => vec![
+                ("HANDOVER__STORE__BACKEND", "postgres".to_owned()),
+                ("HANDOVER__STORE__POSTGRES_URL", database.url().to_owned()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// The store of `other` copied into this sandbox, as `other`'s stopped
+    /// server left it: its data dir, and on PostgreSQL its database.
+    pub fn copy_store_from(&mut self, other: &Sandbox) {
+        if other.data_dir().exists() {
+            copy_dir(&other.data_dir(), &self.data_dir());
+        }
+        if let Some(database) = &other.database {
+            self.database = Some(database.copy().expect("a copy of the sandbox's database"));
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -61,6 +103,7 @@ impl Sandbox {
             .arg("--data-dir")
             .arg(self.data_dir())
             .env("HANDOVER__AUTH__JWT_SECRET", JWT_SECRET)
+            .envs(self.store_env())
             .output()
             .expect("handover-server runs")
     }
@@ -117,6 +160,7 @@ impl TestServer {
             .args(if extra.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(extra)
             .env("HANDOVER__AUTH__JWT_SECRET", JWT_SECRET)
+            .envs(sandbox.store_env())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -450,5 +494,19 @@ impl Sandbox {
         }
         drop(child.stdin.take());
         child.wait_with_output().expect("handover-agent ends")
+    }
+}
+
+/// Copies a directory tree (a stopped server's data dir, an agent's).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("a directory");
+    for entry in std::fs::read_dir(from).expect("a directory to copy") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("a copy");
+        }
     }
 }

@@ -82,7 +82,8 @@ impl ApiError {
                 AuthError::Token(TokenError::Expired) => ErrorCode::TokenExpired,
                 AuthError::Token(TokenError::Invalid) => ErrorCode::InvalidToken,
                 AuthError::SessionRevoked => ErrorCode::SessionRevoked,
-                AuthError::Store(_) | AuthError::Internal(_) => ErrorCode::Internal,
+                AuthError::Store(err) => store_code(err),
+                AuthError::Internal(_) => ErrorCode::Internal,
             },
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
@@ -96,7 +97,7 @@ impl ApiError {
                 OrderFailure::Refused(DraftRefusal::Expired) => ErrorCode::DraftExpired,
                 OrderFailure::Refused(DraftRefusal::AlreadyConfirmed) => ErrorCode::OrderConfirmed,
                 OrderFailure::Forbidden(_) => ErrorCode::Forbidden,
-                OrderFailure::Store(_) => ErrorCode::Internal,
+                OrderFailure::Store(err) => store_code(err),
             },
             ApiError::Shipment(failure) => match failure {
                 ShipmentFailure::NotFound(_) => ErrorCode::NotFound,
@@ -110,13 +111,15 @@ impl ApiError {
                 }
                 ShipmentFailure::Leg(LegRefusal::LastLeg(_)) => ErrorCode::LastLeg,
                 ShipmentFailure::Leg(LegRefusal::PreviousNotIssued(_)) => ErrorCode::PreviousLegNotIssued,
-                ShipmentFailure::Store(_) => ErrorCode::Internal,
+                ShipmentFailure::Store(err) => store_code(err),
             },
             ApiError::Import(failure) => match failure {
                 ImportFailure::Invalid(_) => ErrorCode::InvalidNetwork,
-                ImportFailure::Store(_) | ImportFailure::Internal(_) => ErrorCode::Internal,
+                ImportFailure::Store(err) => store_code(err),
+                ImportFailure::Internal(_) => ErrorCode::Internal,
             },
-            ApiError::Store(_) | ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::Store(err) => store_code(err),
+            ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -124,6 +127,9 @@ impl ApiError {
     fn message_and_problems(&self, code: ErrorCode) -> (String, Vec<Problem>) {
         match self {
             _ if code == ErrorCode::Internal => (OPAQUE.to_owned(), Vec::new()),
+            _ if code == ErrorCode::StoreUnavailable => {
+                ("the server cannot reach its database; nothing was changed, try again shortly".to_owned(), Vec::new())
+            }
             ApiError::Order(OrderFailure::Abnormal(problems)) => abnormal_order(problems),
             ApiError::Import(ImportFailure::Invalid(problems)) => {
                 (format!("the network file has {} problem(s); nothing was imported", problems.len()), problems.clone())
@@ -132,6 +138,18 @@ impl ApiError {
         }
     }
 }
+
+/// A store out of reach is the database's outage, said as such (503, try
+/// again shortly); any other store failure is internal.
+fn store_code(err: &StoreError) -> ErrorCode {
+    match err {
+        StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// Seconds a client waits before trying again after a `store_unavailable`.
+const STORE_RETRY_AFTER_SECS: u32 = 2;
 
 /// The HTTP status of a code, from its table entry.
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -177,6 +195,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         if let ApiError::Auth(AuthError::RateLimited { retry_after_secs }) = self {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        if code == ErrorCode::StoreUnavailable {
+            response.insert_header((header::RETRY_AFTER, STORE_RETRY_AFTER_SECS.to_string()));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
@@ -315,5 +336,20 @@ mod tests {
 
         let body = json!({"error": {"code": "internal", "message": OPAQUE}});
         assert_eq!(got, (StatusCode::INTERNAL_SERVER_ERROR, None, body));
+    }
+
+    #[actix_web::test]
+    async fn a_database_out_of_reach_is_a_503_that_says_to_retry() {
+        let failure = ShipmentFailure::Store(StoreError::Unavailable("connection refused to 10.0.0.7".into()));
+
+        let response = ApiError::from(failure).error_response();
+
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after = response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(String::from);
+        assert_eq!(retry_after.as_deref(), Some("2"));
+        let bytes = to_bytes(response.into_body()).await.expect("the body is in memory");
+        let body: Value = serde_json::from_slice(&bytes).expect("the body is JSON");
+        assert_eq!(body["error"]["code"], "store_unavailable");
+        assert!(!body.to_string().contains("10.0.0.7"), "the database's address stays in the log: {body}");
     }
 }

@@ -31,26 +31,18 @@ pub async fn migrate(client: &mut Client) -> Result<MigrationReport, StoreError>
 }
 
 async fn run(client: &mut Client) -> Result<MigrationReport, Failed> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version integer PRIMARY KEY,
-                 name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             )",
-        )
-        .await
-        .or_else(|err| {
-            // Two instances creating the table at the same moment: one loses the
-            // race on the catalog, and the table is there.
-            if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(err)
-            }
-        })?;
     let tx = client.transaction().await?;
+    // Taken before anything else: instances that start together create the
+    // bookkeeping table and apply each migration one after the other.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version integer PRIMARY KEY,
+             name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
     let done: Vec<i32> = tx
         .query("SELECT version FROM schema_migrations ORDER BY version", &[])
         .await?
