@@ -62,6 +62,16 @@ impl Sandbox {
         Self { database, root: tempfile::tempdir().expect("a temporary directory") }
     }
 
+    /// A sandbox whose servers keep their data in `database`, whatever
+    /// backend the run is on.
+    pub fn on_database(database: handover_server::store::postgres::ScratchDatabase) -> Self {
+        Self { database: Some(database), root: tempfile::tempdir().expect("a temporary directory") }
+    }
+
+    pub fn database(&self) -> Option<&handover_server::store::postgres::ScratchDatabase> {
+        self.database.as_ref()
+    }
+
     /// The settings that point a server at this sandbox's store.
     pub fn store_env(&self) -> Vec<(&'static str, String)> {
         match &self.database {

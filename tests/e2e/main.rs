@@ -10,6 +10,7 @@ mod foundation;
 mod handheld;
 mod helpers;
 mod hostile;
+mod instances;
 mod orders;
 mod pages;
 mod proxy;

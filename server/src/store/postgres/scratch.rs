@@ -79,6 +79,27 @@ impl ScratchDatabase {
     }
 }
 
+impl ScratchDatabase {
+    /// An outage, as the servers see it: the database refuses new
+    /// connections and every open one is cut.
+    pub fn cut_off(&self) -> Result<(), String> {
+        run_admin(&self.admin_url, format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", self.name))?;
+        run_admin(
+            &self.admin_url,
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                self.name
+            ),
+        )
+    }
+
+    /// The end of the outage: connections are accepted again.
+    pub fn bring_back(&self) -> Result<(), String> {
+        run_admin(&self.admin_url, format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.name))
+    }
+}
+
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
         if let Err(err) = run_admin(&self.admin_url, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)) {
