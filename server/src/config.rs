@@ -78,6 +78,11 @@ pub struct AuthSettings {
     /// The HS256 key, at least 32 bytes. When absent, the server makes a random
     /// one in `data_dir/jwt-secret` on first start and reuses it afterwards.
     pub jwt_secret: Option<SecretString>,
+    /// The key kept in the store (PostgreSQL's `secrets`), used when
+    /// `jwt_secret` is not set: filled when the store opens, never read from
+    /// configuration.
+    #[serde(skip)]
+    pub stored_key: Option<StoredKey>,
     pub issuer: String,
     pub audience: String,
     pub access_ttl_secs: u64,
@@ -135,6 +140,26 @@ impl OrderSettings {
     }
 }
 
+/// A signing key's raw bytes, kept out of `Debug` output.
+#[derive(Clone)]
+pub struct StoredKey(std::sync::Arc<[u8]>);
+
+impl StoredKey {
+    pub fn new(bytes: &[u8]) -> Self {
+        StoredKey(bytes.into())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredKey([REDACTED])")
+    }
+}
+
 impl Default for TlsSettings {
     fn default() -> Self {
         Self { enabled: true, generate_dev_certs: true }
@@ -145,6 +170,7 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            stored_key: None,
             issuer: "handover".into(),
             audience: "handover-api".into(),
             access_ttl_secs: 15 * 60,

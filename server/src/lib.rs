@@ -14,6 +14,7 @@ pub mod domain;
 mod files;
 pub mod http;
 pub mod import;
+pub mod migrate_store;
 pub mod orders;
 pub mod shipments;
 pub mod startup;

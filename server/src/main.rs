@@ -1,5 +1,5 @@
 //! `handover-server`: serve, import a network file, revoke a device, apply
-//! the PostgreSQL schema.
+//! the PostgreSQL schema, move a sled store into PostgreSQL.
 
 use std::{net::TcpListener, path::PathBuf, sync::Arc};
 
@@ -7,9 +7,10 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use handover_server::{
     auth::AuthService,
-    config::{Overrides, Settings, StoreBackend},
+    config::{Overrides, Settings, StoreBackend, StoredKey},
     demo,
     import::{import_network, ImportFailure},
+    migrate_store::{migrate_store, MigrateStoreError},
     startup::launch,
     store::{
         postgres::{PgOptions, PgStore},
@@ -97,6 +98,18 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Move a sled store into an empty PostgreSQL database, with the server
+    /// stopped: copies everything in one transaction, then checks the copy
+    /// against the sled store. The sled store is left as it was.
+    MigrateStore {
+        /// The data dir of the sled server (its store and its JWT key).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The empty target database, `postgres://...`. Prefer the variable
+        /// when the URL carries a password: a flag shows in the process list.
+        #[arg(long, value_name = "URL", env = "HANDOVER_MIGRATE_TO", hide_env_values = true)]
+        to: SecretString,
+    },
 }
 
 #[actix_web::main]
@@ -119,6 +132,13 @@ async fn main() -> anyhow::Result<()> {
             revoke_device(&mut settings, &device_id).await
         }
         Command::Migrate { store } => migrate(&load_settings(cli.config.as_deref(), &store.overrides())?).await,
+        Command::MigrateStore { data_dir, to } => {
+            let outcome = migrate_store(&data_dir, &PgOptions::new(to.expose_secret())).await;
+            if let Some(report) = outcome.as_ref().map_or_else(MigrateStoreError::report, Some) {
+                print!("{report}");
+            }
+            outcome.map(drop).map_err(anyhow::Error::from)
+        }
     }
 }
 
@@ -147,10 +167,10 @@ async fn open_store(settings: &mut Settings) -> anyhow::Result<Arc<dyn Store>> {
         StoreBackend::Postgres => {
             let store = PgStore::open(&pg_options(settings)?).await.context("cannot open the PostgreSQL store")?;
             if settings.auth.jwt_secret.is_none() {
-                let candidate = handover_server::auth::new_secret_text();
-                let shared = store.shared_secret("jwt", candidate.as_bytes()).await?;
-                let shared = String::from_utf8(shared).context("the stored JWT key is not text")?;
-                settings.auth.jwt_secret = Some(SecretString::from(shared));
+                // Raw bytes, like the sled data dir's `jwt-secret` once
+                // decoded: `migrate-store` copies that key here as it is.
+                let shared = store.shared_secret("jwt", &handover_server::auth::new_secret()).await?;
+                settings.auth.stored_key = Some(StoredKey::new(&shared));
             }
             Ok(Arc::new(store))
         }

@@ -11,6 +11,7 @@ mod handheld;
 mod helpers;
 mod hostile;
 mod instances;
+mod migrate_store;
 mod orders;
 mod pages;
 mod proxy;

@@ -337,6 +337,10 @@ pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow
         );
         return Ok(secret.clone());
     }
+    if let Some(key) = &settings.stored_key {
+        anyhow::ensure!(key.bytes().len() >= tokens::MIN_SECRET_LEN, "the JWT key kept in the store is too short");
+        return Ok(key.bytes().to_vec());
+    }
     let path = data_dir.join("jwt-secret");
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -345,20 +349,18 @@ pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow
         anyhow::ensure!(secret.len() >= tokens::MIN_SECRET_LEN, "{} holds a key that is too short", path.display());
         return Ok(secret);
     }
-    let mut secret = vec![0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
+    let secret = new_secret();
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     crate::files::write_private(&path, URL_SAFE_NO_PAD.encode(&secret).as_bytes())?;
     tracing::info!(path = %path.display(), "no auth.jwt_secret configured: created a new JWT signing key");
     Ok(secret)
 }
 
-/// A new random signing key (32 random bytes), as text: it can be stored
-/// as `auth.jwt_secret` is given.
-pub fn new_secret_text() -> String {
-    let mut secret = [0u8; 32];
+/// A new random signing key: 32 random bytes.
+pub fn new_secret() -> Vec<u8> {
+    let mut secret = vec![0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    URL_SAFE_NO_PAD.encode(secret)
+    secret
 }
 
 impl AuthSettings {

@@ -13,6 +13,7 @@
 mod migrations;
 mod planning;
 mod reads;
+mod restore;
 mod scratch;
 mod sql;
 mod working;
@@ -32,6 +33,7 @@ use uuid::Uuid;
 
 pub use self::{
     migrations::{MigrationReport, MIGRATIONS},
+    restore::{RestoreError, JWT_SECRET_NAME, RECORD_TABLES},
     scratch::{ScratchDatabase, TEST_SERVER_VARIABLE},
 };
 use self::{
@@ -196,30 +198,24 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    /// Whether nothing at all is stored (`migrate-store` refuses a target that is not).
+    /// Whether nothing at all is stored (`migrate-store` refuses a target that
+    /// is not): no record in any table, no secret, every counter at 0.
     pub async fn holds_nothing(&self) -> Result<bool, StoreError> {
-        let client = self.client().await.map_err(Failed::into_store)?;
-        let row = client
-            .query_one(
-                "SELECT NOT EXISTS (SELECT 1 FROM nodes) AND NOT EXISTS (SELECT 1 FROM items)
-                    AND NOT EXISTS (SELECT 1 FROM accounts) AND NOT EXISTS (SELECT 1 FROM customers)
-                    AND NOT EXISTS (SELECT 1 FROM drafts) AND NOT EXISTS (SELECT 1 FROM receipts)
-                    AND NOT EXISTS (SELECT 1 FROM sessions) AND NOT EXISTS (SELECT 1 FROM ledger)
-                    AND NOT EXISTS (SELECT 1 FROM confirmations) AND NOT EXISTS (SELECT 1 FROM device_syncs)",
-                &[],
-            )
-            .await
-            .map_err(db_error)?;
-        Ok(row.get(0))
+        Ok(self.holding().await?.is_empty())
     }
 
     /// A pooled connection; a database out of reach is `Unavailable`.
     async fn client(&self) -> Result<Client, Failed> {
+        // Whatever keeps a connection from opening (refused, timed out, the
+        // database not accepting connections) is an outage to the caller.
         self.pool.get().await.map_err(|err| {
-            Failed::Store(match err {
-                deadpool_postgres::PoolError::Backend(err) => db_error(err),
-                other => StoreError::Unavailable(format!("no database connection: {other}")),
-            })
+            let why = match err {
+                deadpool_postgres::PoolError::Backend(err) => {
+                    err.as_db_error().map_or_else(|| err.to_string(), ToString::to_string)
+                }
+                other => other.to_string(),
+            };
+            Failed::Store(StoreError::Unavailable(format!("no database connection: {why}")))
         })
     }
 }
@@ -276,6 +272,20 @@ async fn push_batch(
     // then finds the first's outcome.
     working.lock_deliveries(batch.iter().filter_map(|confirmation| confirmation.delivery_id.seq())).await?;
     working.read_seen(batch.iter().map(|confirmation| confirmation.confirmation_id.clone())).await?;
+    // Then everything the batch's confirmations read, a statement per table
+    // rather than a round trip per confirmation.
+    let (mut receipts, mut stock, mut customers) = (Vec::new(), Vec::new(), Vec::new());
+    for confirmation in batch {
+        let Some(delivery) = confirmation.delivery_id.seq().map(|seq| working.delivery(seq)) else { continue };
+        let Some(delivery) = delivery.await? else { continue };
+        let reads = PushReads::of(confirmation, Some(&delivery));
+        receipts.extend(delivery.receipt_id.seq().filter(|_| reads.receipt));
+        stock.extend(reads.stock);
+        customers.extend(reads.account);
+    }
+    working.lock_receipts(receipts).await?;
+    working.stock(stock).await?;
+    working.lock_customer_accounts(customers).await?;
     let synced = working.sync_over(sync).await?;
     working.apply(ChangeSet { device_syncs: vec![synced], ..ChangeSet::default() })?;
     let by = Pusher { uploader: &sync.username, device: &sync.device_id, received_at: sync.last_sync_at };
@@ -649,7 +659,6 @@ impl Store for PgStore {
             let Some(delivery) = working.delivery(seq).await? else {
                 return Ok(Step::NotFound);
             };
-            working.lock_loads(delivery.assignee.iter().cloned().chain([courier.username.clone()])).await?;
             match shipments::assign(delivery, by, courier, now) {
                 Err(refusal) => Ok(Step::Refused(refusal)),
                 Ok((delivery, changes)) => {

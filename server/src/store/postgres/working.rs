@@ -158,24 +158,46 @@ impl<'a, 't> Working<'a, 't> {
         })))
     }
 
-    /// A customer's account record, locked; `None` when it has none yet.
-    pub(super) async fn customer_account(&mut self, customer: &CustomerId) -> Result<Option<CustomerAccount>, Failed> {
-        if let Some(account) = self.customer_accounts.get(customer) {
-            return Ok(account.clone());
+    /// Locks and reads the customers' account records not read yet.
+    pub(super) async fn lock_customer_accounts(
+        &mut self,
+        customers: impl IntoIterator<Item = CustomerId>,
+    ) -> Result<(), Failed> {
+        let mut missing: Vec<CustomerId> =
+            customers.into_iter().filter(|customer| !self.customer_accounts.contains_key(customer)).collect();
+        missing.sort();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(());
         }
+        let keys: Vec<&str> = missing.iter().map(CustomerId::as_str).collect();
         let rows = query(
             self.tx,
-            "SELECT body::text FROM customer_accounts WHERE customer_id = $1 FOR UPDATE",
-            &[&customer.as_str()],
+            "SELECT customer_id, body::text FROM customer_accounts WHERE customer_id = ANY($1)
+             ORDER BY customer_id FOR UPDATE",
+            &[&keys],
         )
         .await?;
-        let account: Option<CustomerAccount> =
-            rows.first().map(|row| decode(row, 0, format!("customer account {customer}"))).transpose()?;
-        if account.is_none() {
-            self.pending.customer_account_was_absent(customer.clone());
+        let mut found: HashMap<String, CustomerAccount> = HashMap::new();
+        for row in rows {
+            let customer: String = row.get(0);
+            let account = decode(&row, 1, format!("customer account {customer}"))?;
+            found.insert(customer, account);
         }
-        self.customer_accounts.insert(customer.clone(), account.clone());
-        Ok(account)
+        for customer in missing {
+            let account = found.remove(customer.as_str());
+            if account.is_none() {
+                self.pending.customer_account_was_absent(customer.clone());
+            }
+            self.customer_accounts.insert(customer, account);
+        }
+        Ok(())
+    }
+
+    /// A customer's account record, locked; `None` when it has none yet.
+    pub(super) async fn customer_account(&mut self, customer: &CustomerId) -> Result<Option<CustomerAccount>, Failed> {
+        self.lock_customer_accounts([customer.clone()]).await?;
+        Ok(self.customer_accounts.get(customer).cloned().flatten())
     }
 
     /// Reads the first outcomes of these confirmation ids. Called after the

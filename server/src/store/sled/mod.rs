@@ -13,6 +13,7 @@
 
 mod codec;
 pub mod commit;
+mod export;
 mod planning;
 mod push;
 mod reads;
@@ -34,6 +35,7 @@ use sled::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use self::export::{Counters, FeedChange, SledExport};
 use self::{
     codec::{abort, backend, finish, finish_store, get, scan, tx_get, tx_get_counter, tx_stock, TxResult},
     commit::GroupCommit,
@@ -148,6 +150,16 @@ impl SledStore {
                 stock_gate: std::sync::RwLock::new(()),
             }),
         })
+    }
+
+    /// Opens the store under `data_dir`, which must hold one already (a
+    /// command that reads a store must not make an empty one where a path is
+    /// mistyped). Blocking.
+    pub fn open_existing(data_dir: &Path) -> Result<Self, StoreError> {
+        if !data_dir.join(STORE_DIR).is_dir() {
+            return Err(StoreError::Backend(format!("{} holds no sled store ({STORE_DIR})", data_dir.display())));
+        }
+        Self::open(data_dir)
     }
 
     /// The group commit, for its counters.
