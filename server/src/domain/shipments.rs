@@ -3,14 +3,16 @@
 //! stock ledger. Plain functions over plain data; the store applies their
 //! decisions atomically.
 
-use handover_shared::{CustomerId, DeliveryId, ItemId, LegId, NodeId, ReceiptId, Role, Username};
+use std::collections::HashMap;
+
+use handover_shared::{CustomerId, DeliveryId, ItemId, LegId, NodeId, NodeKind, ReceiptId, Role, Username};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
     access::{Guarded, Principal},
     changes::{ChangeSet, Inconsistent, Step, StockBook},
-    network::Customer,
+    network::{Account, Customer, Membership, Node},
     orders::Receipt,
     stock::{Balance, Movement, NegativeStock},
 };
@@ -531,6 +533,55 @@ pub fn goods_receipt(
 pub enum PlanResult {
     Planned(Box<Delivery>),
     Backordered(ReceiptId),
+}
+
+/// What planning reads of the network: each customer, the master warehouse
+/// and the manufacturer (the first of each kind, should a network name more),
+/// and the expediters of each branch. Read by a backend once per run or chunk,
+/// under the lock that keeps imports out meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct PlanningNetwork {
+    customers: HashMap<CustomerId, Customer>,
+    master: Option<NodeId>,
+    manufacturer: Option<NodeId>,
+    expediters: HashMap<NodeId, Vec<Username>>,
+}
+
+impl PlanningNetwork {
+    /// From the stored records: `nodes` in id order, `accounts` in username
+    /// order (expediters are listed in that order), and at least the customers
+    /// of the receipts to plan.
+    pub fn new(nodes: &[Node], customers: Vec<Customer>, accounts: Vec<Account>) -> Self {
+        let first_of = |kind: NodeKind| nodes.iter().find(|node| node.kind == kind).map(|node| node.id.clone());
+        let mut expediters: HashMap<NodeId, Vec<Username>> = HashMap::new();
+        for account in accounts {
+            if let Membership::Expediter { node_id } = account.membership {
+                expediters.entry(node_id).or_default().push(account.username);
+            }
+        }
+        PlanningNetwork {
+            customers: customers.into_iter().map(|customer| (customer.id.clone(), customer)).collect(),
+            master: first_of(NodeKind::MasterWarehouse),
+            manufacturer: first_of(NodeKind::Manufacturer),
+            expediters,
+        }
+    }
+
+    /// The nodes the receipt's cascade visits.
+    pub fn cascade(&self, receipt: &Receipt) -> Result<CascadeNodes, Inconsistent> {
+        let customer = self.customers.get(&receipt.customer_id).ok_or_else(|| {
+            Inconsistent(format!("receipt {} names unknown customer {}", receipt.receipt_id, receipt.customer_id))
+        })?;
+        Ok(CascadeNodes::for_customer(customer, self.master.as_ref(), self.manufacturer.as_ref()))
+    }
+
+    /// The expediters who may carry a delivery from `branch` ([`delivering_branch`]),
+    /// each with the branch: whose loads the backend reads for [`PlanInputs`].
+    pub fn expediters_of(&self, branch: Option<&NodeId>) -> Vec<(Username, NodeId)> {
+        let Some(branch) = branch else { return Vec::new() };
+        let names = self.expediters.get(branch).map(Vec::as_slice).unwrap_or_default();
+        names.iter().map(|name| (name.clone(), branch.clone())).collect()
+    }
 }
 
 /// What planning one receipt reads.

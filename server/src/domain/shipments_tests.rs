@@ -1251,3 +1251,59 @@ proptest! {
         prop_assert!(stock.values().all(|balance| balance.reserved == 0), "{:?}", stock);
     }
 }
+
+/// A receipt of customer `customer`, not planned yet.
+fn unplanned_receipt(customer: &str) -> Receipt {
+    Receipt {
+        receipt_id: ReceiptId::from_seq(7),
+        seq: 7,
+        order_id: handover_shared::OrderId::parse("order-7").expect("an order id"),
+        customer_id: customer_id(customer),
+        item_id: item("TC"),
+        quantity: 1,
+        empties_expected: 0,
+        ordered_by: username("disp"),
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        planned: false,
+        backordered: false,
+        delivered: false,
+        delivered_at: None,
+        delivery_id: None,
+        proof: None,
+    }
+}
+
+#[test]
+fn the_planning_network_takes_the_first_master_and_manufacturer_and_the_branch_expediters_in_order() {
+    let kinds = [
+        ("MF2", NodeKind::Manufacturer),
+        ("MF1", NodeKind::Manufacturer),
+        ("MW", NodeKind::MasterWarehouse),
+        ("B1", NodeKind::BranchWarehouse),
+    ];
+    let nodes: Vec<Node> =
+        kinds.iter().map(|(id, kind)| Node { id: node(id), kind: *kind, name: (*id).into() }).collect();
+    let account = |name: &str, membership: Membership| Account {
+        username: username(name),
+        password_hash: String::new(),
+        membership,
+    };
+    let accounts = vec![
+        account("exp-a", Membership::Expediter { node_id: node("B1") }),
+        account("exp-b", Membership::Expediter { node_id: node("B2") }),
+        account("exp-c", Membership::Expediter { node_id: node("B1") }),
+        account("svc", Membership::Serviceman { node_id: node("S1") }),
+    ];
+    let network = PlanningNetwork::new(&nodes, vec![customer("C1")], accounts);
+
+    let cascade = network.cascade(&unplanned_receipt("C1")).expect("a known customer");
+    assert_eq!((cascade.master, cascade.manufacturer), (Some(node("MW")), Some(node("MF2"))), "the first of each kind");
+    assert_eq!(
+        network.expediters_of(Some(&node("B1"))),
+        vec![(username("exp-a"), node("B1")), (username("exp-c"), node("B1"))],
+        "the branch's expediters only, in account order"
+    );
+    assert_eq!(network.expediters_of(None), Vec::new(), "no delivering branch: the seller carries");
+    let unknown = network.cascade(&unplanned_receipt("C9"));
+    assert_eq!(unknown, Err(Inconsistent("receipt R-000007 names unknown customer C9".into())));
+}

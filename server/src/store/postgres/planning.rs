@@ -3,10 +3,8 @@
 //! Each chunk holds the planning advisory lock, which imports take too: one
 //! planner at a time across every instance on the database.
 
-use std::collections::HashMap;
-
 use deadpool_postgres::Transaction;
-use handover_shared::{CustomerId, NodeId, NodeKind, Username};
+use handover_shared::{NodeId, Username};
 use time::OffsetDateTime;
 
 use super::{
@@ -15,13 +13,9 @@ use super::{
     working::Working,
     PLANNING_LOCK,
 };
-use crate::{
-    domain::{
-        network::{Account, Customer, Membership, Node},
-        orders::Receipt,
-        shipments::{delivering_branch, plan_receipt, CascadeNodes, PlanInputs, PlanResult},
-    },
-    store::StoreError,
+use crate::domain::{
+    network::{Account, Customer, Node},
+    shipments::{delivering_branch, plan_receipt, PlanInputs, PlanResult, PlanningNetwork},
 };
 
 /// Receipts planned in one transaction: a run's writes share its cost and its
@@ -36,34 +30,13 @@ pub(super) async fn pending(client: &impl deadpool_postgres::GenericClient) -> R
 
 /// What planning needs of the network for one chunk, read under the lock that
 /// imports take, so that it cannot change until the chunk commits.
-struct PlanningNetwork {
-    customers: HashMap<CustomerId, Customer>,
-    master: Option<NodeId>,
-    manufacturer: Option<NodeId>,
-    expediters: HashMap<NodeId, Vec<Username>>,
-}
-
-impl PlanningNetwork {
-    async fn load(tx: &Transaction<'_>, customers: &[&str]) -> Result<Self, Failed> {
-        let nodes: Vec<Node> = records(tx, "node", "SELECT body::text FROM nodes ORDER BY id", &[]).await?;
-        let first_of = |kind: NodeKind| nodes.iter().find(|node| node.kind == kind).map(|node| node.id.clone());
-        let customers: Vec<Customer> =
-            records(tx, "customer", "SELECT body::text FROM customers WHERE id = ANY($1)", &[&customers]).await?;
-        let accounts: Vec<Account> =
-            records(tx, "account", "SELECT body::text FROM accounts ORDER BY username", &[]).await?;
-        let mut expediters: HashMap<_, Vec<Username>> = HashMap::new();
-        for account in accounts {
-            if let Membership::Expediter { node_id } = account.membership {
-                expediters.entry(node_id).or_default().push(account.username);
-            }
-        }
-        Ok(PlanningNetwork {
-            customers: customers.into_iter().map(|customer| (customer.id.clone(), customer)).collect(),
-            master: first_of(NodeKind::MasterWarehouse),
-            manufacturer: first_of(NodeKind::Manufacturer),
-            expediters,
-        })
-    }
+async fn planning_network(tx: &Transaction<'_>, customers: &[&str]) -> Result<PlanningNetwork, Failed> {
+    let nodes: Vec<Node> = records(tx, "node", "SELECT body::text FROM nodes ORDER BY id", &[]).await?;
+    let customers: Vec<Customer> =
+        records(tx, "customer", "SELECT body::text FROM customers WHERE id = ANY($1)", &[&customers]).await?;
+    let accounts: Vec<Account> =
+        records(tx, "account", "SELECT body::text FROM accounts ORDER BY username", &[]).await?;
+    Ok(PlanningNetwork::new(&nodes, customers, accounts))
 }
 
 /// Plans one chunk of receipt numbers; returns what it did and whether it wrote.
@@ -86,26 +59,20 @@ pub(super) async fn plan_chunk(
         return Ok((Vec::new(), false));
     }
     let customer_ids: Vec<&str> = receipts.iter().map(|receipt| receipt.customer_id.as_str()).collect();
-    let network = PlanningNetwork::load(tx, &customer_ids).await?;
+    let network = planning_network(tx, &customer_ids).await?;
     // Every balance the chunk may move, locked at once in key order.
     let mut all_stock = Vec::new();
     for receipt in &receipts {
-        let nodes = cascade(&network, receipt)?;
+        let nodes = network.cascade(receipt)?;
         all_stock.extend(nodes.all().map(|node| (node.clone(), receipt.item_id.clone())));
     }
     working.stock(all_stock).await?;
     let mut results = Vec::with_capacity(receipts.len());
     for receipt in receipts {
-        let nodes = cascade(&network, &receipt)?;
+        let nodes = network.cascade(&receipt)?;
         let stock = working.stock(nodes.all().map(|node| (node.clone(), receipt.item_id.clone()))).await?;
         let branch = delivering_branch(&receipt, &nodes, &stock)?;
-        let names: Vec<(Username, NodeId)> = branch
-            .iter()
-            .flat_map(|branch| {
-                let names = network.expediters.get(branch).map(Vec::as_slice).unwrap_or_default();
-                names.iter().map(move |name| (name.clone(), branch.clone()))
-            })
-            .collect();
+        let names = network.expediters_of(branch.as_ref());
         working.lock_loads(names.iter().map(|(name, _)| name.clone())).await?;
         let expediters: Vec<(Username, NodeId, u64)> = names
             .into_iter()
@@ -121,11 +88,4 @@ pub(super) async fn plan_chunk(
     }
     let wrote = working.write().await?;
     Ok((results, wrote))
-}
-
-fn cascade(network: &PlanningNetwork, receipt: &Receipt) -> Result<CascadeNodes, StoreError> {
-    let customer = network.customers.get(&receipt.customer_id).ok_or_else(|| {
-        StoreError::Backend(format!("receipt {} names unknown customer {}", receipt.receipt_id, receipt.customer_id))
-    })?;
-    Ok(CascadeNodes::for_customer(customer, network.master.as_ref(), network.manufacturer.as_ref()))
 }

@@ -1,9 +1,6 @@
 //! Planning runs: every receipt not yet planned, in receipt order, through
 //! `domain::shipments::plan_receipt`, a few hundred receipts per transaction.
 
-use std::collections::HashMap;
-
-use handover_shared::{CustomerId, NodeKind, Username};
 use time::OffsetDateTime;
 
 use super::{
@@ -15,9 +12,9 @@ use super::{
 use crate::{
     domain::{
         changes::ChangeSet,
-        network::{Account, Customer, Membership, Node},
+        network::Node,
         orders::Receipt,
-        shipments::{delivering_branch, plan_receipt, CascadeNodes, PlanInputs, PlanResult},
+        shipments::{delivering_branch, plan_receipt, PlanInputs, PlanResult, PlanningNetwork},
     },
     store::StoreError,
 };
@@ -28,32 +25,9 @@ const PLAN_CHUNK: usize = 200;
 
 /// What planning needs of the network, read once per run. Imports, which change
 /// customers and couriers, wait for the run to end (they take the same lock).
-struct PlanningNetwork {
-    customers: HashMap<CustomerId, Customer>,
-    master: Option<handover_shared::NodeId>,
-    manufacturer: Option<handover_shared::NodeId>,
-    expediters: HashMap<handover_shared::NodeId, Vec<Username>>,
-}
-
-impl PlanningNetwork {
-    fn load(trees: &Trees) -> Result<Self, StoreError> {
-        let nodes: Vec<Node> = scan(trees.nodes.iter())?;
-        let first_of = |kind: NodeKind| nodes.iter().find(|node| node.kind == kind).map(|node| node.id.clone());
-        let customers: Vec<Customer> = scan(trees.customers.iter())?;
-        let accounts: Vec<Account> = scan(trees.accounts.iter())?;
-        let mut expediters: HashMap<_, Vec<Username>> = HashMap::new();
-        for account in accounts {
-            if let Membership::Expediter { node_id } = account.membership {
-                expediters.entry(node_id).or_default().push(account.username);
-            }
-        }
-        Ok(PlanningNetwork {
-            customers: customers.into_iter().map(|customer| (customer.id.clone(), customer)).collect(),
-            master: first_of(NodeKind::MasterWarehouse),
-            manufacturer: first_of(NodeKind::Manufacturer),
-            expediters,
-        })
-    }
+fn planning_network(trees: &Trees) -> Result<PlanningNetwork, StoreError> {
+    let nodes: Vec<Node> = scan(trees.nodes.iter())?;
+    Ok(PlanningNetwork::new(&nodes, scan(trees.customers.iter())?, scan(trees.accounts.iter())?))
 }
 
 /// One planning run; returns what it did and whether it wrote anything.
@@ -65,7 +39,7 @@ pub(super) fn plan_pending(inner: &Inner, now: OffsetDateTime) -> Result<(Vec<Pl
     if pending.is_empty() {
         return Ok((Vec::new(), false));
     }
-    let network = PlanningNetwork::load(t)?;
+    let network = planning_network(t)?;
     let mut results = Vec::new();
     let mut changed = false;
     for chunk in pending.chunks(PLAN_CHUNK) {
@@ -101,20 +75,13 @@ fn tx_plan_one(
         tx.unplanned.remove(&key)?;
         return Ok((None, ChangeSet::default()));
     };
-    let customer = network.customers.get(&receipt.customer_id).ok_or_else(|| {
-        abort(StoreError::Backend(format!(
-            "receipt {} names unknown customer {}",
-            receipt.receipt_id, receipt.customer_id
-        )))
-    })?;
-    let nodes = CascadeNodes::for_customer(customer, network.master.as_ref(), network.manufacturer.as_ref());
+    let nodes = network.cascade(&receipt).map_err(|err| abort(err.into()))?;
     let stock = tx_stock(tx, nodes.all().map(|node| (node, &receipt.item_id)))?;
     let branch = delivering_branch(&receipt, &nodes, &stock).map_err(|err| abort(err.into()))?;
     let mut expediters = Vec::new();
-    for branch in branch.iter() {
-        for name in network.expediters.get(branch).map(Vec::as_slice).unwrap_or_default() {
-            expediters.push((name.clone(), branch.clone(), tx_get_counter(tx.courier_load, name.as_str().as_bytes())?));
-        }
+    for (name, branch) in network.expediters_of(branch.as_ref()) {
+        let load = tx_get_counter(tx.courier_load, name.as_str().as_bytes())?;
+        expediters.push((name, branch, load));
     }
     let inputs = PlanInputs { receipt, nodes: &nodes, stock, expediters: &expediters };
     let (result, changes) = plan_receipt(inputs, now).map_err(|err| abort(err.into()))?;
