@@ -26,6 +26,16 @@ fn network() -> Value {
     network
 }
 
+/// Two `serve` processes on a scratch database holding the network; `None`
+/// without a PostgreSQL server to make it on.
+fn two_instances() -> Option<(Sandbox, TestServer, TestServer)> {
+    let sandbox = Sandbox::on_database(ScratchDatabase::from_env()?);
+    let file = sandbox.write_network("instances.json", &network());
+    assert!(sandbox.server_command(&["import", file.to_str().expect("path")]).status.success());
+    let (first, second) = (sandbox.start(&[]), sandbox.start(&[]));
+    Some((sandbox, first, second))
+}
+
 /// A courier's agent, logged in with both instances' addresses (in the
 /// order given); returns the ids of what it captured, one per delivery it holds.
 fn courier_captures(sandbox: &Sandbox, k: usize, servers: [&str; 2]) -> Vec<String> {
@@ -94,15 +104,10 @@ async fn tally(server: &TestServer, receipts: usize, sent: &HashSet<String>) -> 
 
 #[tokio::test]
 async fn two_instances_on_one_database_lose_nothing_when_one_is_killed_and_the_database_goes_away() {
-    let Some(database) = ScratchDatabase::from_env() else {
+    let Some((sandbox, first, second)) = two_instances() else {
         eprintln!("skipped: HANDOVER_TEST_POSTGRES is not set");
         return;
     };
-    let sandbox = Sandbox::on_database(database);
-    let file = sandbox.write_network("instances.json", &network());
-    assert!(sandbox.server_command(&["import", file.to_str().expect("path")]).status.success());
-    let first = sandbox.start(&[]);
-    let second = sandbox.start(&[]);
 
     // Orders confirmed through both instances at once: one numbering.
     let receipts = COURIERS * PER_COURIER;
@@ -197,14 +202,11 @@ async fn two_instances_on_one_database_lose_nothing_when_one_is_killed_and_the_d
 
 #[tokio::test]
 async fn a_device_revoked_through_one_instance_is_refused_by_the_other_within_a_second() {
-    let Some(database) = ScratchDatabase::from_env() else {
+    // The sandbox holds the database: kept to the end.
+    let Some((_sandbox, first, second)) = two_instances() else {
         eprintln!("skipped: HANDOVER_TEST_POSTGRES is not set");
         return;
     };
-    let sandbox = Sandbox::on_database(database);
-    let file = sandbox.write_network("instances.json", &network());
-    assert!(sandbox.server_command(&["import", file.to_str().expect("path")]).status.success());
-    let (first, second) = (sandbox.start(&[]), sandbox.start(&[]));
     let courier = second.login("exp1", "exp1-password", Some("hh-lost")).await.access_token;
     // The second instance has just checked the session: it is cached as live.
     assert_eq!(second.get("/api/v1/sync/assignments", Some(&courier)).await.0, StatusCode::OK);
