@@ -79,8 +79,9 @@ async fn the_import_command_says_clearly_when_the_server_holds_the_store() {
         // Several processes share a database: the import runs beside the
         // server, judged against the stored network under the planning lock.
         assert!(refused.status.success(), "{}", String::from_utf8_lossy(&refused.stderr));
-        let admin = server.token("admin").await;
-        let (_, stock) = server.get("/api/v1/nodes/B1/stock", Some(&admin)).await;
+        // The import set the accounts' passwords to the file's.
+        let dispatcher = server.login("disp", "disp-password", None).await.access_token;
+        let (_, stock) = server.get("/api/v1/nodes/B1/stock", Some(&dispatcher)).await;
         assert_eq!(stock_of(&stock, "TC-100"), Some(5), "the running server sees the import: {stock}");
         return;
     }
