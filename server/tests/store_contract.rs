@@ -143,6 +143,7 @@ macro_rules! store_contract {
                 the_ledger_replays_to_the_stored_stock_after_concurrent_movements,
                 acknowledged_writes_survive_a_reopen_and_a_power_cut,
                 cancelling_a_draft_twice_is_harmless,
+                a_purge_forgets_stale_drafts_and_keeps_confirmed_ones,
                 issuing_a_leg_twice_moves_the_goods_once,
                 assigning_the_same_courier_twice_bumps_the_version_once,
                 each_goods_receipt_adds_its_quantity_exactly_once,
@@ -494,6 +495,26 @@ async fn acknowledged_writes_survive_a_reopen_and_a_power_cut(backend: impl Back
 }
 
 // 8. Steps taken twice.
+
+async fn a_purge_forgets_stale_drafts_and_keeps_confirmed_ones(backend: impl Backend) {
+    let store = opened(&backend, 100, 0).await;
+    let (open, cancelled, confirmed) =
+        (draft(&*store, 0, 1).await.order_id, draft(&*store, 1, 1).await.order_id, draft(&*store, 2, 1).await.order_id);
+    let placed = now();
+    assert!(matches!(store.cancel_draft(&cancelled, placed).await.expect("a cancel"), Step::Done(_)));
+    assert!(matches!(store.confirm_draft(&confirmed, placed).await.expect("a confirm"), Step::Done(_)));
+
+    // Before any of them went stale: nothing goes.
+    assert_eq!(store.purge_drafts(placed - time::Duration::hours(1)).await.expect("a purge"), 0);
+    // Long after: the expired open draft and the cancelled one go; a confirmed
+    // draft stays, so that a retried Confirm finds its receipt.
+    let later = placed + time::Duration::days(400);
+    assert_eq!(store.purge_drafts(later).await.expect("a purge"), 2);
+    assert_eq!(store.draft(&open).await.expect("reads"), None);
+    assert_eq!(store.draft(&cancelled).await.expect("reads"), None);
+    assert!(store.draft(&confirmed).await.expect("reads").is_some(), "the confirmed draft is kept");
+    assert_eq!(store.purge_drafts(later).await.expect("a purge"), 0, "a second purge finds nothing");
+}
 
 async fn cancelling_a_draft_twice_is_harmless(backend: impl Backend) {
     let store = opened(&backend, 100, 0).await;

@@ -1,0 +1,83 @@
+//! Pushed confirmations on PostgreSQL: each request's batch in one
+//! transaction, judged by `domain::confirmations::push`, each confirmation
+//! seeing the ones before it.
+
+use deadpool_postgres::Transaction;
+use handover_shared::sync::Confirmation;
+
+use super::{sql::Failed, working::Working};
+use crate::domain::{
+    changes::ChangeSet,
+    confirmations::{self, DeviceSync, PushInputs, PushOutcome, PushReads, Pusher},
+};
+
+/// Judges and applies one pushed batch, each confirmation seeing the ones
+/// before it, in the caller's transaction.
+pub(super) async fn push_batch(
+    tx: &Transaction<'_>,
+    sync: &DeviceSync,
+    batch: &[Confirmation],
+    digests: &[String],
+) -> Result<Vec<PushOutcome>, Failed> {
+    let mut working = Working::new(tx);
+    // Deliveries first, in number order: two pushes of the same confirmation
+    // (a retry sent to two instances) queue on the same row, and the second
+    // then finds the first's outcome.
+    working.lock_deliveries(batch.iter().filter_map(|confirmation| confirmation.delivery_id.seq())).await?;
+    working.read_seen(batch.iter().map(|confirmation| confirmation.confirmation_id.clone())).await?;
+    // Then everything the batch's confirmations read, a statement per table
+    // rather than a round trip per confirmation.
+    let (mut receipts, mut stock, mut customers) = (Vec::new(), Vec::new(), Vec::new());
+    for confirmation in batch {
+        let Some(delivery) = confirmation.delivery_id.seq().map(|seq| working.delivery(seq)) else { continue };
+        let Some(delivery) = delivery.await? else { continue };
+        let reads = PushReads::of(confirmation, Some(&delivery));
+        receipts.extend(delivery.receipt_id.seq().filter(|_| reads.receipt));
+        stock.extend(reads.stock);
+        customers.extend(reads.account);
+    }
+    working.lock_receipts(receipts).await?;
+    working.stock(stock).await?;
+    working.lock_customer_accounts(customers).await?;
+    let synced = working.sync_over(sync).await?;
+    working.apply(ChangeSet { device_syncs: vec![synced], ..ChangeSet::default() })?;
+    let by = Pusher { uploader: &sync.username, device: &sync.device_id, received_at: sync.last_sync_at };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (index, (confirmation, digest)) in batch.iter().zip(digests).enumerate() {
+        if index > 0 {
+            handover_shared::failpoint!(
+                "push.between_items",
+                Failed::Store(crate::store::StoreError::Backend("failpoint".into()))
+            );
+        }
+        let inputs = push_inputs(&mut working, confirmation).await?;
+        let (outcome, changes) = confirmations::push(confirmation, digest, by, inputs)?;
+        working.apply(changes)?;
+        outcomes.push(outcome);
+    }
+    working.write().await?;
+    Ok(outcomes)
+}
+
+/// Reads what `confirmations::push` judges a confirmation against.
+async fn push_inputs(working: &mut Working<'_, '_>, confirmation: &Confirmation) -> Result<PushInputs, Failed> {
+    let seen = working.seen(&confirmation.confirmation_id).await?;
+    let delivery = match confirmation.delivery_id.seq() {
+        Some(seq) => working.delivery(seq).await?,
+        None => None,
+    };
+    let Some(delivery) = delivery else {
+        return Ok(PushInputs { seen, ..PushInputs::default() });
+    };
+    let reads = PushReads::of(confirmation, Some(&delivery));
+    let receipt = match delivery.receipt_id.seq().filter(|_| reads.receipt) {
+        Some(seq) => working.receipt(seq).await?,
+        None => None,
+    };
+    let stock = working.stock(reads.stock).await?;
+    let account = match &reads.account {
+        Some(customer) => working.customer_account(customer).await?,
+        None => None,
+    };
+    Ok(PushInputs { seen, delivery: Some(delivery), receipt, stock, account })
+}
