@@ -5,7 +5,7 @@
 
 use handover_shared::{
     sync::{Assignment, AssignmentStatus, Confirmation, FailureReason, Outcome},
-    DeliveryId,
+    DeliveryId, NodeId,
 };
 
 use crate::store::{Enqueued, LocalStore};
@@ -34,6 +34,11 @@ pub struct Failed {
 pub enum CaptureError {
     #[error("{0} is not among this handheld's assignments (run `handover-agent pull` when online)")]
     Unknown(DeliveryId),
+    /// The goods have not reached the pickup node: confirming now would claim a
+    /// hand-over that cannot have happened, and failing it would send back a
+    /// delivery that was never attempted.
+    #[error("{id} is on its way to {pickup_node}; confirm it once its goods are there (pull again to see it ready)")]
+    NotReady { id: DeliveryId, pickup_node: NodeId },
     #[error("{id} is {status}; nothing to confirm")]
     Closed { id: DeliveryId, status: &'static str },
     #[error("{id} was already confirmed on this handheld ({previous})")]
@@ -83,20 +88,21 @@ pub fn fail(
     save(store, confirmation)
 }
 
-/// The assignment if it is still open. Whether something was already captured
-/// under its version is checked by the save itself, atomically.
+/// The assignment if it can be captured now: ready at its pickup node. Whether
+/// something was already captured under its version is checked by the save
+/// itself, atomically.
 fn open_assignment(store: &LocalStore, id: &DeliveryId) -> Result<Assignment, CaptureError> {
     let assignment = store.assignment(id)?.ok_or_else(|| CaptureError::Unknown(id.clone()))?;
     let status = match assignment.status {
-        AssignmentStatus::Upcoming | AssignmentStatus::Ready => None,
-        AssignmentStatus::Delivered => Some("delivered"),
-        AssignmentStatus::Cancelled => Some("cancelled"),
-        AssignmentStatus::ReassignedAway => Some("reassigned to another courier"),
+        AssignmentStatus::Ready => return Ok(assignment),
+        AssignmentStatus::Upcoming => {
+            return Err(CaptureError::NotReady { id: id.clone(), pickup_node: assignment.pickup_node })
+        }
+        AssignmentStatus::Delivered => "delivered",
+        AssignmentStatus::Cancelled => "cancelled",
+        AssignmentStatus::ReassignedAway => "reassigned to another courier",
     };
-    if let Some(status) = status {
-        return Err(CaptureError::Closed { id: id.clone(), status });
-    }
-    Ok(assignment)
+    Err(CaptureError::Closed { id: id.clone(), status })
 }
 
 fn blank(assignment: &Assignment, outcome: Outcome, confirmation_id: Option<String>) -> Confirmation {
@@ -129,5 +135,98 @@ fn save(store: &LocalStore, confirmation: Confirmation) -> Result<String, Captur
         Enqueued::Taken(previous) => {
             Err(CaptureError::AlreadyCaptured { id: confirmation.delivery_id.clone(), previous })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::assignment;
+
+    /// `id` at `version` as a pull would bring it (quantity 2, pickup at B1).
+    fn pulled(id: &str, version: u64, status: AssignmentStatus) -> Assignment {
+        Assignment { delivery_id: DeliveryId::parse(id).expect("id"), version, ..assignment(1, status) }
+    }
+
+    fn store_holding(assignments: &[Assignment]) -> (tempfile::TempDir, LocalStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        store.apply_pull(assignments, "1", "now").expect("pulled");
+        (dir, store)
+    }
+
+    fn handed_over() -> Delivered {
+        Delivered { recipient: "Front desk".into(), ..Delivered::default() }
+    }
+
+    fn absent() -> Failed {
+        Failed { reason: FailureReason::CustomerAbsent, note: None }
+    }
+
+    #[test]
+    fn an_upcoming_delivery_refuses_deliver_and_fail_and_saves_nothing() {
+        let (_dir, store) = store_holding(&[pulled("D-000003", 1, AssignmentStatus::Upcoming)]);
+        let id = DeliveryId::parse("D-000003").expect("id");
+
+        let delivered = deliver(&store, &id, handed_over(), None).expect_err("not ready");
+        let failed = fail(&store, &id, absent(), None).expect_err("not ready");
+
+        for refused in [delivered, failed] {
+            assert!(matches!(&refused, CaptureError::NotReady { pickup_node, .. } if pickup_node.as_str() == "B1"));
+            assert_eq!(
+                refused.to_string(),
+                "D-000003 is on its way to B1; confirm it once its goods are there (pull again to see it ready)"
+            );
+        }
+        assert_eq!(store.queued(), 0);
+        assert_eq!(store.captured_for(&id, 1).expect("read"), None);
+    }
+
+    #[test]
+    fn once_a_pull_brings_it_ready_an_upcoming_delivery_can_be_captured() {
+        let (_dir, store) = store_holding(&[pulled("D-000003", 1, AssignmentStatus::Upcoming)]);
+        let id = DeliveryId::parse("D-000003").expect("id");
+        assert!(matches!(deliver(&store, &id, handed_over(), None), Err(CaptureError::NotReady { .. })));
+
+        store.apply_pull(&[pulled("D-000003", 2, AssignmentStatus::Ready)], "2", "later").expect("pulled");
+        let saved = deliver(&store, &id, handed_over(), None).expect("saved once ready");
+
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!((outbox[0].confirmation_id.as_str(), outbox[0].version), (saved.as_str(), 2));
+    }
+
+    #[test]
+    fn a_confirmation_the_dispatcher_reversed_can_be_captured_again_under_the_new_version() {
+        let (_dir, store) = store_holding(&[pulled("D-000001", 1, AssignmentStatus::Ready)]);
+        let id = DeliveryId::parse("D-000001").expect("id");
+        let first = deliver(&store, &id, handed_over(), None).expect("saved");
+        store.settle(&first).expect("the server took it");
+        store.apply_pull(&[pulled("D-000001", 2, AssignmentStatus::Delivered)], "2", "later").expect("pulled");
+        assert!(matches!(fail(&store, &id, absent(), None), Err(CaptureError::Closed { .. })));
+
+        store.apply_pull(&[pulled("D-000001", 3, AssignmentStatus::Ready)], "3", "reversed").expect("pulled");
+        assert_eq!(store.captured_for(&id, 3).expect("read"), None, "open again under the new version");
+        let second = deliver(&store, &id, handed_over(), None).expect("captured again");
+
+        assert_ne!(second, first);
+        assert_eq!(store.captured_for(&id, 3).expect("read"), Some(second));
+        assert_eq!(store.captured_for(&id, 1).expect("read"), Some(first), "the first capture keeps its slot");
+    }
+
+    #[test]
+    fn a_follow_up_delivery_for_a_short_delivery_is_captured_under_its_own_id() {
+        let (_dir, store) = store_holding(&[
+            pulled("D-000001", 2, AssignmentStatus::Delivered),
+            pulled("D-000001-2", 1, AssignmentStatus::Ready),
+        ]);
+        let follow_up = DeliveryId::parse("D-000001-2").expect("a follow-up id parses");
+
+        let saved = fail(&store, &follow_up, absent(), None).expect("saved");
+
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!(outbox[0].delivery_id, follow_up);
+        assert_eq!(store.captured_for(&follow_up, 1).expect("read"), Some(saved));
+        assert_eq!(store.captured_for(&DeliveryId::from_seq(1), 1).expect("read"), None, "the original is apart");
     }
 }

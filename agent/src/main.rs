@@ -319,15 +319,22 @@ fn list(store: &LocalStore, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<10} {:<9} {:>4}  {:<8} {:<10} {:<8} CAPTURED",
+        "{:<12} {:<9} {:>4}  {:<8} {:<10} {:<8} CAPTURED",
         "DELIVERY", "STATUS", "QTY", "ITEM", "CUSTOMER", "PICKUP"
     );
     for a in assignments {
         let captured = if store.captured_for(&a.delivery_id, a.version)?.is_some() { "yes" } else { "" };
         let status = serde_json::to_value(a.status)?.as_str().unwrap_or_default().to_owned();
+        // The ids' `Display` ignores widths: their text is padded instead.
         println!(
-            "{:<10} {:<9} {:>4}  {:<8} {:<10} {:<8} {}",
-            a.delivery_id, status, a.quantity, a.item_id, a.customer_id, a.pickup_node, captured
+            "{:<12} {:<9} {:>4}  {:<8} {:<10} {:<8} {}",
+            a.delivery_id.as_str(),
+            status,
+            a.quantity,
+            a.item_id.as_str(),
+            a.customer_id.as_str(),
+            a.pickup_node.as_str(),
+            captured
         );
     }
     Ok(())

@@ -14,7 +14,7 @@ use std::{io::Read as _, sync::Arc};
 use askama::Template;
 use handover_shared::{
     sync::{Assignment, AssignmentStatus, FailureReason, Outcome},
-    DeliveryId,
+    DeliveryId, NodeId,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -97,7 +97,7 @@ struct Row {
     customer: String,
     item: String,
     quantity: u32,
-    status: &'static str,
+    status: String,
     capture: Option<(&'static str, String)>,
 }
 
@@ -119,7 +119,12 @@ struct IndexPage {
 struct DeliveryPage {
     banner: Banner,
     assignment: Assignment,
-    status: &'static str,
+    status: String,
+    /// Upcoming: where its goods are headed. The page says so instead of
+    /// offering forms that capture would refuse.
+    on_its_way_to: Option<NodeId>,
+    /// Ready and nothing captured under this version: the forms are shown.
+    capturable: bool,
     capture: Option<(&'static str, String)>,
     error: Option<String>,
     form: ConfirmForm,
@@ -173,13 +178,15 @@ const REASONS: [(&str, &str); 5] = [
     ("other", "Other (say what in the note)"),
 ];
 
-fn status_word(status: AssignmentStatus) -> &'static str {
-    match status {
-        AssignmentStatus::Upcoming => "upcoming",
-        AssignmentStatus::Ready => "ready",
-        AssignmentStatus::Delivered => "delivered",
-        AssignmentStatus::Cancelled => "cancelled",
-        AssignmentStatus::ReassignedAway => "reassigned",
+/// The status in the courier's words: an upcoming delivery says where its
+/// goods are headed, which is what the courier waits for.
+fn status_text(assignment: &Assignment) -> String {
+    match assignment.status {
+        AssignmentStatus::Upcoming => format!("on its way to {}", assignment.pickup_node),
+        AssignmentStatus::Ready => "ready".into(),
+        AssignmentStatus::Delivered => "delivered".into(),
+        AssignmentStatus::Cancelled => "cancelled".into(),
+        AssignmentStatus::ReassignedAway => "reassigned".into(),
     }
 }
 
@@ -376,7 +383,7 @@ impl Page {
             customer: assignment.customer_name.clone(),
             item: assignment.item_name.clone(),
             quantity: assignment.quantity,
-            status: status_word(assignment.status),
+            status: status_text(assignment),
             capture: self.capture_state(assignment)?,
         })
     }
@@ -447,11 +454,15 @@ impl Page {
             reason: "customer_absent".into(),
             ..FailForm::default()
         });
+        let on_its_way_to = (assignment.status == AssignmentStatus::Upcoming).then(|| assignment.pickup_node.clone());
+        let capturable = assignment.status == AssignmentStatus::Ready && capture.is_none();
         Reply::html(
             status,
             &DeliveryPage {
                 banner: self.banner(),
-                status: status_word(assignment.status),
+                status: status_text(&assignment),
+                on_its_way_to,
+                capturable,
                 assignment,
                 capture,
                 error,
@@ -566,5 +577,104 @@ impl HasToken for SyncForm {
 impl HasToken for FailForm {
     fn token(&self) -> &str {
         &self.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::assignment;
+
+    /// A page over a store holding `assignments` as pulled; its sync loop never
+    /// runs, so nothing changes behind the test's back.
+    fn page_holding(assignments: &[Assignment]) -> (tempfile::TempDir, Page) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        store.apply_pull(assignments, "1", "now").expect("pulled");
+        let syncer = Arc::new(Syncer::new(store.clone()));
+        (dir, Page::new(store, syncer, 8790))
+    }
+
+    fn pulled(id: &str, version: u64, status: AssignmentStatus) -> Assignment {
+        Assignment { delivery_id: DeliveryId::parse(id).expect("id"), version, ..assignment(1, status) }
+    }
+
+    fn filled_in(page: &Page) -> ConfirmForm {
+        ConfirmForm {
+            token: page.form_token.clone(),
+            confirmation_id: new_confirmation_id(),
+            recipient: "Front desk".into(),
+            quantity: "2".into(),
+            ..ConfirmForm::default()
+        }
+    }
+
+    #[test]
+    fn an_upcoming_delivery_says_where_its_goods_are_headed_and_offers_no_forms() {
+        let (_dir, page) = page_holding(&[pulled("D-000003", 1, AssignmentStatus::Upcoming)]);
+
+        let delivery = page.delivery("D-000003", None, None, None);
+        let list = page.index("");
+
+        assert_eq!(delivery.status, 200);
+        assert!(delivery.body.contains("On its way to B1"), "{}", delivery.body);
+        assert!(!delivery.body.contains("confirm-form") && !delivery.body.contains("fail-form"), "{}", delivery.body);
+        assert!(list.body.contains("on its way to B1"), "{}", list.body);
+        assert!(!list.body.contains(">upcoming<"), "{}", list.body);
+    }
+
+    #[test]
+    fn a_stale_form_posted_to_an_upcoming_delivery_is_refused_and_saves_nothing() {
+        let (_dir, page) = page_holding(&[pulled("D-000003", 1, AssignmentStatus::Upcoming)]);
+        let not_ready =
+            "D-000003 is on its way to B1; confirm it once its goods are there (pull again to see it ready)";
+
+        let confirmed = page.confirm("D-000003", filled_in(&page));
+        let failed = page.fail(
+            "D-000003",
+            FailForm {
+                token: page.form_token.clone(),
+                confirmation_id: new_confirmation_id(),
+                reason: "customer_absent".into(),
+                note: String::new(),
+            },
+        );
+
+        for refused in [confirmed, failed] {
+            assert_eq!(refused.status, 422);
+            assert!(refused.body.contains(not_ready), "{}", refused.body);
+            assert!(!refused.body.contains("confirm-form"), "{}", refused.body);
+        }
+        assert_eq!(page.store.queued(), 0);
+    }
+
+    #[test]
+    fn a_reversed_confirmation_shows_its_forms_again_under_the_new_version() {
+        let (_dir, page) = page_holding(&[pulled("D-000001", 1, AssignmentStatus::Ready)]);
+        let saved = page.confirm("D-000001", filled_in(&page));
+        assert_eq!(saved.status, 303);
+        assert!(!page.delivery("D-000001", None, None, None).body.contains("confirm-form"), "captured: no form");
+
+        let reversed = [pulled("D-000001", 3, AssignmentStatus::Ready)];
+        page.store.apply_pull(&reversed, "3", "later").expect("pulled");
+
+        let delivery = page.delivery("D-000001", None, None, None);
+        assert!(delivery.body.contains("confirm-form") && delivery.body.contains("fail-form"), "{}", delivery.body);
+        assert!(page.index("").body.contains(r#"id="open-D-000001""#), "listed among the open ones");
+        assert_eq!(page.confirm("D-000001", filled_in(&page)).status, 303, "captured again");
+    }
+
+    #[test]
+    fn a_follow_up_delivery_id_works_in_the_pages_urls() {
+        let (_dir, page) = page_holding(&[pulled("D-000001-2", 1, AssignmentStatus::Ready)]);
+
+        let delivery = page.delivery("D-000001-2", None, None, None);
+        assert!(delivery.body.contains(r#"action="/deliveries/D-000001-2/confirm""#), "{}", delivery.body);
+        let saved = page.confirm("D-000001-2", filled_in(&page));
+        assert_eq!((saved.status, saved.location.as_deref()), (303, Some("/?saved=D-000001-2")));
+
+        let list = page.index("saved=D-000001-2");
+        assert!(list.body.contains("D-000001-2 saved on this handheld"), "{}", list.body);
+        assert!(list.body.contains(r#"href="/deliveries/D-000001-2""#), "{}", list.body);
     }
 }

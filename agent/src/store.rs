@@ -308,7 +308,7 @@ pub(crate) mod tests {
         assert_eq!(now.servers, session.servers);
     }
 
-    fn assignment(delivery: u64, status: AssignmentStatus) -> Assignment {
+    pub(crate) fn assignment(delivery: u64, status: AssignmentStatus) -> Assignment {
         Assignment {
             delivery_id: DeliveryId::from_seq(delivery),
             version: 1,
@@ -372,7 +372,7 @@ pub(crate) mod tests {
             )
             .expect("applied");
         store.apply_pull(&[assignment(2, AssignmentStatus::ReassignedAway)], "9", "later").expect("applied");
-        let kept: Vec<u64> = store.assignments().expect("list").iter().filter_map(|a| a.delivery_id.seq()).collect();
+        let kept: Vec<u64> = store.assignments().expect("list").iter().filter_map(|a| a.delivery_id.number()).collect();
         assert_eq!(kept, vec![1]);
         assert_eq!(store.cursor().expect("cursor").as_deref(), Some("9"));
         assert_eq!(store.last_sync_at().expect("read").as_deref(), Some("later"));

@@ -21,6 +21,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub orders: OrderSettings,
+    pub dashboard: DashboardSettings,
     /// Load the demo network when the store is empty.
     pub demo: bool,
 }
@@ -116,6 +117,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             limits: LimitSettings::default(),
             orders: OrderSettings::default(),
+            dashboard: DashboardSettings::default(),
             demo: false,
         }
     }
@@ -137,6 +139,26 @@ impl Default for OrderSettings {
 impl OrderSettings {
     pub fn draft_ttl(&self) -> time::Duration {
         time::Duration::seconds(i64::try_from(self.draft_ttl_secs).unwrap_or(i64::MAX))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// A handheld that has had confirmations queued after every push for
+    /// longer than this is flagged on the dashboard.
+    pub stuck_queue_minutes: u64,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self { stuck_queue_minutes: 30 }
+    }
+}
+
+impl DashboardSettings {
+    pub fn stuck_queue(&self) -> time::Duration {
+        time::Duration::minutes(i64::try_from(self.stuck_queue_minutes).unwrap_or(i64::MAX))
     }
 }
 
@@ -249,6 +271,7 @@ impl Settings {
             ("auth.access_ttl_secs", self.auth.access_ttl_secs, 24 * 3600),
             ("auth.refresh_ttl_secs", self.auth.refresh_ttl_secs, YEAR),
             ("orders.draft_ttl_secs", self.orders.draft_ttl_secs, YEAR),
+            ("dashboard.stuck_queue_minutes", self.dashboard.stuck_queue_minutes, YEAR / 60),
             ("limits.pull_page_changes", self.limits.pull_page_changes, 10_000),
             ("store.postgres_connect_timeout_secs", self.store.postgres_connect_timeout_secs, 3600),
         ];

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use crate::{
     domain::{
         access::{Forbidden, Principal},
+        corrections::{Corrected, Correction, CorrectionRefusal},
         shipments::{AssignRefusal, CourierAccount, Delivery, LegRefusal},
         stock::Balance,
     },
@@ -30,6 +31,8 @@ pub enum ShipmentFailure {
     Assign(#[from] AssignRefusal),
     #[error(transparent)]
     Leg(#[from] LegRefusal),
+    #[error(transparent)]
+    Correction(#[from] CorrectionRefusal),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -184,5 +187,32 @@ pub async fn issue_leg(store: &dyn Store, leg: &LegId) -> Result<Delivery, Shipm
         Step::Done(delivery) => Ok(delivery),
         Step::Refused(refusal) => Err(refusal.into()),
         Step::NotFound => Err(ShipmentFailure::NotFound(format!("no leg {leg}"))),
+    }
+}
+
+/// Cancels a delivery or a receipt, or reverses a confirmation: the rules of
+/// `domain::corrections`, which also say who may.
+pub async fn correct(
+    store: &dyn Store,
+    principal: &Principal,
+    correction: &Correction,
+    reason: &str,
+) -> Result<Corrected, ShipmentFailure> {
+    match store.correct(correction, principal, reason, OffsetDateTime::now_utc()).await? {
+        Step::Done(corrected) => {
+            tracing::info!(
+                correction = ?correction,
+                by = %principal.username,
+                receipt_id = %corrected.receipt.receipt_id,
+                "correction applied"
+            );
+            Ok(corrected)
+        }
+        Step::Refused(CorrectionRefusal::NotAllowed(message)) => Err(Forbidden(message).into()),
+        Step::Refused(refusal) => Err(refusal.into()),
+        Step::NotFound => Err(ShipmentFailure::NotFound(match correction {
+            Correction::CancelDelivery(id) | Correction::Reverse(id) => format!("no delivery {id}"),
+            Correction::CancelReceipt(id) => format!("no receipt {id}"),
+        })),
     }
 }

@@ -86,7 +86,8 @@ fn every_reject_code() -> Vec<RejectCode> {
     while let Some(code) = next {
         all.push(code);
         next = match code {
-            RejectCode::NotAssignee => Some(RejectCode::DeliveryCancelled),
+            RejectCode::NotAssignee => Some(RejectCode::NotReady),
+            RejectCode::NotReady => Some(RejectCode::DeliveryCancelled),
             RejectCode::DeliveryCancelled => Some(RejectCode::AlreadyDelivered),
             RejectCode::AlreadyDelivered => Some(RejectCode::ConflictingDuplicate),
             RejectCode::ConflictingDuplicate => Some(RejectCode::Superseded),

@@ -58,6 +58,7 @@ fn sync_of(courier: &str) -> DeviceSync {
         username: Username::parse(courier).expect("a username"),
         last_sync_at: OffsetDateTime::now_utc(),
         reported_queued: Some(1),
+        queued_since: None,
     }
 }
 
@@ -110,7 +111,7 @@ async fn planning_across_chunks_reserves_each_unit_once_in_receipt_order() {
     for courier in COURIERS {
         let username = Username::parse(courier).expect("a username");
         let (entries, _, _) = store.assignment_changes(&username, 0, 1_000).await.expect("a pull");
-        planned_seqs.extend(entries.iter().map(|e| e.delivery.delivery_id.seq().expect("a numbered id")));
+        planned_seqs.extend(entries.iter().map(|e| e.delivery.delivery_id.number().expect("a numbered id")));
         let load = u64::try_from(entries.len()).expect("a count");
         assert_eq!(load, UNITS / COURIERS.len() as u64, "{courier} got its share, fewest open deliveries first");
     }

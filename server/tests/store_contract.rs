@@ -23,6 +23,7 @@ use fixture::*;
 use handover_server::{
     domain::{
         confirmations::{PushOutcome, RejectCode},
+        corrections::{Correction, CorrectionRefusal},
         network::{Customer, Item, Node},
         orders::{DraftRefusal, DraftState},
         shipments::{DeliveryCard, DeliveryState, DeliveryStatus, LegStatus},
@@ -147,6 +148,9 @@ macro_rules! store_contract {
                 issuing_a_leg_twice_moves_the_goods_once,
                 assigning_the_same_courier_twice_bumps_the_version_once,
                 each_goods_receipt_adds_its_quantity_exactly_once,
+                a_short_hand_over_stores_its_follow_up_and_one_reversal_of_two_takes_it_back,
+                a_cancel_and_a_confirmation_at_once_never_both_apply,
+                a_cancelled_receipt_is_never_planned,
             );
         }
     };
@@ -582,4 +586,99 @@ async fn each_goods_receipt_adds_its_quantity_exactly_once(backend: impl Backend
     let (ledger, _) = assert_stock_balanced(&*store).await;
     let lines = ledger.iter().filter(|e| e.movement == Movement::GoodsReceipt).count();
     assert_eq!(lines, 10, "one ledger line per goods receipt");
+}
+
+// Corrections: short hand-overs, cancellations, reversals.
+
+async fn correct(store: &dyn Store, correction: &Correction) -> Step<DeliveryState, CorrectionRefusal> {
+    match store.correct(correction, &dispatcher(), "a contract test", now()).await.expect("the correction is stored") {
+        Step::Done(corrected) => Step::Done(corrected.delivery.map_or(DeliveryState::Cancelled, |d| d.state)),
+        Step::Refused(refusal) => Step::Refused(refusal),
+        Step::NotFound => Step::NotFound,
+    }
+}
+
+async fn a_short_hand_over_stores_its_follow_up_and_one_reversal_of_two_takes_it_back(backend: impl Backend) {
+    let store = opened(&backend, 100, 0).await;
+    planned(&*store, 1, 4).await;
+    let delivery = held(&*store, EXP1).await.remove(0);
+    let short = Confirmation { quantity: 1, ..delivered(&delivery) };
+    assert_eq!(push(&*store, EXP1, vec![short]).await, [PushOutcome::Accepted]);
+    let follow_up = held(&*store, EXP1).await.remove(0);
+    assert_eq!(
+        (follow_up.delivery_id.as_str(), follow_up.quantity),
+        ("D-000001-2", 3),
+        "the rest, held by the courier"
+    );
+    let (pages, _) = read_feed(&*store, EXP1, 0, 100).await;
+    assert!(ids(&latest_of(pages)).contains(&follow_up.delivery_id), "and in its feed");
+    assert_eq!(balance(&*store, "B1").await, Balance { on_hand: 99, reserved: 3 });
+    let receipt = &all_receipts(&*store).await[0];
+    assert_eq!((receipt.delivered_quantity, receipt.delivered), (1, false));
+
+    // Two dispatchers reverse it at once: one does, the other finds nothing delivered.
+    let reverse = Correction::Reverse(delivery.delivery_id.clone());
+    let answers = at_once(&store, 2, |store, _| {
+        let reverse = reverse.clone();
+        async move { correct(&*store, &reverse).await }
+    })
+    .await;
+    let done = answers.iter().filter(|a| **a == Step::Done(DeliveryState::Open)).count();
+    let refused = answers.iter().filter(|a| matches!(a, Step::Refused(CorrectionRefusal::NotDelivered(..)))).count();
+    assert_eq!((done, refused), (1, 1), "{answers:?}");
+    assert_eq!(balance(&*store, "B1").await, Balance { on_hand: 100, reserved: 4 }, "taken back once");
+    let cancelled = store.delivery(&follow_up.delivery_id).await.expect("reads").expect("kept");
+    assert_eq!(cancelled.state, DeliveryState::Cancelled, "the follow-up went with it");
+    let receipt = &all_receipts(&*store).await[0];
+    assert_eq!((receipt.delivered_quantity, receipt.reversals.len()), (0, 1));
+    assert_stock_balanced(&*store).await;
+}
+
+async fn a_cancel_and_a_confirmation_at_once_never_both_apply(backend: impl Backend) {
+    let store = opened(&backend, 100, 0).await;
+    planned(&*store, 6, 2).await;
+    let deliveries = held(&*store, EXP1).await;
+    for delivery in &deliveries {
+        let cancel = Correction::CancelDelivery(delivery.delivery_id.clone());
+        let confirmation = delivered(delivery);
+        let [pushed, cancelled] = <[_; 2]>::try_from(
+            at_once(&store, 2, |store, i| {
+                let (cancel, confirmation) = (cancel.clone(), confirmation.clone());
+                async move {
+                    if i == 0 {
+                        format!("{:?}", push(&*store, EXP1, vec![confirmation]).await[0])
+                    } else {
+                        format!("{:?}", correct(&*store, &cancel).await)
+                    }
+                }
+            })
+            .await,
+        )
+        .expect("two answers");
+        let delivered_first = pushed == "Accepted" && cancelled.contains("DeliveryClosed");
+        let cancelled_first = pushed.contains("DeliveryCancelled") && cancelled == "Done(Cancelled)";
+        assert!(delivered_first ^ cancelled_first, "{}: push {pushed}, cancel {cancelled}", delivery.delivery_id);
+    }
+    let raced: HashSet<_> = deliveries.iter().map(|d| d.receipt_id.clone()).collect();
+    let receipts = all_receipts(&*store).await;
+    let raced: Vec<_> = receipts.iter().filter(|r| raced.contains(&r.receipt_id)).collect();
+    assert_eq!(raced.len(), deliveries.len());
+    assert!(raced.iter().all(|r| r.delivered != r.cancellation.is_some()), "each delivered or cancelled, not both");
+    assert_stock_balanced(&*store).await;
+    let still_held: u64 = held(&*store, EXP2).await.iter().map(|d| u64::from(d.quantity)).sum();
+    assert_eq!(balance(&*store, "B1").await.reserved, still_held, "only the untouched ones stay reserved");
+}
+
+async fn a_cancelled_receipt_is_never_planned(backend: impl Backend) {
+    let store = opened(&backend, 0, 0).await;
+    planned(&*store, 1, 2).await;
+    let receipt = all_receipts(&*store).await.remove(0);
+    assert!(receipt.backordered, "no stock anywhere");
+    let cancel = Correction::CancelReceipt(receipt.receipt_id.clone());
+    assert_eq!(correct(&*store, &cancel).await, Step::Done(DeliveryState::Cancelled));
+    store.goods_receipt(&node_id("B1"), &item_id(), 10, now()).await.expect("a goods receipt");
+    assert!(store.plan_pending(now()).await.expect("planning runs").is_empty(), "nothing to plan");
+    let after = all_receipts(&*store).await.remove(0);
+    assert!(!after.planned && after.cancellation.is_some());
+    assert_eq!(balance(&*store, "B1").await, Balance { on_hand: 10, reserved: 0 });
 }

@@ -328,10 +328,58 @@ pub struct ReceiptView {
     /// Server time of the accepted confirmation.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub delivered_at: Option<OffsetDateTime>,
+    /// The latest delivery planned for it (a follow-up after a short hand-over).
     pub delivery_id: Option<DeliveryId>,
-    /// Who delivered, and the proof, once delivered.
+    /// Who delivered, and the proof: the latest hand-over that stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<DeliveryProof>,
+    /// Units handed over so far, net of reversals; `delivered` turns on when
+    /// they reach `quantity`.
+    #[serde(default)]
+    pub delivered_quantity: u32,
+    /// Every delivery planned for it, in order.
+    #[serde(default)]
+    pub deliveries: Vec<DeliveryId>,
+    #[serde(default)]
+    pub cancelled: bool,
+    /// Who cancelled it, when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<InterventionView>,
+    /// Hand-overs a dispatcher reversed, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reversals: Vec<ReversalView>,
+}
+
+/// Who stepped in, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterventionView {
+    pub by: Username,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub reason: String,
+}
+
+/// A hand-over undone by a dispatcher: its goods went back to the delivering node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReversalView {
+    pub delivery_id: DeliveryId,
+    pub confirmation_id: String,
+    pub quantity: u32,
+    pub empties_collected: u32,
+    pub by: Username,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub reason: String,
+}
+
+/// `POST /api/v1/deliveries/{id}/cancel`, `.../reverse` and
+/// `POST /api/v1/receipts/{id}/cancel`: why. Required, except from a customer
+/// calling off its own receipt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionRequest {
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// What the courier's handheld recorded when the goods were handed over.
@@ -427,6 +475,47 @@ pub struct DeliveryView {
     /// Bumped at each (re)assignment.
     pub version: u64,
     pub assignments: Vec<AssignmentView>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub planned_at: OffsetDateTime,
+    /// Every accepted confirmation, delivered or failed, in the order received.
+    #[serde(default)]
+    pub attempts: Vec<AttemptView>,
+    #[serde(default)]
+    pub cancelled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<InterventionView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reversals: Vec<ReversalView>,
+    /// The delivery whose short hand-over this one carries the rest of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up_of: Option<DeliveryId>,
+}
+
+/// One attempt at the door, as the handheld reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub confirmation_id: String,
+    /// `delivered` or `failed`.
+    pub outcome: crate::sync::Outcome,
+    /// For `failed`: `customer_absent`, `refused`, `damaged`, `wrong_address` or `other`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<crate::sync::FailureReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub quantity: u32,
+    pub empties_collected: u32,
+    pub by: Username,
+    pub device_id: DeviceId,
+    /// The assignment version it was captured under.
+    pub version: u64,
+    /// The handheld's clock.
+    #[serde(with = "time::serde::rfc3339")]
+    pub captured_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// A dispatcher reversed this hand-over.
+    #[serde(default)]
+    pub reversed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -437,6 +526,9 @@ pub struct LegView {
     pub to: String,
     /// `planned`, `issued` or `completed`.
     pub status: String,
+    /// When it was issued (or, for the last leg, completed).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub issued_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -115,6 +115,16 @@ error_codes! {
     UnknownAssignee = ("unknown_assignee", 422),
     /// Delivery assignment or leg issue: the delivery is already delivered or cancelled.
     DeliveryClosed = ("delivery_closed", 409),
+    /// Delivery reverse: the delivery is not delivered, so there is nothing to reverse.
+    NotDelivered = ("not_delivered", 409),
+    /// Receipt cancel: the receipt is already delivered, or a reversal names a cancelled receipt.
+    ReceiptClosed = ("receipt_closed", 409),
+    /// Receipt cancel by its customer: goods were issued or a delivery attempted; the dispatcher can still cancel it.
+    CancelTooLate = ("cancel_too_late", 409),
+    /// Delivery reverse: the follow-up delivery of its short hand-over moved on since; correct that one first.
+    FollowUpMoved = ("follow_up_moved", 409),
+    /// Delivery or receipt cancel, delivery reverse: the reason is missing, too long, or holds control characters.
+    InvalidReason = ("invalid_reason", 422),
     /// Leg issue: the last leg completes when the delivery is confirmed, not by an issue.
     LastLeg = ("last_leg", 409),
     /// Leg issue: an earlier leg of the delivery is not issued yet.

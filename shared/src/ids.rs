@@ -115,8 +115,9 @@ id_type!(
 );
 
 id_type!(
-    /// A delivery: one per planned receipt, numbered like it (`D-000123` delivers
-    /// `R-000123`).
+    /// A delivery: the first of a planned receipt is numbered like it
+    /// (`D-000123` delivers `R-000123`); a follow-up, which carries what a short
+    /// delivery left, adds its round (`D-000123-2`, then `D-000123-3`).
     DeliveryId
 );
 id_type!(
@@ -124,17 +125,47 @@ id_type!(
     LegId
 );
 
+/// Where the round goes in a delivery's [`number`](DeliveryId::number): first
+/// deliveries keep their receipt's number, and follow-ups number after every
+/// first delivery, up to 2^40 receipts.
+const ROUND_SHIFT: u32 = 40;
+
 impl DeliveryId {
     /// The delivery of the `seq`-th receipt.
     pub fn from_seq(seq: u64) -> Self {
         Self(format!("D-{seq:06}"))
     }
 
+    /// The receipt number and the round (1 for the first delivery), when well formed.
+    pub fn parts(&self) -> Option<(u64, u32)> {
+        let rest = self.0.strip_prefix("D-")?;
+        let (digits, round) = match rest.split_once('-') {
+            Some((digits, round)) => (digits, round.parse::<u32>().ok().filter(|round| *round >= 2)?),
+            None => (rest, 1),
+        };
+        let seq: u64 = digits.parse().ok().filter(|seq| *seq < 1 << ROUND_SHIFT)?;
+        // One spelling per delivery: D-000007-2, never D-7-2 nor D-000007-02.
+        (Self::of_round(seq, round) == *self).then_some((seq, round))
+    }
+
     /// The receipt number this delivery belongs to, when well formed.
-    pub fn seq(&self) -> Option<u64> {
-        let digits = self.0.strip_prefix("D-")?;
-        let seq: u64 = digits.parse().ok()?;
-        (Self::from_seq(seq) == *self).then_some(seq)
+    pub fn receipt_seq(&self) -> Option<u64> {
+        self.parts().map(|(seq, _)| seq)
+    }
+
+    /// Its key in storage: a first delivery's is its receipt's number, a
+    /// follow-up's sorts after every first delivery.
+    pub fn number(&self) -> Option<u64> {
+        self.parts().map(|(seq, round)| seq | (u64::from(round - 1) << ROUND_SHIFT))
+    }
+
+    /// The `round`-th delivery of the `seq`-th receipt (1 is its first).
+    pub fn of_round(seq: u64, round: u32) -> Self {
+        if round <= 1 {
+            Self::from_seq(seq)
+        } else {
+            Self(format!("D-{seq:06}-{round}"))
+        }
     }
 
     /// The id of this delivery's leg at `index` (0-based).
@@ -147,7 +178,7 @@ impl LegId {
     /// The delivery and the 0-based position of this leg, when well formed.
     pub fn split(&self) -> Option<(DeliveryId, usize)> {
         let (delivery, number) = self.0.rsplit_once("-L")?;
-        let delivery = DeliveryId::parse(delivery).ok().filter(|d| d.seq().is_some())?;
+        let delivery = DeliveryId::parse(delivery).ok().filter(|d| d.parts().is_some())?;
         let number: usize = number.parse().ok().filter(|n| *n >= 1)?;
         (delivery.leg(number - 1) == *self).then_some((delivery, number - 1))
     }
@@ -203,10 +234,20 @@ mod tests {
     fn delivery_and_leg_ids_name_their_parts() {
         let delivery = DeliveryId::from_seq(7);
         assert_eq!(delivery.as_str(), "D-000007");
-        assert_eq!(delivery.seq(), Some(7));
+        assert_eq!(delivery.number(), Some(7));
         let leg = delivery.leg(2);
         assert_eq!(leg.as_str(), "D-000007-L3");
-        assert_eq!(leg.split(), Some((delivery, 2)));
+        assert_eq!(leg.split(), Some((delivery.clone(), 2)));
+        assert_eq!(DeliveryId::of_round(7, 1), delivery);
+        let follow_up = DeliveryId::of_round(7, 2);
+        assert_eq!(follow_up.as_str(), "D-000007-2");
+        assert_eq!(follow_up.parts(), Some((7, 2)));
+        assert_eq!(follow_up.receipt_seq(), Some(7));
+        assert_eq!(follow_up.number(), Some(7 + (1 << 40)), "after every first delivery");
+        assert_eq!(follow_up.leg(0).split(), Some((follow_up, 0)));
+        for odd in ["D-000007-1", "D-000007-02", "D-7-2", "D-000007-", "D-000007-2-3"] {
+            assert_eq!(DeliveryId::parse(odd).ok().and_then(|id| id.parts()), None, "{odd}");
+        }
         for odd in ["D-000007-L0", "D-000007-L03", "D-7-L1", "X-000007-L1", "D-000007"] {
             assert_eq!(LegId::parse(odd).ok().and_then(|leg| leg.split()), None, "{odd}");
         }

@@ -29,6 +29,19 @@ pub enum FailureReason {
     Other,
 }
 
+impl FailureReason {
+    /// The wire code, as pushed and as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::CustomerAbsent => "customer_absent",
+            FailureReason::Refused => "refused",
+            FailureReason::Damaged => "damaged",
+            FailureReason::WrongAddress => "wrong_address",
+            FailureReason::Other => "other",
+        }
+    }
+}
+
 /// Where the handheld was, when it knew.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,8 +215,9 @@ pub enum ResultStatus {
 pub struct ConfirmationResult {
     pub confirmation_id: String,
     pub status: ResultStatus,
-    /// For `rejected`: `not_assignee`, `delivery_cancelled`, `already_delivered`,
-    /// `conflicting_duplicate`, `superseded` or `invalid`. New codes may be added.
+    /// For `rejected`: `not_assignee`, `not_ready`, `delivery_cancelled`,
+    /// `already_delivered`, `conflicting_duplicate`, `superseded` or `invalid`.
+    /// New codes may be added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

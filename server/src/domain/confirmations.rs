@@ -7,7 +7,7 @@
 use handover_shared::{
     api::DeliveryProof,
     sync::{Confirmation, Outcome},
-    CustomerId, DeviceId, ItemId, NodeId, Username,
+    CustomerId, DeliveryId, DeviceId, ItemId, NodeId, Username,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,7 +16,10 @@ use time::OffsetDateTime;
 use super::{
     changes::{ChangeSet, Inconsistent, StockBook},
     orders::{CustomerAccount, Receipt},
-    shipments::{hand_over, issue_leg_stock, Assignment, Delivery, DeliveryState, LegStatus, StockEffect},
+    shipments::{
+        hand_over, reserve, Assignment, Attempt, Delivery, DeliveryState, DeliveryStatus, Destination, Leg, LegStatus,
+        StockEffect,
+    },
     stock::Movement,
 };
 
@@ -28,6 +31,9 @@ pub use handover_shared::sync::{MAX_EMPTIES, MAX_NOTE_LEN, MAX_RECIPIENT_LEN, MA
 pub enum RejectCode {
     /// The uploader did not hold the assignment version it quotes.
     NotAssignee,
+    /// The delivery's goods are not at its delivering node yet (transfer legs
+    /// not issued): nothing can have been handed over, nor attempted.
+    NotReady,
     DeliveryCancelled,
     /// Another confirmation was accepted first.
     AlreadyDelivered,
@@ -43,6 +49,7 @@ impl RejectCode {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectCode::NotAssignee => "not_assignee",
+            RejectCode::NotReady => "not_ready",
             RejectCode::DeliveryCancelled => "delivery_cancelled",
             RejectCode::AlreadyDelivered => "already_delivered",
             RejectCode::ConflictingDuplicate => "conflicting_duplicate",
@@ -92,25 +99,51 @@ impl PushOutcome {
     }
 }
 
-/// The last time a device synced, and what it said it still had queued.
+/// The last time a device synced, and what it still had queued after its
+/// last push.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceSync {
     pub device_id: DeviceId,
     pub username: Username,
     #[serde(with = "time::serde::rfc3339")]
     pub last_sync_at: OffsetDateTime,
+    /// Left in the outbox after the last push (`None`: never reported).
     pub reported_queued: Option<u64>,
+    /// Since when the device has had something queued after every push: the
+    /// dashboard flags a handheld stuck for longer than it should be.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub queued_since: Option<OffsetDateTime>,
 }
 
 impl DeviceSync {
+    /// What a push leaves in the device's outbox: the device reports its
+    /// outbox with the batch in it, and every element of the batch gets its
+    /// final answer (accepted, duplicate or rejected) and leaves it.
+    pub fn left_after_push(reported: Option<u64>, answered: usize) -> Option<u64> {
+        reported.map(|queued| queued.saturating_sub(u64::try_from(answered).unwrap_or(u64::MAX)))
+    }
+
     /// This sync as recorded over the device's `previous` one: a sync that
-    /// reports nothing queued (a pull) keeps what the last push said.
+    /// reports nothing queued (a pull) keeps what the last push said; the
+    /// queue's age runs from the first push that left something behind.
     pub fn over(&self, previous: Option<&DeviceSync>) -> DeviceSync {
         let mut sync = self.clone();
-        if sync.reported_queued.is_none() {
-            sync.reported_queued = previous.and_then(|before| before.reported_queued);
+        match sync.reported_queued {
+            None => {
+                sync.reported_queued = previous.and_then(|before| before.reported_queued);
+                sync.queued_since = previous.and_then(|before| before.queued_since);
+            }
+            Some(0) => sync.queued_since = None,
+            Some(_) => {
+                sync.queued_since = previous.and_then(|before| before.queued_since).or(Some(sync.last_sync_at));
+            }
         }
         sync
+    }
+
+    /// Something has waited on the handheld for longer than `patience`.
+    pub fn is_stuck(&self, now: OffsetDateTime, patience: time::Duration) -> bool {
+        self.queued_since.is_some_and(|since| now - since > patience)
     }
 }
 
@@ -195,6 +228,16 @@ pub fn judge(
         }
         DeliveryState::Open => {}
     }
+    if delivery.status() == DeliveryStatus::Upcoming {
+        return reject(
+            RejectCode::NotReady,
+            format!(
+                "delivery {} is still on its way to {}: its goods issues come first",
+                delivery.delivery_id,
+                delivery.delivering_node()
+            ),
+        );
+    }
     // A delivered confirmation is honoured under any version its uploader held
     // (the goods were handed over); a failed attempt only under the current
     // one, so that it cannot take back a delivery that moved on since.
@@ -263,12 +306,14 @@ pub struct Pusher<'a> {
 }
 
 /// Judges one pushed confirmation and, when sound, applies it: the answer and
-/// everything it changes. A delivered confirmation, in one change: issues the
-/// transfer legs not yet issued (the goods did travel), hands the goods over,
-/// frees what was not handed over, turns the receipt's Delivered flag on with
-/// the proof, applies the empties collected. A failed one puts the delivery
-/// back to the dispatcher under a new version. The first outcome of a
-/// well-formed id is remembered; an id seen before is never remembered again.
+/// everything it changes. A delivered confirmation, in one change: hands the
+/// goods over, counts them on the receipt (whose Delivered flag turns on once
+/// every ordered unit is delivered) with the proof, applies the empties
+/// collected, and reserves what was not handed over for a follow-up delivery
+/// of the rest. A failed one puts the delivery back to the dispatcher under a
+/// new version. Either is kept as an attempt on the delivery. The first
+/// outcome of a well-formed id is remembered; an id seen before is never
+/// remembered again.
 pub fn push(
     confirmation: &Confirmation,
     digest: &str,
@@ -303,14 +348,26 @@ pub fn push(
     let mut delivery = before.clone();
     let now = by.received_at;
     let previous = before.assignee.clone();
+    delivery.attempts.push(Attempt {
+        confirmation_id: c.confirmation_id.clone(),
+        outcome: c.outcome,
+        reason: c.reason,
+        note: c.note.clone(),
+        quantity: c.quantity,
+        empties_collected: c.empties_collected,
+        by: by.uploader.clone(),
+        device_id: by.device.clone(),
+        version: c.version,
+        captured_at: c.captured_at,
+        received_at: now,
+    });
     let detail = match c.outcome {
         Outcome::Delivered => {
             let mut receipt =
                 receipt.ok_or_else(|| Inconsistent(format!("the receipt of {} was not read", delivery.delivery_id)))?;
             let receipt_before = receipt.clone();
             hand_over_goods(&mut delivery, c.quantity, &mut stock, now)?;
-            receipt.delivered = true;
-            receipt.delivered_at = Some(now);
+            receipt.delivered_quantity = receipt.delivered_quantity.saturating_add(c.quantity).min(receipt.quantity);
             receipt.proof = Some(DeliveryProof {
                 confirmation_id: c.confirmation_id.clone(),
                 delivered_by: by.uploader.clone(),
@@ -324,6 +381,21 @@ pub fn push(
                 signed: c.signature.is_some(),
                 photo_digest: c.photo_digest.clone(),
             });
+            let rest = delivery.quantity - c.quantity;
+            if rest > 0 {
+                let id = receipt
+                    .next_follow_up()
+                    .ok_or_else(|| Inconsistent(format!("{} has no follow-up number", receipt.receipt_id)))?;
+                let follow_up = follow_up(&delivery, id, rest, by.uploader, &mut stock, now)?;
+                changes.notify(by.uploader, &follow_up.delivery_id);
+                receipt.deliveries.push(follow_up.delivery_id.clone());
+                receipt.delivery_id = Some(follow_up.delivery_id.clone());
+                changes.put_delivery(None, follow_up);
+            }
+            if receipt.outstanding() == 0 {
+                receipt.delivered = true;
+                receipt.delivered_at = Some(now);
+            }
             if c.empties_collected > 0 {
                 let account = account.unwrap_or_default().with_empties_collected(c.empties_collected);
                 changes.customer_accounts.push((receipt.customer_id.clone(), account));
@@ -334,7 +406,7 @@ pub fn push(
         }
         Outcome::Failed => {
             // Back to the dispatcher for another attempt.
-            let reason = c.reason.map(|r| format!("{r:?}")).unwrap_or_default();
+            let reason = c.reason.map(|r| r.as_str()).unwrap_or_default();
             delivery.version += 1;
             delivery.assignee = None;
             delivery.assignments.push(Assignment {
@@ -363,9 +435,9 @@ pub fn push(
     Ok((PushOutcome::Accepted, changes))
 }
 
-/// The goods reach the customer: transfer legs not recorded yet are issued, in
-/// the flow of the goods; `quantity` units leave the delivering node and the
-/// rest of the reservation is freed; the delivery is delivered.
+/// The goods reach the customer: `quantity` units leave the delivering node
+/// and the delivery is delivered. Its transfer legs were all issued (a
+/// confirmation of a delivery on its way is refused as `not_ready`).
 fn hand_over_goods(
     delivery: &mut Delivery,
     quantity: u32,
@@ -378,24 +450,71 @@ fn hand_over_goods(
         .len()
         .checked_sub(1)
         .ok_or_else(|| Inconsistent(format!("{} has no legs", delivery.delivery_id)))?;
-    for index in 0..last {
-        if delivery.legs[index].status != LegStatus::Issued {
-            issue_leg_stock(delivery, index, stock, now)?;
-        }
+    if let Some(leg) = delivery.legs[..last].iter().find(|leg| leg.status != LegStatus::Issued) {
+        return Err(Inconsistent(format!(
+            "{} handed over before its leg {} was issued",
+            delivery.delivery_id, leg.leg_id
+        )));
     }
     let from = delivery.delivering_node().clone();
     let leg_id = delivery.legs[last].leg_id.clone();
     let [handed] = hand_over(&from, quantity);
     stock.apply(&item, &handed, Movement::HandOver { leg_id }, now)?;
-    let rest = delivery.quantity - quantity;
-    if rest > 0 {
-        let release = StockEffect { node: &from, on_hand_delta: 0, reserved_delta: -i64::from(rest) };
-        stock.apply(&item, &release, Movement::Release { delivery_id: delivery.delivery_id.clone() }, now)?;
-    }
     delivery.legs[last].status = LegStatus::Completed;
     delivery.legs[last].issued_at = Some(now);
     delivery.state = DeliveryState::Delivered;
     Ok(())
+}
+
+/// The delivery of what a short hand-over left: the `rest` goes back to the
+/// delivering node's stock and is reserved at once for it. It leaves from that
+/// node, by the same kind of carrier, with the courier who was at the door
+/// (who may hand it on through a reassignment).
+fn follow_up(
+    short: &Delivery,
+    id: DeliveryId,
+    rest: u32,
+    courier: &Username,
+    stock: &mut StockBook,
+    now: OffsetDateTime,
+) -> Result<Delivery, Inconsistent> {
+    let node = short.delivering_node().clone();
+    let release = StockEffect { node: &node, on_hand_delta: 0, reserved_delta: -i64::from(rest) };
+    stock.apply(&short.item_id, &release, Movement::Release { delivery_id: short.delivery_id.clone() }, now)?;
+    let [reservation] = reserve(&node, rest);
+    stock.apply(&short.item_id, &reservation, Movement::Reserve { delivery_id: id.clone() }, now)?;
+    let assignee = Some(courier.clone());
+    Ok(Delivery {
+        legs: vec![Leg {
+            leg_id: id.leg(0),
+            from: node.clone(),
+            to: Destination::Customer(short.customer_id.clone()),
+            status: LegStatus::Planned,
+            issued_at: None,
+        }],
+        carrier: short.carrier.clone(),
+        assignments: vec![Assignment {
+            version: 1,
+            assignee: assignee.clone(),
+            at: now,
+            by: format!("follow-up of {}", short.delivery_id),
+        }],
+        delivery_id: id,
+        receipt_id: short.receipt_id.clone(),
+        customer_id: short.customer_id.clone(),
+        item_id: short.item_id.clone(),
+        quantity: rest,
+        source: short.source,
+        source_node: node,
+        assignee,
+        version: 1,
+        state: DeliveryState::Open,
+        planned_at: now,
+        attempts: Vec::new(),
+        cancellation: None,
+        reversals: Vec::new(),
+        follow_up_of: Some(short.delivery_id.clone()),
+    })
 }
 
 #[cfg(test)]

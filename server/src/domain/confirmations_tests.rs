@@ -34,6 +34,10 @@ fn delivery() -> Delivery {
         ],
         state: DeliveryState::Open,
         planned_at: at,
+        attempts: Vec::new(),
+        cancellation: None,
+        reversals: Vec::new(),
+        follow_up_of: None,
     }
 }
 
@@ -279,6 +283,10 @@ fn records_that_do_not_fit_together_are_an_error_and_change_nothing() {
         delivered_at: None,
         delivery_id: Some(planned.delivery_id.clone()),
         proof: None,
+        delivered_quantity: 0,
+        deliveries: Vec::new(),
+        cancellation: None,
+        reversals: Vec::new(),
     };
     let without_stock = PushInputs { delivery: Some(planned), receipt: Some(receipt), ..PushInputs::default() };
     let err = push(&c, &digest(&c), by(&exp2, &device), without_stock).expect_err("inconsistent");

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod changes;
 pub mod confirmations;
+pub mod corrections;
 #[cfg(test)]
 mod fixtures;
 pub mod network;

@@ -1,13 +1,16 @@
 //! The state-changing rules together, over an in-memory copy of what a store
 //! keeps: for any sequence of planning runs, goods receipts, leg issues,
-//! reassignments and pushed confirmations (right, stale, replayed, conflicting)
-//! on random networks, applying the change sets the domain returns keeps the
-//! books straight: stock never negative and the ledger replaying to the
-//! balances, goods neither made nor lost, each delivery handed over at most
-//! once, a confirmation id's first outcome never rewritten, every courier's
-//! load equal to its open deliveries.
+//! reassignments, pushed confirmations (full and short, failed, right, stale,
+//! replayed, conflicting), cancellations (by the dispatcher or the customer)
+//! and reversals on random networks, applying the change sets the domain
+//! returns keeps the books straight: stock never negative and the ledger
+//! replaying to the balances, goods neither made nor lost, every reservation
+//! held by exactly one open delivery, each receipt's delivered quantity the
+//! units its deliveries handed over net of reversals (never more than
+//! ordered), a cancelled delivery never delivered, a confirmation id's first
+//! outcome never rewritten, every courier's load equal to its open deliveries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use handover_shared::{sync::Confirmation, CustomerId, DeviceId, ItemId, NodeId, Role, Username};
 use proptest::prelude::*;
@@ -17,6 +20,7 @@ use super::{
     access::Principal,
     changes::{ChangeSet, Step, StockBook, StockLine},
     confirmations::{self, FirstOutcome, PushInputs, PushOutcome, PushReads, Pusher, SeenConfirmation},
+    corrections::{self, Correction, CorrectionInputs},
     network::{Customer, Item},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt, ValidOrder, DRAFT_TTL},
     shipments::{self, CascadeNodes, CourierAccount, Delivery, PlanInputs, PlanResult},
@@ -50,8 +54,11 @@ struct Books {
     loads: HashMap<Username, i64>,
     seen: HashMap<String, SeenConfirmation>,
     accounts: HashMap<CustomerId, CustomerAccount>,
-    /// Units that left the network to customers, by delivery.
-    handed_over: BTreeMap<u64, u64>,
+    /// Units that left the network to customers, by delivery, net of the
+    /// units a reversal took back.
+    handed_over: BTreeMap<u64, i64>,
+    /// Deliveries once seen cancelled.
+    cancelled: BTreeSet<u64>,
     received: u64,
 }
 
@@ -68,7 +75,13 @@ impl Books {
             self.receipts.insert(receipt.after.seq, receipt.after);
         }
         for delivery in changes.deliveries {
-            let seq = delivery.after.delivery_id.seq().expect("numbered");
+            let seq = delivery.after.delivery_id.number().expect("numbered");
+            if self.cancelled.contains(&seq) {
+                prop_assert_eq!(delivery.after.state, shipments::DeliveryState::Cancelled, "cancelled stays cancelled");
+            }
+            if delivery.after.state == shipments::DeliveryState::Cancelled {
+                self.cancelled.insert(seq);
+            }
             self.deliveries.insert(seq, delivery.after);
         }
         for (courier, delta) in changes.courier_loads {
@@ -78,9 +91,16 @@ impl Books {
             self.balances.insert((node, item), balance);
         }
         for line in changes.ledger {
-            if let stock::Movement::HandOver { leg_id } = &line.movement {
-                let seq = leg_id.split().and_then(|(delivery, _)| delivery.seq()).expect("a leg of a delivery");
-                *self.handed_over.entry(seq).or_default() += line.on_hand_delta.unsigned_abs();
+            match &line.movement {
+                stock::Movement::HandOver { leg_id } => {
+                    let seq = leg_id.split().and_then(|(delivery, _)| delivery.number()).expect("a leg of a delivery");
+                    *self.handed_over.entry(seq).or_default() -= line.on_hand_delta;
+                }
+                stock::Movement::TakeBack { delivery_id } => {
+                    let seq = delivery_id.number().expect("a numbered delivery");
+                    *self.handed_over.entry(seq).or_default() -= line.on_hand_delta;
+                }
+                _ => {}
             }
             let seq = self.ledger.len() as u64 + 1;
             self.ledger.push(line.numbered(seq));
@@ -104,21 +124,54 @@ impl Books {
             prop_assert!(balance.reserved <= balance.on_hand, "{balance:?}");
         }
         let on_hand: u64 = self.balances.values().map(|b| b.on_hand).sum();
-        let handed: u64 = self.handed_over.values().sum();
-        prop_assert_eq!(on_hand + handed, initial + self.received, "goods are neither made nor lost");
-        for (seq, delivery) in &self.deliveries {
-            let handed = self.handed_over.get(seq).copied().unwrap_or_default();
-            let receipt = &self.receipts[seq];
+        let handed: i64 = self.handed_over.values().sum();
+        prop_assert_eq!(
+            i64::try_from(on_hand).expect("small") + handed,
+            i64::try_from(initial + self.received).expect("small"),
+            "goods are neither made nor lost"
+        );
+        // Every reserved unit is held by one open delivery, where its goods are now.
+        let mut held: BTreeMap<(NodeId, ItemId), u64> = BTreeMap::new();
+        for delivery in self.deliveries.values().filter(|d| d.is_open()) {
+            *held.entry((delivery.goods_at().clone(), delivery.item_id.clone())).or_default() +=
+                u64::from(delivery.quantity);
+        }
+        for (key, balance) in &self.balances {
+            prop_assert_eq!(balance.reserved, held.get(key).copied().unwrap_or_default(), "reserved at {:?}", key);
+        }
+        let mut by_receipt: BTreeMap<u64, Vec<(u64, &Delivery)>> = BTreeMap::new();
+        for (number, delivery) in &self.deliveries {
+            let handed = self.handed_over.get(number).copied().unwrap_or_default();
+            prop_assert!(handed >= 0, "{} took back more than it handed over", delivery.delivery_id);
             let delivered = delivery.state == shipments::DeliveryState::Delivered;
-            prop_assert_eq!(delivered, receipt.delivered, "the receipt's flag follows its delivery");
-            match &receipt.proof {
-                Some(proof) => {
-                    prop_assert!(delivered);
-                    prop_assert_eq!(handed, u64::from(proof.quantity), "handed over once, as the proof says");
-                    let first = self.seen.get(&proof.confirmation_id).map(|seen| &seen.outcome);
-                    prop_assert_eq!(first, Some(&FirstOutcome::Accepted), "the proof is an accepted confirmation");
-                }
-                None => prop_assert_eq!((delivered, handed), (false, 0), "{} not handed over", delivery.delivery_id),
+            let standing = delivery.standing_hand_over().map_or(0, |attempt| i64::from(attempt.quantity));
+            prop_assert_eq!(
+                handed,
+                if delivered { standing } else { 0 },
+                "{} hands over what stands",
+                delivery.delivery_id
+            );
+            let seq = delivery.receipt_id.seq().expect("a numbered receipt");
+            by_receipt.entry(seq).or_default().push((u64::try_from(handed).expect("not negative"), delivery));
+        }
+        for (seq, receipt) in &self.receipts {
+            let deliveries = by_receipt.get(seq).map(Vec::as_slice).unwrap_or_default();
+            let handed: u64 = deliveries.iter().map(|(handed, _)| handed).sum();
+            prop_assert_eq!(
+                u64::from(receipt.delivered_quantity),
+                handed,
+                "{} counts what was handed over",
+                receipt.receipt_id
+            );
+            prop_assert!(receipt.delivered_quantity <= receipt.quantity, "never more than ordered");
+            prop_assert_eq!(receipt.delivered, receipt.delivered_quantity == receipt.quantity, "the Delivered flag");
+            prop_assert!(deliveries.iter().filter(|(_, d)| d.is_open()).count() <= 1, "one open delivery at most");
+            if receipt.cancellation.is_some() {
+                prop_assert!(deliveries.iter().all(|(_, d)| !d.is_open()), "a cancelled receipt has nothing open");
+            }
+            if let Some(proof) = &receipt.proof {
+                let first = self.seen.get(&proof.confirmation_id).map(|seen| &seen.outcome);
+                prop_assert_eq!(first, Some(&FirstOutcome::Accepted), "the proof is an accepted confirmation");
             }
         }
         let mut open: HashMap<&Username, i64> = HashMap::new();
@@ -141,6 +194,9 @@ enum Action {
     Issue { delivery: usize, leg: usize },
     Assign { delivery: usize, courier: usize },
     Push { delivery: usize, courier: usize, failed: bool, short: u32, stale: bool, reuse: Option<usize> },
+    Cancel { delivery: usize },
+    CancelReceipt { receipt: usize, by_customer: bool },
+    Reverse { delivery: usize },
 }
 
 fn steps() -> impl Strategy<Value = Action> {
@@ -154,6 +210,9 @@ fn steps() -> impl Strategy<Value = Action> {
             .prop_map(|(delivery, courier, failed, short, stale, reuse)| Action::Push {
                 delivery, courier, failed, short, stale, reuse
             }),
+        1 => (0..12usize).prop_map(|delivery| Action::Cancel { delivery }),
+        1 => (0..12usize, any::<bool>()).prop_map(|(receipt, by_customer)| Action::CancelReceipt { receipt, by_customer }),
+        2 => (0..12usize).prop_map(|delivery| Action::Reverse { delivery }),
     ]
 }
 
@@ -266,7 +325,7 @@ fn run(world: &World) -> Result<(), TestCaseError> {
         let delivery_at = |index: usize| books.deliveries.values().nth(index % books.deliveries.len().max(1)).cloned();
         match step.clone() {
             Action::Plan => {
-                let pending: Vec<Receipt> = books.receipts.values().filter(|r| !r.planned).cloned().collect();
+                let pending: Vec<Receipt> = books.receipts.values().filter(|r| r.awaits_planning()).cloned().collect();
                 for receipt in pending {
                     let nodes = CascadeNodes::for_customer(
                         &customers[&receipt.customer_id],
@@ -343,7 +402,7 @@ fn run(world: &World) -> Result<(), TestCaseError> {
                     }
                 }
                 let seen = books.seen.get(&confirmation.confirmation_id).cloned();
-                let target = confirmation.delivery_id.seq().and_then(|seq| books.deliveries.get(&seq)).cloned();
+                let target = confirmation.delivery_id.number().and_then(|seq| books.deliveries.get(&seq)).cloned();
                 let reads = PushReads::of(&confirmation, target.as_ref());
                 let inputs = PushInputs {
                     receipt: target
@@ -370,10 +429,66 @@ fn run(world: &World) -> Result<(), TestCaseError> {
                 books.apply(changes)?;
                 sent.push(confirmation);
             }
+            Action::Cancel { delivery } => {
+                let Some(delivery) = delivery_at(delivery) else { continue };
+                let correction = Correction::CancelDelivery(delivery.delivery_id.clone());
+                correct(&mut books, &correction, &dispatcher(), now)?;
+            }
+            Action::CancelReceipt { receipt, by_customer } => {
+                let Some(receipt) = books.receipts.values().nth(receipt % books.receipts.len().max(1)).cloned() else {
+                    continue;
+                };
+                let by = if by_customer {
+                    super::fixtures::principal(Role::Customer, Some(receipt.customer_id.as_str()))
+                } else {
+                    dispatcher()
+                };
+                correct(&mut books, &Correction::CancelReceipt(receipt.receipt_id), &by, now)?;
+            }
+            Action::Reverse { delivery } => {
+                let Some(delivery) = delivery_at(delivery) else { continue };
+                correct(&mut books, &Correction::Reverse(delivery.delivery_id.clone()), &dispatcher(), now)?;
+            }
         }
         books.check(initial)?;
     }
     Ok(())
+}
+
+/// Reads what a correction needs as a backend does, and applies what it decides.
+fn correct(
+    books: &mut Books,
+    correction: &Correction,
+    by: &Principal,
+    now: OffsetDateTime,
+) -> Result<(), TestCaseError> {
+    let delivery_of = |id: &handover_shared::DeliveryId| id.number().and_then(|n| books.deliveries.get(&n)).cloned();
+    let named = correction.delivery().and_then(delivery_of);
+    let receipt_seq = match correction {
+        Correction::CancelReceipt(id) => id.seq(),
+        _ => named.as_ref().and_then(|d| d.receipt_id.seq()),
+    };
+    let receipt = receipt_seq.and_then(|seq| books.receipts.get(&seq)).cloned();
+    let latest_id = receipt.as_ref().and_then(|r| r.delivery_id.clone());
+    let (delivery, latest) = match &named {
+        Some(named) => {
+            (Some(named.clone()), latest_id.filter(|id| *id != named.delivery_id).and_then(|id| delivery_of(&id)))
+        }
+        None => (latest_id.and_then(|id| delivery_of(&id)), None),
+    };
+    let stock = books.stock(
+        delivery
+            .iter()
+            .chain(&latest)
+            .flat_map(|d| d.stock_nodes().map(|n| (n.clone(), d.item_id.clone())))
+            .collect::<Vec<_>>(),
+    );
+    let account = receipt.as_ref().and_then(|r| books.accounts.get(&r.customer_id)).cloned();
+    let inputs = CorrectionInputs { receipt, delivery, latest, stock, account };
+    match corrections::correct(correction, by, "a test", inputs, now).map_err(|e| TestCaseError::fail(e.0))? {
+        Step::Done((_, changes)) => books.apply(changes),
+        Step::Refused(_) | Step::NotFound => Ok(()),
+    }
 }
 
 proptest! {

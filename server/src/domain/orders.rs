@@ -462,9 +462,22 @@ pub struct Receipt {
     pub delivered_at: Option<OffsetDateTime>,
     #[serde(default)]
     pub delivery_id: Option<handover_shared::DeliveryId>,
-    /// Who delivered and what the handheld recorded, once delivered.
+    /// Who delivered and what the handheld recorded: the latest hand-over
+    /// that stands (a reversal takes it away).
     #[serde(default)]
     pub proof: Option<handover_shared::api::DeliveryProof>,
+    /// Units handed over so far, net of reversals; the Delivered flag turns on
+    /// when they reach `quantity`.
+    #[serde(default)]
+    pub delivered_quantity: u32,
+    /// Every delivery planned for it, in order: the first, then a follow-up
+    /// after each short hand-over. `delivery_id` is the latest.
+    #[serde(default)]
+    pub deliveries: Vec<handover_shared::DeliveryId>,
+    #[serde(default)]
+    pub cancellation: Option<super::shipments::Intervention>,
+    #[serde(default)]
+    pub reversals: Vec<super::shipments::Reversal>,
 }
 
 impl Receipt {
@@ -486,6 +499,39 @@ impl Receipt {
             delivered_at: None,
             delivery_id: None,
             proof: None,
+            delivered_quantity: 0,
+            deliveries: Vec::new(),
+            cancellation: None,
+            reversals: Vec::new(),
+        }
+    }
+
+    /// Waits for the planner: not planned yet, and not called off.
+    pub fn awaits_planning(&self) -> bool {
+        !self.planned && self.cancellation.is_none()
+    }
+
+    /// The id of its next follow-up delivery: a round after every delivery
+    /// planned for it, so that none is ever reused.
+    pub fn next_follow_up(&self) -> Option<handover_shared::DeliveryId> {
+        let rounds =
+            self.deliveries.iter().chain(&self.delivery_id).filter_map(|id| id.parts().map(|(_, round)| round));
+        let round = rounds.max().unwrap_or(1).checked_add(1)?;
+        Some(handover_shared::DeliveryId::of_round(self.seq, round))
+    }
+
+    /// Ordered units not handed over (yet).
+    pub fn outstanding(&self) -> u32 {
+        self.quantity.saturating_sub(self.delivered_quantity)
+    }
+
+    /// The empties still expected for units not handed over: an order of a
+    /// collectable item expects one per unit.
+    pub fn empties_outstanding(&self) -> u32 {
+        if self.empties_expected > 0 {
+            self.outstanding()
+        } else {
+            0
         }
     }
 }
@@ -511,6 +557,12 @@ impl CustomerAccount {
             empties_expected: self.empties_expected.saturating_sub(u64::from(collected)),
             orders: self.orders,
         }
+    }
+
+    /// Empties expected again: a reversed hand-over's, which the customer
+    /// still holds.
+    pub fn with_empties_owed(&self, owed: u32) -> CustomerAccount {
+        CustomerAccount { empties_expected: self.empties_expected + u64::from(owed), orders: self.orders }
     }
 
     /// What confirming `receipt` does to the customer information.

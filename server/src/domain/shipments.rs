@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use handover_shared::{CustomerId, DeliveryId, ItemId, LegId, NodeId, NodeKind, ReceiptId, Role, Username};
+use handover_shared::{
+    sync::{FailureReason, Outcome},
+    CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, NodeKind, ReceiptId, Role, Username,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -201,6 +204,51 @@ pub struct Assignment {
     pub by: String,
 }
 
+/// An accepted confirmation, kept on its delivery: each attempt at the door,
+/// as the dispatcher reviews it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub confirmation_id: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub reason: Option<FailureReason>,
+    #[serde(default)]
+    pub note: Option<String>,
+    /// Units handed over (0 for a failed attempt).
+    pub quantity: u32,
+    pub empties_collected: u32,
+    pub by: Username,
+    pub device_id: DeviceId,
+    /// The assignment version it was captured under.
+    pub version: u64,
+    /// The handheld's clock.
+    #[serde(with = "time::serde::rfc3339")]
+    pub captured_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+/// Who stepped in, when and why: kept on every record it changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intervention {
+    pub by: Username,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub reason: String,
+}
+
+/// A delivered confirmation undone (the wrong delivery was ticked): its goods
+/// went back to the delivering node. Recorded beside it; the confirmation and
+/// its ledger lines stay as they were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reversal {
+    pub delivery_id: DeliveryId,
+    pub confirmation_id: String,
+    pub quantity: u32,
+    pub empties_collected: u32,
+    pub intervention: Intervention,
+}
+
 /// A delivery: the goods of one receipt, from one node, to its customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -219,6 +267,16 @@ pub struct Delivery {
     pub state: DeliveryState,
     #[serde(with = "time::serde::rfc3339")]
     pub planned_at: OffsetDateTime,
+    /// Every accepted confirmation, delivered or failed, in the order received.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    #[serde(default)]
+    pub cancellation: Option<Intervention>,
+    #[serde(default)]
+    pub reversals: Vec<Reversal>,
+    /// The delivery whose short hand-over this one carries the rest of.
+    #[serde(default)]
+    pub follow_up_of: Option<DeliveryId>,
 }
 
 /// The part of a stored [`Delivery`] that a courier's pull shows, read from the
@@ -323,6 +381,33 @@ impl Delivery {
     /// the nodes whose stock of its item a step of the delivery may move.
     pub fn stock_nodes(&self) -> impl Iterator<Item = &NodeId> {
         self.legs.iter().map(|leg| &leg.from)
+    }
+
+    /// Where its reserved goods are now: the start of its first leg not yet issued.
+    pub fn goods_at(&self) -> &NodeId {
+        self.legs.iter().find(|leg| leg.status == LegStatus::Planned).map_or(self.delivering_node(), |leg| &leg.from)
+    }
+
+    /// Some goods issue or some attempt at the door happened: past the point
+    /// where its customer may still call it off alone.
+    pub fn under_way(&self) -> bool {
+        !self.attempts.is_empty() || self.legs.iter().any(|leg| leg.status != LegStatus::Planned)
+    }
+
+    /// Open, carried by nobody, and its last attempt failed: the dispatcher's to
+    /// send out again or to cancel.
+    pub fn awaits_reattempt(&self) -> bool {
+        self.is_open()
+            && self.assignee.is_none()
+            && self.attempts.last().is_some_and(|attempt| attempt.outcome == Outcome::Failed)
+    }
+
+    /// The accepted delivered confirmation that a reversal would undo.
+    pub fn standing_hand_over(&self) -> Option<&Attempt> {
+        self.attempts.iter().rev().find(|attempt| {
+            attempt.outcome == Outcome::Delivered
+                && !self.reversals.iter().any(|reversal| reversal.confirmation_id == attempt.confirmation_id)
+        })
     }
 }
 
@@ -647,10 +732,15 @@ pub fn plan_receipt(inputs: PlanInputs<'_>, now: OffsetDateTime) -> Result<(Plan
         assignments: vec![Assignment { version: 1, assignee, at: now, by: "planner".into() }],
         state: DeliveryState::Open,
         planned_at: now,
+        attempts: Vec::new(),
+        cancellation: None,
+        reversals: Vec::new(),
+        follow_up_of: None,
     };
     let mut after = receipt.clone();
     after.planned = true;
     after.backordered = false;
+    after.deliveries.push(delivery_id.clone());
     after.delivery_id = Some(delivery_id);
     changes.put_receipt(Some(receipt), after);
     changes.take_stock(stock);

@@ -257,6 +257,10 @@ fn delivery(source: Source) -> Delivery {
         assignments: Vec::new(),
         state: DeliveryState::Open,
         planned_at: OffsetDateTime::UNIX_EPOCH,
+        attempts: Vec::new(),
+        cancellation: None,
+        reversals: Vec::new(),
+        follow_up_of: None,
     }
 }
 
@@ -1104,6 +1108,10 @@ impl OnItsWay {
             assignments: Vec::new(),
             state: DeliveryState::Open,
             planned_at: OffsetDateTime::UNIX_EPOCH,
+            attempts: Vec::new(),
+            cancellation: None,
+            reversals: Vec::new(),
+            follow_up_of: None,
         };
         OnItsWay { delivery, done: 0 }
     }
@@ -1270,6 +1278,10 @@ fn unplanned_receipt(customer: &str) -> Receipt {
         delivered_at: None,
         delivery_id: None,
         proof: None,
+        delivered_quantity: 0,
+        deliveries: Vec::new(),
+        cancellation: None,
+        reversals: Vec::new(),
     }
 }
 

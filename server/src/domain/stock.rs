@@ -56,8 +56,12 @@ pub enum Movement {
     Arrive { leg_id: handover_shared::LegId },
     /// The last leg: the goods were handed to the customer.
     HandOver { leg_id: handover_shared::LegId },
-    /// Fewer units were handed over than reserved: the rest is free again.
+    /// A delivery's reservation was freed: the rest of a short hand-over
+    /// (reserved again at once for its follow-up), or a cancelled delivery's.
     Release { delivery_id: handover_shared::DeliveryId },
+    /// A reversed hand-over: the goods came back to the node, reserved again
+    /// for their delivery.
+    TakeBack { delivery_id: handover_shared::DeliveryId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,14 @@ use super::{
     shipments::delivery_view,
     AppState,
 };
+use time::format_description::FormatItem;
+
 use crate::{
-    domain::{network::Membership, shipments::Delivery},
+    domain::{
+        corrections::Correction,
+        network::{Account, Membership},
+        shipments::Delivery,
+    },
     orders, shipments,
     shipments::ShipmentFailure,
     store::{DeliveryQuery, ReceiptQuery},
@@ -34,6 +40,8 @@ struct ReceiptRow {
     planned: bool,
     backordered: bool,
     delivered: bool,
+    delivered_quantity: u32,
+    cancelled: bool,
     delivery_id: String,
 }
 
@@ -63,7 +71,27 @@ struct DeviceRow {
     device_id: String,
     username: String,
     last_sync: String,
+    /// Left queued after its last push.
     queued: String,
+    /// Since when something has stayed queued, if it has.
+    queued_since: String,
+    /// Queued for longer than `dashboard.stuck_queue_minutes`.
+    stuck: bool,
+}
+
+/// A delivery whose last attempt failed, waiting for the dispatcher.
+struct FailedRow {
+    delivery_id: String,
+    receipt_id: String,
+    customer_id: String,
+    item_id: String,
+    quantity: u32,
+    reason: String,
+    note: String,
+    by: String,
+    at: String,
+    /// Who may carry it on a new attempt.
+    couriers: Vec<String>,
 }
 
 struct RejectedRow {
@@ -92,6 +120,7 @@ struct DashboardPage<'a> {
     alert: Option<String>,
     backorders: Vec<ReceiptRow>,
     waiting: Vec<DeliveryRow>,
+    failed: Vec<FailedRow>,
     deliveries: Vec<DeliveryRow>,
     deliveries_next: Option<String>,
     receipts: Vec<ReceiptRow>,
@@ -126,8 +155,32 @@ fn receipt_row(receipt: &crate::domain::orders::Receipt) -> ReceiptRow {
         planned: receipt.planned,
         backordered: receipt.backordered,
         delivered: receipt.delivered,
+        delivered_quantity: receipt.delivered_quantity,
+        cancelled: receipt.cancellation.is_some(),
         delivery_id: receipt.delivery_id.as_ref().map(ToString::to_string).unwrap_or_default(),
     }
+}
+
+fn failed_row(delivery: &Delivery, accounts: &[Account], minute: &[FormatItem<'_>]) -> Option<FailedRow> {
+    let attempt = delivery.attempts.last()?;
+    let (role, node) = delivery.carrier.courier();
+    let couriers = accounts
+        .iter()
+        .filter(|account| account.membership.role() == role && account.membership.node_id() == Some(node))
+        .map(|account| account.username.to_string())
+        .collect();
+    Some(FailedRow {
+        delivery_id: delivery.delivery_id.to_string(),
+        receipt_id: delivery.receipt_id.to_string(),
+        customer_id: delivery.customer_id.to_string(),
+        item_id: delivery.item_id.to_string(),
+        quantity: delivery.quantity,
+        reason: attempt.reason.map(|reason| reason.as_str()).unwrap_or_default().to_owned(),
+        note: attempt.note.clone().unwrap_or_default(),
+        by: attempt.by.to_string(),
+        at: attempt.received_at.format(minute).unwrap_or_default(),
+        couriers,
+    })
 }
 
 fn delivery_row(delivery: &Delivery) -> DeliveryRow {
@@ -167,6 +220,9 @@ fn notice(key: Option<&str>) -> Option<&'static str> {
         Some("planned") => Some("Planning ran."),
         Some("issued") => Some("The leg was issued."),
         Some("assigned") => Some("The delivery was assigned."),
+        Some("cancelled") => Some("The delivery was cancelled."),
+        Some("receipt-cancelled") => Some("The receipt was cancelled."),
+        Some("reversed") => Some("The confirmation was reversed; the delivery is open again."),
         _ => None,
     }
 }
@@ -220,7 +276,7 @@ async fn dispatcher_page(
     .await?;
     let open = DeliveryQuery {
         open_only: true,
-        after: query.deliveries_after.as_ref().and_then(DeliveryId::seq),
+        after: query.deliveries_after.as_ref().and_then(DeliveryId::number),
         limit: PAGE,
         ..DeliveryQuery::default()
     };
@@ -252,6 +308,18 @@ async fn dispatcher_page(
         })
         .collect();
     let minute = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    let unassigned =
+        DeliveryQuery { open_only: true, unassigned_only: true, limit: PAGE * 4, ..DeliveryQuery::default() };
+    let accounts = store.accounts().await.map_err(internal)?;
+    let failed = shipments::deliveries(store, principal, unassigned)
+        .await
+        .map_err(page_error)?
+        .iter()
+        .filter(|delivery| delivery.awaits_reattempt())
+        .filter_map(|delivery| failed_row(delivery, &accounts, minute))
+        .collect();
+    let now = time::OffsetDateTime::now_utc();
+    let patience = state.settings.dashboard.stuck_queue();
     let devices = store
         .device_syncs()
         .await
@@ -262,6 +330,8 @@ async fn dispatcher_page(
             username: d.username.to_string(),
             last_sync: d.last_sync_at.format(minute).unwrap_or_default(),
             queued: d.reported_queued.map_or_else(|| "not reported".to_owned(), |n| n.to_string()),
+            queued_since: d.queued_since.and_then(|since| since.format(minute).ok()).unwrap_or_default(),
+            stuck: d.is_stuck(now, patience),
         })
         .collect();
     let rejected = store
@@ -298,6 +368,7 @@ async fn dispatcher_page(
             alert,
             backorders: backorders.iter().map(receipt_row).collect(),
             waiting,
+            failed,
             deliveries_next: paging::next_after(&deliveries, PAGE, |d| d.delivery_id.to_string()),
             deliveries: deliveries.iter().map(delivery_row).collect(),
             receipts_next: (receipts.len() == PAGE)
@@ -423,4 +494,64 @@ pub async fn assign(
         }
         Err(other) => Err(page_error(other)),
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CorrectionForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+}
+
+/// Applies a correction from a dashboard form; a refusal shows the dashboard
+/// again with why.
+async fn correct(
+    state: &AppState,
+    user: &PageUser,
+    correction: Correction,
+    form: &CorrectionForm,
+    done: &str,
+) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    let reason = form.reason.as_deref().unwrap_or_default();
+    match shipments::correct(state.store.as_ref(), &user.principal, &correction, reason).await {
+        Ok(_) => Ok(redirect(&format!("/dashboard?notice={done}"))),
+        Err(failure @ ShipmentFailure::Correction(_)) => {
+            let alert = Some(failure.to_string());
+            match user.principal.role {
+                Role::Seller => seller_page(state, user, None, alert, StatusCode::CONFLICT).await,
+                _ => {
+                    let query = DashboardQuery { notice: None, receipts_after: None, deliveries_after: None };
+                    dispatcher_page(state, user, &query, None, alert, StatusCode::CONFLICT).await
+                }
+            }
+        }
+        Err(other) => Err(page_error(other)),
+    }
+}
+
+pub async fn cancel_delivery(
+    state: State,
+    user: PageUser,
+    path: web::Path<DeliveryId>,
+    form: web::Form<CorrectionForm>,
+) -> Result<HttpResponse, PageError> {
+    correct(&state, &user, Correction::CancelDelivery(path.into_inner()), &form, "cancelled").await
+}
+
+pub async fn reverse_delivery(
+    state: State,
+    user: PageUser,
+    path: web::Path<DeliveryId>,
+    form: web::Form<CorrectionForm>,
+) -> Result<HttpResponse, PageError> {
+    correct(&state, &user, Correction::Reverse(path.into_inner()), &form, "reversed").await
+}
+
+pub async fn cancel_receipt(
+    state: State,
+    user: PageUser,
+    path: web::Path<ReceiptId>,
+    form: web::Form<CorrectionForm>,
+) -> Result<HttpResponse, PageError> {
+    correct(&state, &user, Correction::CancelReceipt(path.into_inner()), &form, "receipt-cancelled").await
 }

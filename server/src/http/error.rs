@@ -21,6 +21,7 @@ use crate::{
     auth::{tokens::TokenError, AuthError},
     domain::{
         access::Forbidden,
+        corrections::CorrectionRefusal,
         orders::{DraftRefusal, OrderProblem},
         shipments::{AssignRefusal, LegRefusal},
     },
@@ -111,6 +112,15 @@ impl ApiError {
                 }
                 ShipmentFailure::Leg(LegRefusal::LastLeg(_)) => ErrorCode::LastLeg,
                 ShipmentFailure::Leg(LegRefusal::PreviousNotIssued(_)) => ErrorCode::PreviousLegNotIssued,
+                ShipmentFailure::Correction(refusal) => match refusal {
+                    CorrectionRefusal::NotAllowed(_) => ErrorCode::Forbidden,
+                    CorrectionRefusal::InvalidReason(_) => ErrorCode::InvalidReason,
+                    CorrectionRefusal::DeliveryClosed(..) => ErrorCode::DeliveryClosed,
+                    CorrectionRefusal::ReceiptClosed(..) => ErrorCode::ReceiptClosed,
+                    CorrectionRefusal::NotDelivered(..) => ErrorCode::NotDelivered,
+                    CorrectionRefusal::TooLate(_) => ErrorCode::CancelTooLate,
+                    CorrectionRefusal::FollowUpMoved(..) => ErrorCode::FollowUpMoved,
+                },
                 ShipmentFailure::Store(err) => store_code(err),
             },
             ApiError::Import(failure) => match failure {

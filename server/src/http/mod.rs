@@ -59,6 +59,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/deliveries").get(shipments::list))
                 .service(web::resource("/deliveries/{delivery_id}").get(shipments::show))
                 .service(web::resource("/deliveries/{delivery_id}/assign").post(shipments::assign))
+                .service(web::resource("/deliveries/{delivery_id}/cancel").post(shipments::cancel))
+                .service(web::resource("/deliveries/{delivery_id}/reverse").post(shipments::reverse))
                 .service(web::resource("/legs/{leg_id}/issue").post(shipments::issue_leg))
                 .service(web::resource("/sync/assignments").get(sync::assignments))
                 .service(web::resource("/sync/confirmations").app_data(sync_json).post(sync::confirmations))
@@ -68,6 +70,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/orders/{order_id}/cancel").post(orders::cancel))
                 .service(web::resource("/receipts").get(orders::list_receipts))
                 .service(web::resource("/receipts/{receipt_id}").get(orders::receipt))
+                .service(web::resource("/receipts/{receipt_id}/cancel").post(orders::cancel_receipt))
                 .service(web::resource("/customers/{customer_id}").get(orders::customer)),
         );
 }
@@ -96,9 +99,13 @@ pub fn pages(cfg: &mut web::ServiceConfig, cookie_key: &Key, secure_cookies: boo
             .service(web::resource("/order/{order_id}/confirm").post(pages::order_confirm))
             .service(web::resource("/order/{order_id}/cancel").post(pages::order_cancel))
             .service(web::resource("/receipts/{receipt_id}").get(pages::receipt))
+            .service(web::resource("/receipts/{receipt_id}/cancel").post(pages::receipt_cancel))
             .service(web::resource("/dashboard").get(dashboard::dashboard))
             .service(web::resource("/dashboard/run").post(dashboard::run_planning))
             .service(web::resource("/dashboard/legs/{leg_id}/issue").post(dashboard::issue_leg))
-            .service(web::resource("/dashboard/deliveries/{delivery_id}/assign").post(dashboard::assign)),
+            .service(web::resource("/dashboard/deliveries/{delivery_id}/assign").post(dashboard::assign))
+            .service(web::resource("/dashboard/deliveries/{delivery_id}/cancel").post(dashboard::cancel_delivery))
+            .service(web::resource("/dashboard/deliveries/{delivery_id}/reverse").post(dashboard::reverse_delivery))
+            .service(web::resource("/dashboard/receipts/{receipt_id}/cancel").post(dashboard::cancel_receipt)),
     );
 }

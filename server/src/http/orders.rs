@@ -2,8 +2,11 @@
 
 use actix_web::{web, HttpResponse};
 use handover_shared::{
-    api::{CustomerInfo, OrderStatus, OrderView, ReceiptPage, ReceiptView},
-    CustomerId, OrderId, ReceiptId,
+    api::{
+        CorrectionRequest, CustomerInfo, InterventionView, OrderStatus, OrderView, ReceiptPage, ReceiptView,
+        ReversalView,
+    },
+    CustomerId, ErrorCode, OrderId, ReceiptId,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,8 +17,12 @@ use super::{
     paging, AppState,
 };
 use crate::{
-    domain::orders::{Draft, DraftState, OrderField, OrderProblem, OrderProblemCode, RawOrder, RawQuantity, Receipt},
-    orders,
+    domain::{
+        corrections::Correction,
+        orders::{Draft, DraftState, OrderField, OrderProblem, OrderProblemCode, RawOrder, RawQuantity, Receipt},
+        shipments::{Intervention, Reversal},
+    },
+    orders, shipments,
     store::ReceiptQuery,
 };
 
@@ -119,7 +126,51 @@ pub fn receipt_view(receipt: &Receipt) -> ReceiptView {
         delivered_at: receipt.delivered_at,
         delivery_id: receipt.delivery_id.clone(),
         proof: receipt.proof.clone(),
+        delivered_quantity: receipt.delivered_quantity,
+        deliveries: receipt.deliveries.clone(),
+        cancelled: receipt.cancellation.is_some(),
+        cancellation: receipt.cancellation.as_ref().map(intervention_view),
+        reversals: receipt.reversals.iter().map(reversal_view).collect(),
     }
+}
+
+pub fn intervention_view(intervention: &Intervention) -> InterventionView {
+    InterventionView { by: intervention.by.clone(), at: intervention.at, reason: intervention.reason.clone() }
+}
+
+pub fn reversal_view(reversal: &Reversal) -> ReversalView {
+    ReversalView {
+        delivery_id: reversal.delivery_id.clone(),
+        confirmation_id: reversal.confirmation_id.clone(),
+        quantity: reversal.quantity,
+        empties_collected: reversal.empties_collected,
+        by: reversal.intervention.by.clone(),
+        at: reversal.intervention.at,
+        reason: reversal.intervention.reason.clone(),
+    }
+}
+
+/// `POST /api/v1/receipts/{id}/cancel`: a customer calls off its own receipt
+/// while nothing moved; a dispatcher cancels any receipt not delivered.
+pub async fn cancel_receipt(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    path: web::Path<ReceiptId>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    // The body is optional here (a customer need not say why), but one sent
+    // must be sound.
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        String::new()
+    } else {
+        let request: CorrectionRequest = serde_json::from_slice(&body).map_err(|err| {
+            ApiError::refused(ErrorCode::InvalidJson, format!("the body is not a cancel request: {err}"))
+        })?;
+        request.reason
+    };
+    let correction = Correction::CancelReceipt(path.into_inner());
+    let corrected = shipments::correct(state.store.as_ref(), &caller, &correction, &reason).await?;
+    Ok(HttpResponse::Ok().json(receipt_view(&corrected.receipt)))
 }
 
 pub async fn create(state: State, caller: Auth<OrderPlacer>, body: web::Json<Value>) -> Result<HttpResponse, ApiError> {

@@ -26,10 +26,12 @@ use crate::{
     auth::AuthError,
     domain::{
         access::Principal,
+        corrections::{customer_may_cancel, Correction},
         network::Item,
         orders::{Draft, DraftRefusal, DraftState, OrderField, RawOrder, RawQuantity, Receipt},
     },
     orders::{self, OrderFailure},
+    shipments::{self, ShipmentFailure},
 };
 
 type State = web::Data<AppState>;
@@ -575,19 +577,112 @@ struct ReceiptPage<'a> {
     csrf: &'a str,
     receipt: &'a Receipt,
     created: String,
+    notice: Option<&'static str>,
+    alert: Option<String>,
+    /// Its customer may still call it off alone.
+    cancellable: bool,
+    /// Who cancelled it, when and why.
+    cancelled: Option<String>,
+    /// Each reversed hand-over, said in words.
+    reversals: Vec<String>,
 }
 
-pub async fn receipt(state: State, user: PageUser, path: web::Path<ReceiptId>) -> Result<HttpResponse, PageError> {
-    let receipt = orders::receipt(state.store.as_ref(), &user.principal, &path).await?;
-    let created = receipt
-        .created_at
-        .format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
-        .unwrap_or_default();
+#[derive(Debug, Deserialize)]
+pub struct ReceiptQuery {
+    notice: Option<String>,
+}
+
+const UTC_MINUTE: &[time::format_description::FormatItem<'_>] =
+    time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+
+pub async fn receipt(
+    state: State,
+    user: PageUser,
+    path: web::Path<ReceiptId>,
+    query: web::Query<ReceiptQuery>,
+) -> Result<HttpResponse, PageError> {
+    let notice = match query.notice.as_deref() {
+        Some("cancelled") => Some("Your order was cancelled."),
+        _ => None,
+    };
+    receipt_page(&state, &user, &path, notice, None, StatusCode::OK).await
+}
+
+async fn receipt_page(
+    state: &AppState,
+    user: &PageUser,
+    id: &ReceiptId,
+    notice: Option<&'static str>,
+    alert: Option<String>,
+    status: StatusCode,
+) -> Result<HttpResponse, PageError> {
+    let store = state.store.as_ref();
+    let receipt = orders::receipt(store, &user.principal, id).await?;
+    let latest = match &receipt.delivery_id {
+        Some(delivery) => store.delivery(delivery).await.map_err(|err| PageError::Internal(err.to_string()))?,
+        None => None,
+    };
+    let when = |at: time::OffsetDateTime| at.format(UTC_MINUTE).unwrap_or_default();
+    let cancelled =
+        receipt.cancellation.as_ref().map(|c| format!("cancelled by {} on {}: {}", c.by, when(c.at), c.reason));
+    let reversals = receipt
+        .reversals
+        .iter()
+        .map(|r| {
+            let by = &r.intervention;
+            format!(
+                "{} unit(s) of {} reversed by {} on {}: {}",
+                r.quantity,
+                r.delivery_id,
+                by.by,
+                when(by.at),
+                by.reason
+            )
+        })
+        .collect();
     let csrf = user.csrf()?;
     Ok(html(
-        StatusCode::OK,
-        &ReceiptPage { username: user.principal.username.as_str(), csrf: &csrf, receipt: &receipt, created },
+        status,
+        &ReceiptPage {
+            username: user.principal.username.as_str(),
+            csrf: &csrf,
+            created: when(receipt.created_at),
+            cancellable: user.principal.role == Role::Customer && customer_may_cancel(&receipt, latest.as_ref()),
+            receipt: &receipt,
+            notice,
+            alert,
+            cancelled,
+            reversals,
+        },
     ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReceiptCancelForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+}
+
+/// The customer's Cancel on its receipt page.
+pub async fn receipt_cancel(
+    state: State,
+    user: PageUser,
+    path: web::Path<ReceiptId>,
+    form: web::Form<ReceiptCancelForm>,
+) -> Result<HttpResponse, PageError> {
+    check_csrf(&user.session, form.csrf.as_deref())?;
+    user.customer()?;
+    let correction = Correction::CancelReceipt(path.clone());
+    let reason = form.reason.as_deref().unwrap_or_default();
+    match shipments::correct(state.store.as_ref(), &user.principal, &correction, reason).await {
+        Ok(_) => Ok(redirect(&format!("/receipts/{}?notice=cancelled", path.as_str()))),
+        Err(failure @ ShipmentFailure::Correction(_)) => {
+            receipt_page(&state, &user, &path, None, Some(failure.to_string()), StatusCode::CONFLICT).await
+        }
+        Err(ShipmentFailure::Forbidden(forbidden)) => Err(PageError::Forbidden(forbidden.to_string())),
+        Err(ShipmentFailure::NotFound(message)) => Err(PageError::NotFound(message)),
+        Err(other) => Err(PageError::Internal(other.to_string())),
+    }
 }
 
 /// For `FormConfig` and `PathConfig` on the pages: bad input gets an HTML page.

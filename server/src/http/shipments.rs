@@ -4,20 +4,24 @@
 use actix_web::{web, HttpResponse};
 use handover_shared::{
     api::{
-        AssignRequest, AssignmentView, DeliveryView, GoodsReceiptRequest, GoodsReceiptResult, LegView, PlannedDelivery,
-        ShipmentRun, StockLevel,
+        AssignRequest, AssignmentView, AttemptView, CorrectionRequest, DeliveryView, GoodsReceiptRequest,
+        GoodsReceiptResult, LegView, PlannedDelivery, ShipmentRun, StockLevel,
     },
     DeliveryId, LegId, NodeId,
 };
 use serde::Deserialize;
 
+use super::orders::{intervention_view, reversal_view};
 use super::{
     error::ApiError,
     extract::{Auth, DeliveryAssigner, DeliveryReader, Dispatcher},
     paging, AppState,
 };
 use crate::{
-    domain::shipments::{Carrier, Delivery, Destination, LegStatus},
+    domain::{
+        corrections::{Corrected, Correction},
+        shipments::{Carrier, Delivery, Destination, LegStatus},
+    },
     shipments,
     store::{DeliveryQuery, PlanResult},
 };
@@ -75,6 +79,7 @@ pub fn delivery_view(delivery: &Delivery) -> DeliveryView {
                     LegStatus::Completed => "completed",
                 }
                 .to_owned(),
+                issued_at: leg.issued_at,
             })
             .collect(),
         assignee: delivery.assignee.clone(),
@@ -86,6 +91,29 @@ pub fn delivery_view(delivery: &Delivery) -> DeliveryView {
             .iter()
             .map(|a| AssignmentView { version: a.version, assignee: a.assignee.clone(), at: a.at, by: a.by.clone() })
             .collect(),
+        planned_at: delivery.planned_at,
+        attempts: delivery
+            .attempts
+            .iter()
+            .map(|attempt| AttemptView {
+                confirmation_id: attempt.confirmation_id.clone(),
+                outcome: attempt.outcome,
+                reason: attempt.reason,
+                note: attempt.note.clone(),
+                quantity: attempt.quantity,
+                empties_collected: attempt.empties_collected,
+                by: attempt.by.clone(),
+                device_id: attempt.device_id.clone(),
+                version: attempt.version,
+                captured_at: attempt.captured_at,
+                received_at: attempt.received_at,
+                reversed: delivery.reversals.iter().any(|r| r.confirmation_id == attempt.confirmation_id),
+            })
+            .collect(),
+        cancelled: delivery.cancellation.is_some(),
+        cancellation: delivery.cancellation.as_ref().map(intervention_view),
+        reversals: delivery.reversals.iter().map(reversal_view).collect(),
+        follow_up_of: delivery.follow_up_of.clone(),
     }
 }
 
@@ -138,7 +166,7 @@ pub async fn list(
     filter: web::Query<DeliveryFilter>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = paging::limit(filter.limit)?;
-    let after = paging::after(filter.after.as_ref(), DeliveryId::seq, "a delivery id like D-000123")?;
+    let after = paging::after(filter.after.as_ref(), DeliveryId::number, "a delivery id like D-000123")?;
     let query = DeliveryQuery { open_only: filter.open.unwrap_or(false), after, limit, ..DeliveryQuery::default() };
     let deliveries = shipments::deliveries(state.store.as_ref(), &caller, query).await?;
     let next_after = paging::next_after(&deliveries, limit, |d| d.delivery_id.clone());
@@ -155,6 +183,35 @@ pub async fn assign(
     body: web::Json<AssignRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let delivery = shipments::assign(state.store.as_ref(), &caller, &path, &body.assignee).await?;
+    Ok(HttpResponse::Ok().json(delivery_view(&delivery)))
+}
+
+/// `POST /api/v1/deliveries/{id}/cancel`.
+pub async fn cancel(
+    state: State,
+    caller: Auth<DeliveryAssigner>,
+    path: web::Path<DeliveryId>,
+    body: web::Json<CorrectionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let correction = Correction::CancelDelivery(path.into_inner());
+    let corrected = shipments::correct(state.store.as_ref(), &caller, &correction, &body.reason).await?;
+    corrected_delivery(corrected)
+}
+
+/// `POST /api/v1/deliveries/{id}/reverse`.
+pub async fn reverse(
+    state: State,
+    caller: Auth<Dispatcher>,
+    path: web::Path<DeliveryId>,
+    body: web::Json<CorrectionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let correction = Correction::Reverse(path.into_inner());
+    let corrected = shipments::correct(state.store.as_ref(), &caller, &correction, &body.reason).await?;
+    corrected_delivery(corrected)
+}
+
+fn corrected_delivery(corrected: Corrected) -> Result<HttpResponse, ApiError> {
+    let delivery = corrected.delivery.ok_or_else(|| ApiError::Internal("a corrected delivery went missing".into()))?;
     Ok(HttpResponse::Ok().json(delivery_view(&delivery)))
 }
 

@@ -9,7 +9,7 @@ use std::{
 use actix_web::{web, HttpResponse};
 use handover_shared::{
     sync::{
-        Assignment, AssignmentChanges, AssignmentStatus, ConfirmationBatch, ConfirmationResult, ConfirmationResults,
+        Assignment, AssignmentChanges, AssignmentStatus, Confirmation, ConfirmationResult, ConfirmationResults,
         ResultStatus, MAX_BATCH,
     },
     DeviceId, ErrorCode,
@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     domain::{
-        confirmations::{DeviceSync, PushOutcome},
+        confirmations::{DeviceSync, PushOutcome, RejectCode},
         shipments::DeliveryStatus,
     },
     store::FeedEntry,
@@ -101,6 +101,7 @@ pub async fn assignments(
                 username: caller.username.clone(),
                 last_sync_at: time::OffsetDateTime::now_utc(),
                 reported_queued: None,
+                queued_since: None,
             })
             .await?;
     }
@@ -139,12 +140,48 @@ pub async fn assignments(
     Ok(HttpResponse::Ok().json(AssignmentChanges { cursor, assignments, more }))
 }
 
+/// A pushed batch as it arrives: its confirmations are read one by one, so
+/// that a malformed one is answered on its own and the rest still apply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushedBatch {
+    device_id: DeviceId,
+    confirmations: Vec<serde_json::Value>,
+    /// See [`handover_shared::sync::ConfirmationBatch::queued`].
+    #[serde(default)]
+    queued: Option<u64>,
+}
+
+/// One pushed element: a confirmation, or why it is not one.
+enum Pushed {
+    Read(Confirmation),
+    Malformed { confirmation_id: String, message: String },
+}
+
+/// Reads one element of `confirmations`; the refusal names the field at fault.
+fn read_pushed(value: serde_json::Value) -> Pushed {
+    let confirmation_id = value.get("confirmation_id").and_then(|id| id.as_str()).unwrap_or_default().to_owned();
+    match serde_path_to_error::deserialize::<_, Confirmation>(value) {
+        Ok(confirmation) => Pushed::Read(confirmation),
+        Err(err) => {
+            let path = err.path().to_string();
+            let message = if path == "." {
+                format!("not a confirmation: {}", err.inner())
+            } else {
+                format!("{path}: {}", err.inner())
+            };
+            Pushed::Malformed { confirmation_id, message }
+        }
+    }
+}
+
 /// `POST /api/v1/sync/confirmations`: one result per confirmation, in order,
-/// answered once everything accepted is durable.
+/// answered once everything accepted is durable. Each element is judged on
+/// its own: a malformed one is `rejected` with code `invalid`.
 pub async fn confirmations(
     state: State,
     caller: Auth<Courier>,
-    body: web::Json<ConfirmationBatch>,
+    body: web::Json<PushedBatch>,
 ) -> Result<HttpResponse, ApiError> {
     let batch = body.into_inner();
     if batch.device_id != caller.device_id {
@@ -159,38 +196,65 @@ pub async fn confirmations(
             format!("send at most {MAX_BATCH} confirmations per batch"),
         ));
     }
-    let ids: Vec<String> = batch.confirmations.iter().map(|c| c.confirmation_id.clone()).collect();
+    let answered = batch.confirmations.len();
+    let pushed: Vec<Pushed> = batch.confirmations.into_iter().map(read_pushed).collect();
+    let mut readable = Vec::with_capacity(pushed.len());
+    let mut ids = Vec::with_capacity(pushed.len());
+    for item in &pushed {
+        if let Pushed::Read(confirmation) = item {
+            ids.push(confirmation.confirmation_id.clone());
+            readable.push(confirmation.clone());
+        }
+    }
     let sync = DeviceSync {
         device_id: caller.device_id.clone(),
         username: caller.username.clone(),
         last_sync_at: time::OffsetDateTime::now_utc(),
-        reported_queued: batch.queued,
+        reported_queued: DeviceSync::left_after_push(batch.queued, answered),
+        queued_since: None,
     };
-    let outcomes = state.store.push_confirmations(sync, batch.confirmations).await?;
+    let outcomes = state.store.push_confirmations(sync, readable).await?;
     handover_shared::failpoint!(
         "push.after_flush",
         ApiError::from(crate::store::StoreError::Backend("failpoint push.after_flush".into()))
     );
-    let results = ids
-        .into_iter()
-        .zip(outcomes)
-        .map(|(confirmation_id, outcome)| match outcome {
-            PushOutcome::Accepted => {
-                ConfirmationResult { confirmation_id, status: ResultStatus::Accepted, code: None, message: None }
-            }
-            PushOutcome::Duplicate => {
-                ConfirmationResult { confirmation_id, status: ResultStatus::Duplicate, code: None, message: None }
-            }
-            PushOutcome::Rejected { code, message } => ConfirmationResult {
+    let mut outcomes = ids.into_iter().zip(outcomes);
+    let mut results = Vec::with_capacity(pushed.len());
+    for item in pushed {
+        let result = match item {
+            Pushed::Malformed { confirmation_id, message } => ConfirmationResult {
                 confirmation_id,
                 status: ResultStatus::Rejected,
-                code: Some(code.as_str().to_owned()),
+                code: Some(RejectCode::Invalid.as_str().to_owned()),
                 message: Some(message),
             },
-        })
-        .collect();
+            Pushed::Read(_) => {
+                let (confirmation_id, outcome) =
+                    outcomes.next().ok_or_else(|| ApiError::Internal("a pushed confirmation had no outcome".into()))?;
+                result(confirmation_id, outcome)
+            }
+        };
+        results.push(result);
+    }
     tracing::info!(username = %caller.username, device_id = %caller.device_id, "confirmations pushed");
     Ok(HttpResponse::Ok().json(ConfirmationResults { results }))
+}
+
+fn result(confirmation_id: String, outcome: PushOutcome) -> ConfirmationResult {
+    match outcome {
+        PushOutcome::Accepted => {
+            ConfirmationResult { confirmation_id, status: ResultStatus::Accepted, code: None, message: None }
+        }
+        PushOutcome::Duplicate => {
+            ConfirmationResult { confirmation_id, status: ResultStatus::Duplicate, code: None, message: None }
+        }
+        PushOutcome::Rejected { code, message } => ConfirmationResult {
+            confirmation_id,
+            status: ResultStatus::Rejected,
+            code: Some(code.as_str().to_owned()),
+            message: Some(message),
+        },
+    }
 }
 
 #[cfg(test)]

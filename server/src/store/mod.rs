@@ -54,6 +54,7 @@ use uuid::Uuid;
 use crate::domain::{
     access::Principal,
     confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+    corrections::{Corrected, Correction, CorrectionRefusal},
     network::{Customer, Item, KnownNetwork, Node},
     orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
     sessions::{RefreshToken, Session},
@@ -261,6 +262,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError>;
     /// Applies `domain::shipments::issue_leg`.
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
+    /// Applies `domain::corrections::correct`, reading in its transaction what
+    /// [`CorrectionInputs`](crate::domain::corrections::CorrectionInputs) lists:
+    /// the delivery named, its receipt (or the receipt named, and its latest
+    /// delivery), the receipt's latest delivery when another, their stock and
+    /// the customer's account.
+    async fn correct(
+        &self,
+        correction: &Correction,
+        by: &Principal,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Step<Corrected, CorrectionRefusal>, StoreError>;
 
     /// Makes everything written so far durable.
     async fn flush(&self) -> Result<(), StoreError>;

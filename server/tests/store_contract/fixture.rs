@@ -103,6 +103,7 @@ pub fn sync_of(courier: &str) -> DeviceSync {
         username: name(courier),
         last_sync_at: now(),
         reported_queued: Some(1),
+        queued_since: None,
     }
 }
 

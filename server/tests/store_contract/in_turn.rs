@@ -11,6 +11,7 @@ use handover_server::{
     domain::{
         access::Principal,
         confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+        corrections::{Corrected, Correction, CorrectionRefusal},
         network::{Customer, Item, KnownNetwork, Node},
         orders::{CustomerAccount, Draft, Receipt},
         sessions::{RefreshToken, Session},
@@ -110,5 +111,6 @@ in_turn! {
     fn device_syncs(&self) -> Result<Vec<DeviceSync>, StoreError>;
     fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError>;
     fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
+    fn correct(&self, correction: &Correction, by: &Principal, reason: &str, now: OffsetDateTime) -> Result<Step<Corrected, CorrectionRefusal>, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
 }

@@ -10,6 +10,7 @@
 //! imports hold a transaction-scoped advisory lock, so that one runs at a time
 //! across instances. Every commit is synchronous: durable when answered.
 
+mod corrections;
 mod migrations;
 mod planning;
 mod push;
@@ -50,6 +51,7 @@ use crate::domain::{
     access::Principal,
     changes::ChangeSet,
     confirmations::{self, DeviceSync, PushOutcome, SeenConfirmation},
+    corrections::{self as domain_corrections, Corrected, Correction, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
     sessions::{self, RefreshToken, Session},
@@ -565,7 +567,7 @@ impl Store for PgStore {
     }
 
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        let Some(seq) = id.seq() else {
+        let Some(seq) = id.number() else {
             return Ok(None);
         };
         reading!(self, client => async {
@@ -584,7 +586,7 @@ impl Store for PgStore {
         courier: &CourierAccount,
         now: OffsetDateTime,
     ) -> Result<Step<Delivery, AssignRefusal>, StoreError> {
-        let Some(seq) = id.seq() else {
+        let Some(seq) = id.number() else {
             return Ok(Step::NotFound);
         };
         in_transaction!(self, tx => async {
@@ -605,7 +607,7 @@ impl Store for PgStore {
     }
 
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError> {
-        let Some((seq, index)) = leg.split().and_then(|(delivery, index)| Some((delivery.seq()?, index))) else {
+        let Some((seq, index)) = leg.split().and_then(|(delivery, index)| Some((delivery.number()?, index))) else {
             return Ok(Step::NotFound);
         };
         in_transaction!(self, tx => async {
@@ -620,6 +622,29 @@ impl Store for PgStore {
                     working.apply(changes)?;
                     working.write().await?;
                     Ok::<_, Failed>(Step::Done(delivery))
+                }
+                Step::Refused(refusal) => Ok(Step::Refused(refusal)),
+                Step::NotFound => Ok(Step::NotFound),
+            }
+        })
+        .map_err(Failed::into_store)
+    }
+
+    async fn correct(
+        &self,
+        correction: &Correction,
+        by: &Principal,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Step<Corrected, CorrectionRefusal>, StoreError> {
+        in_transaction!(self, tx => async {
+            let mut working = Working::new(&tx);
+            let inputs = corrections::correction_inputs(&mut working, correction).await?;
+            match domain_corrections::correct(correction, by, reason, inputs, now)? {
+                Step::Done((corrected, changes)) => {
+                    working.apply(changes)?;
+                    working.write().await?;
+                    Ok::<_, Failed>(Step::Done(corrected))
                 }
                 Step::Refused(refusal) => Ok(Step::Refused(refusal)),
                 Step::NotFound => Ok(Step::NotFound),

@@ -51,7 +51,7 @@ pub(super) async fn plan_chunk(
     let mut receipts = Vec::with_capacity(chunk.len());
     for &seq in chunk {
         // Planned meanwhile by another instance's run: nothing left to do.
-        if let Some(receipt) = working.receipt(seq).await?.filter(|receipt| !receipt.planned) {
+        if let Some(receipt) = working.receipt(seq).await?.filter(crate::domain::orders::Receipt::awaits_planning) {
             receipts.push(receipt);
         }
     }

@@ -23,13 +23,13 @@ pub(super) async fn push_batch(
     // Deliveries first, in number order: two pushes of the same confirmation
     // (a retry sent to two instances) queue on the same row, and the second
     // then finds the first's outcome.
-    working.lock_deliveries(batch.iter().filter_map(|confirmation| confirmation.delivery_id.seq())).await?;
+    working.lock_deliveries(batch.iter().filter_map(|confirmation| confirmation.delivery_id.number())).await?;
     working.read_seen(batch.iter().map(|confirmation| confirmation.confirmation_id.clone())).await?;
     // Then everything the batch's confirmations read, a statement per table
     // rather than a round trip per confirmation.
     let (mut receipts, mut stock, mut customers) = (Vec::new(), Vec::new(), Vec::new());
     for confirmation in batch {
-        let Some(delivery) = confirmation.delivery_id.seq().map(|seq| working.delivery(seq)) else { continue };
+        let Some(delivery) = confirmation.delivery_id.number().map(|seq| working.delivery(seq)) else { continue };
         let Some(delivery) = delivery.await? else { continue };
         let reads = PushReads::of(confirmation, Some(&delivery));
         receipts.extend(delivery.receipt_id.seq().filter(|_| reads.receipt));
@@ -62,7 +62,7 @@ pub(super) async fn push_batch(
 /// Reads what `confirmations::push` judges a confirmation against.
 async fn push_inputs(working: &mut Working<'_, '_>, confirmation: &Confirmation) -> Result<PushInputs, Failed> {
     let seen = working.seen(&confirmation.confirmation_id).await?;
-    let delivery = match confirmation.delivery_id.seq() {
+    let delivery = match confirmation.delivery_id.number() {
         Some(seq) => working.delivery(seq).await?,
         None => None,
     };

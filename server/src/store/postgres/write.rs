@@ -128,7 +128,7 @@ impl Pending {
         self.balances.extend(balances.into_iter().map(|(node, item, balance)| ((node, item), balance)));
         self.ledger.extend(ledger);
         for (courier, delivery) in feed {
-            let seq = delivery.seq().ok_or_else(|| StoreError::Backend(format!("bad delivery id {delivery}")))?;
+            let seq = delivery.number().ok_or_else(|| StoreError::Backend(format!("bad delivery id {delivery}")))?;
             self.feed.push((courier, seq));
         }
         self.audit.extend(audit);
@@ -198,7 +198,8 @@ impl Pending {
         for (seq, (receipt, new)) in &self.receipts {
             columns.seq.push(big(*seq)?);
             columns.customer.push(receipt.customer_id.as_str());
-            columns.planned.push(receipt.planned);
+            // The column keeps receipts out of the planning queue: planned or cancelled.
+            columns.planned.push(!receipt.awaits_planning());
             columns.delivered.push(receipt.delivered);
             columns.backordered.push(receipt.backordered);
             columns.created_at.push(receipt.created_at);
@@ -406,7 +407,10 @@ struct DeliveryColumns<'a> {
 }
 
 pub(super) fn delivery_seq(delivery: &Delivery) -> Result<u64, StoreError> {
-    delivery.delivery_id.seq().ok_or_else(|| StoreError::Backend(format!("bad delivery id {}", delivery.delivery_id)))
+    delivery
+        .delivery_id
+        .number()
+        .ok_or_else(|| StoreError::Backend(format!("bad delivery id {}", delivery.delivery_id)))
 }
 
 /// Upserts records kept whole under a text key, with `extra` columns after

@@ -50,6 +50,7 @@ use crate::domain::{
     access::Principal,
     changes::ChangeSet,
     confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+    corrections::{self, Corrected, Correction, CorrectionInputs, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
     sessions::{self, RefreshToken, Session},
@@ -193,6 +194,42 @@ impl SledStore {
         self.inner.commit.durable().await?;
         Ok(value)
     }
+}
+
+/// Reads what `corrections::correct` judges a correction against.
+fn tx_correction_inputs(tx: &Tx<'_>, correction: &Correction) -> TxResult<CorrectionInputs> {
+    let delivery_at = |id: &DeliveryId| -> TxResult<Option<Delivery>> {
+        match id.number() {
+            Some(number) => tx_get(tx.deliveries, &number.to_be_bytes()),
+            None => Ok(None),
+        }
+    };
+    let named = match correction.delivery() {
+        Some(id) => match delivery_at(id)? {
+            Some(delivery) => Some(delivery),
+            None => return Ok(CorrectionInputs::default()),
+        },
+        None => None,
+    };
+    let receipt_id = match (correction, &named) {
+        (Correction::CancelReceipt(id), _) => id.clone(),
+        (_, Some(delivery)) => delivery.receipt_id.clone(),
+        (_, None) => return Ok(CorrectionInputs::default()),
+    };
+    let Some(receipt) =
+        receipt_id.seq().map(|seq| tx_get::<Receipt>(tx.receipts, &seq.to_be_bytes())).transpose()?.flatten()
+    else {
+        return Ok(CorrectionInputs::default());
+    };
+    let latest = match &receipt.delivery_id {
+        Some(id) if named.as_ref().is_none_or(|named| named.delivery_id != *id) => delivery_at(id)?,
+        _ => None,
+    };
+    let (delivery, latest) = if named.is_some() { (named, latest) } else { (latest, None) };
+    let stock =
+        tx_stock(tx, delivery.iter().chain(&latest).flat_map(|d| d.stock_nodes().map(move |node| (node, &d.item_id))))?;
+    let account = tx_get(tx.customer_accounts, receipt.customer_id.as_str().as_bytes())?;
+    Ok(CorrectionInputs { receipt: Some(receipt), delivery, latest, stock, account })
 }
 
 fn check_format(db: &sled::Db) -> Result<(), StoreError> {
@@ -492,7 +529,7 @@ impl Store for SledStore {
     }
 
     async fn delivery(&self, id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        let Some(seq) = id.seq() else {
+        let Some(seq) = id.number() else {
             return Ok(None);
         };
         self.blocking(move |inner| get(&inner.trees.deliveries, &seq.to_be_bytes())).await
@@ -510,7 +547,7 @@ impl Store for SledStore {
         courier: &CourierAccount,
         now: OffsetDateTime,
     ) -> Result<Step<Delivery, AssignRefusal>, StoreError> {
-        let Some(seq) = id.seq() else {
+        let Some(seq) = id.number() else {
             return Ok(Step::NotFound);
         };
         let (by, courier) = (by.clone(), courier.clone());
@@ -529,7 +566,7 @@ impl Store for SledStore {
     }
 
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError> {
-        let Some((seq, index)) = leg.split().and_then(|(delivery, index)| Some((delivery.seq()?, index))) else {
+        let Some((seq, index)) = leg.split().and_then(|(delivery, index)| Some((delivery.number()?, index))) else {
             return Ok(Step::NotFound);
         };
         self.write(move |inner| {
@@ -544,6 +581,32 @@ impl Store for SledStore {
                     Step::Refused(refusal) => (Step::Refused(refusal), ChangeSet::default()),
                     Step::NotFound => (Step::NotFound, ChangeSet::default()),
                 })
+            })
+        })
+        .await
+    }
+
+    async fn correct(
+        &self,
+        correction: &Correction,
+        by: &Principal,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<Step<Corrected, CorrectionRefusal>, StoreError> {
+        let (correction, by, reason) = (correction.clone(), by.clone(), reason.to_owned());
+        self.write(move |inner| {
+            let _moving_stock = inner.moving_stock();
+            inner.apply(|tx| {
+                let inputs = tx_correction_inputs(tx, &correction)?;
+                Ok(
+                    match corrections::correct(&correction, &by, &reason, inputs, now)
+                        .map_err(|err| abort(err.into()))?
+                    {
+                        Step::Done((corrected, changes)) => (Step::Done(corrected), changes),
+                        Step::Refused(refusal) => (Step::Refused(refusal), ChangeSet::default()),
+                        Step::NotFound => (Step::NotFound, ChangeSet::default()),
+                    },
+                )
             })
         })
         .await

@@ -71,7 +71,7 @@ fn tx_plan_one(
     now: OffsetDateTime,
 ) -> TxResult<(Option<PlanResult>, ChangeSet)> {
     let key = seq.to_be_bytes();
-    let Some(receipt) = tx_get::<Receipt>(tx.receipts, &key)?.filter(|receipt| !receipt.planned) else {
+    let Some(receipt) = tx_get::<Receipt>(tx.receipts, &key)?.filter(Receipt::awaits_planning) else {
         tx.unplanned.remove(&key)?;
         return Ok((None, ChangeSet::default()));
     };

@@ -176,7 +176,7 @@ pub(super) fn tx_sync_over(tx: &Tx<'_>, sync: &DeviceSync) -> TxResult<DeviceSyn
 /// Reads what `confirmations::push` judges a confirmation against.
 fn tx_push_inputs(tx: &Tx<'_>, confirmation: &Confirmation) -> TxResult<PushInputs> {
     let seen = tx_get(tx.confirmations, confirmation.confirmation_id.as_bytes())?;
-    let delivery = match confirmation.delivery_id.seq() {
+    let delivery = match confirmation.delivery_id.number() {
         Some(seq) => tx_get(tx.deliveries, &seq.to_be_bytes())?,
         None => None,
     };
@@ -218,6 +218,7 @@ mod tests {
             username: Username::parse(courier).expect("a username"),
             last_sync_at: OffsetDateTime::now_utc(),
             reported_queued: None,
+            queued_since: None,
         }
     }
 
@@ -275,7 +276,7 @@ mod tests {
     fn a_batch_that_fails_in_a_group_fails_alone() {
         let dir = tempfile::tempdir().expect("a temporary dir");
         let store = SledStore::open(dir.path()).expect("a fresh store");
-        let damaged = DeliveryId::parse("D-000007").expect("a delivery id").seq().expect("a numbered id");
+        let damaged = DeliveryId::parse("D-000007").expect("a delivery id").number().expect("a numbered id");
         store.inner.trees.deliveries.insert(damaged.to_be_bytes(), b"not json".as_slice()).expect("written");
         let answers = push_while_queued(
             &store,

@@ -82,7 +82,7 @@ pub(super) fn write_changes(tx: &Tx<'_>, appends: &Appends, changes: ChangeSet) 
         appends.ledger(line.numbered(tx.ledger.generate_id()?));
     }
     for (courier, delivery) in &feed {
-        let seq = delivery.seq().ok_or_else(|| abort(StoreError::Backend(format!("bad delivery id {delivery}"))))?;
+        let seq = delivery.number().ok_or_else(|| abort(StoreError::Backend(format!("bad delivery id {delivery}"))))?;
         appends.feed(tx, courier, seq)?;
     }
     appends.audit(audit);
@@ -113,11 +113,11 @@ fn write_receipt(tx: &Tx<'_>, Replace { before, after }: &Replace<Receipt>) -> T
         }
         tx.customer_receipts.insert(pair_key(after.customer_id.as_str(), &key), &[])?;
     }
-    match (before.as_ref().map(|receipt| receipt.planned), after.planned) {
-        (None | Some(true), false) => {
+    match (before.as_ref().map(Receipt::awaits_planning), after.awaits_planning()) {
+        (None | Some(false), true) => {
             tx.unplanned.insert(&key, &[])?;
         }
-        (Some(false), true) => {
+        (Some(true), false) => {
             tx.unplanned.remove(&key)?;
         }
         _ => {}
@@ -129,7 +129,7 @@ fn write_receipt(tx: &Tx<'_>, Replace { before, after }: &Replace<Receipt>) -> T
 fn write_delivery(tx: &Tx<'_>, Replace { before, after }: &Replace<Delivery>) -> TxResult<()> {
     let seq = after
         .delivery_id
-        .seq()
+        .number()
         .ok_or_else(|| abort(StoreError::Backend(format!("bad delivery id {}", after.delivery_id))))?;
     let key = seq.to_be_bytes();
     tx_put(tx.deliveries, &key, after)?;
