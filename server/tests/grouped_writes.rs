@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use handover_server::{
     domain::{
         access::Principal,
-        confirmations::{DeviceSync, PushOutcome, RejectCode},
+        confirmations::{DeviceSync, PushOutcome, Pushed, RejectCode},
         orders::{RawOrder, RawQuantity, DRAFT_TTL},
         shipments::CourierAccount,
         stock,
@@ -163,7 +163,10 @@ async fn concurrent_pushes_each_get_their_own_outcomes_and_apply_once() {
             let store = store.clone();
             tokio::spawn(async move {
                 let ids: Vec<String> = batch.iter().map(|c| c.confirmation_id.clone()).collect();
-                let outcomes = store.push_confirmations(sync_of(courier), batch).await.expect("the push is stored");
+                let outcomes = store
+                    .push_confirmations(sync_of(courier), batch.into_iter().map(Pushed::from).collect())
+                    .await
+                    .expect("the push is stored");
                 (ids, outcomes)
             })
         })
@@ -264,7 +267,10 @@ async fn a_second_capture_of_a_delivery_in_the_same_batch_meets_it_delivered() {
     let delivery = &entries[0].delivery;
     let (first, mut second) = (delivered(delivery), delivered(delivery));
     second.quantity = 1;
-    let outcomes = store.push_confirmations(sync_of(COURIERS[0]), vec![first.clone(), second]).await.expect("stored");
+    let outcomes = store
+        .push_confirmations(sync_of(COURIERS[0]), vec![first.clone().into(), second.into()])
+        .await
+        .expect("stored");
     assert_eq!(outcomes[0], PushOutcome::Accepted);
     assert!(matches!(outcomes[1], PushOutcome::Rejected { .. }), "{:?}", outcomes[1]);
     let receipt = store.receipt(&delivery.receipt_id).await.expect("reads").expect("exists");

@@ -295,6 +295,20 @@ impl TestServer {
         receipt["receipt_id"].as_str().expect("a receipt has an id").to_owned()
     }
 
+    /// A receipt as `token`'s account reads it; anything but 200 fails the test.
+    pub async fn receipt(&self, token: &str, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/receipts/{id}"), Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "receipt {id}: {body}");
+        body
+    }
+
+    /// A delivery as `token`'s account reads it; anything but 200 fails the test.
+    pub async fn delivery(&self, token: &str, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/deliveries/{id}"), Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "delivery {id}: {body}");
+        body
+    }
+
     /// Runs planning as the dispatcher `token`: a barrier after which every
     /// confirmed receipt is planned or backordered. Returns the run's answer.
     pub async fn plan(&self, token: &str) -> Value {

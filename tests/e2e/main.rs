@@ -5,6 +5,8 @@
 mod agent;
 mod authz;
 mod browser;
+mod browser_exceptions;
+mod exceptions;
 mod faults;
 mod foundation;
 mod handheld;

@@ -24,18 +24,6 @@ async fn run(server: &TestServer, dispatcher: &str) -> Value {
     server.plan(dispatcher).await
 }
 
-async fn receipt(server: &TestServer, dispatcher: &str, id: &str) -> Value {
-    let (status, body) = server.get(&format!("/api/v1/receipts/{id}"), Some(dispatcher)).await;
-    assert_eq!(status, StatusCode::OK, "receipt {id}: {body}");
-    body
-}
-
-async fn delivery(server: &TestServer, token: &str, id: &str) -> Value {
-    let (status, body) = server.get(&format!("/api/v1/deliveries/{id}"), Some(token)).await;
-    assert_eq!(status, StatusCode::OK, "delivery {id}: {body}");
-    body
-}
-
 async fn assign(server: &TestServer, token: &str, id: &str, assignee: &str) -> (StatusCode, Value) {
     server.post(&format!("/api/v1/deliveries/{id}/assign"), &json!({"assignee": assignee}), Some(token)).await
 }
@@ -81,7 +69,7 @@ async fn import_item(server: &TestServer, item: &str) {
 async fn wait_until_backordered(server: &TestServer, dispatcher: &str, id: &str) {
     // A run waits for any background run to finish, then plans what is left.
     run(server, dispatcher).await;
-    assert_eq!(receipt(server, dispatcher, id).await["backordered"], true, "receipt {id} is backordered");
+    assert_eq!(server.receipt(dispatcher, id).await["backordered"], true, "receipt {id} is backordered");
 }
 
 /// Legs not issued yet, from `(from, to)` hops.
@@ -160,7 +148,7 @@ async fn each_node_of_the_cascade_ships_the_orders_it_can_cover_for_customer_c1(
     run(&server, &dispatcher).await;
 
     for number in 1..=5 {
-        let body = receipt(&server, &dispatcher, &format!("R-{number:06}")).await;
+        let body = server.receipt(&dispatcher, &format!("R-{number:06}")).await;
         assert_eq!(
             (&body["planned"], &body["backordered"], &body["delivery_id"]),
             (&json!(true), &json!(false), &json!(format!("D-{number:06}"))),
@@ -168,23 +156,23 @@ async fn each_node_of_the_cascade_ships_the_orders_it_can_cover_for_customer_c1(
         );
     }
 
-    let from_b1 = delivery(&server, &dispatcher, "D-000001").await;
+    let from_b1 = server.delivery(&dispatcher, "D-000001").await;
     assert_eq!(route(&from_b1), expected_route(1, "TC-100", 3, "branch_1", &[("B1", "customer:C1")], None, "ready"));
     let second_b1_courier = other_b1_expediter(&from_b1["assignee"]);
     assert_eq!((&from_b1["version"], &from_b1["assignments"][0]["by"]), (&json!(1), &json!("planner")));
 
-    let from_b2 = delivery(&server, &dispatcher, "D-000002").await;
+    let from_b2 = server.delivery(&dispatcher, "D-000002").await;
     assert_eq!(route(&from_b2), expected_route(2, "TC-100", 7, "branch_2", &[("B2", "customer:C1")], None, "ready"));
     assert_eq!(from_b2["assignee"], "exp3", "B2's only expediter");
 
-    let from_master = delivery(&server, &dispatcher, "D-000003").await;
+    let from_master = server.delivery(&dispatcher, "D-000003").await;
     assert_eq!(
         route(&from_master),
         expected_route(3, "TC-100", 15, "master_warehouse", &[("MW", "B1"), ("B1", "customer:C1")], None, "upcoming")
     );
     assert_eq!(from_master["assignee"], second_b1_courier, "the B1 expediter with fewer open deliveries");
 
-    let from_seller = delivery(&server, &dispatcher, "D-000004").await;
+    let from_seller = server.delivery(&dispatcher, "D-000004").await;
     assert_eq!(
         route(&from_seller),
         expected_route(4, "TC-200", 2, "seller", &[("S1", "customer:C1")], Some("S1"), "ready")
@@ -196,7 +184,7 @@ async fn each_node_of_the_cascade_ships_the_orders_it_can_cover_for_customer_c1(
         (&Value::Null, &json!("planner"))
     );
 
-    let from_manufacturer = delivery(&server, &dispatcher, "D-000005").await;
+    let from_manufacturer = server.delivery(&dispatcher, "D-000005").await;
     assert_eq!(
         route(&from_manufacturer),
         expected_route(
@@ -249,8 +237,8 @@ async fn expediters_of_the_delivering_branch_with_the_fewest_open_deliveries_are
     run(&server, &dispatcher).await;
     server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
     run(&server, &dispatcher).await;
-    let first = delivery(&server, &dispatcher, "D-000001").await["assignee"].clone();
-    let second = delivery(&server, &dispatcher, "D-000002").await["assignee"].clone();
+    let first = server.delivery(&dispatcher, "D-000001").await["assignee"].clone();
+    let second = server.delivery(&dispatcher, "D-000002").await["assignee"].clone();
     assert_eq!(second, other_b1_expediter(&first), "one to each expediter of B1");
 
     // C2's branch #1 is B2: three deliveries all go to exp3, though the B1
@@ -263,7 +251,7 @@ async fn expediters_of_the_delivering_branch_with_the_fewest_open_deliveries_are
     for (id, courier, branch) in
         [("D-000003", "exp3", "B2"), ("D-000004", "exp3", "B2"), ("D-000005", "exp3", "B2"), ("D-000006", "exp4", "B3")]
     {
-        let body = delivery(&server, &dispatcher, id).await;
+        let body = server.delivery(&dispatcher, id).await;
         assert_eq!((&body["assignee"], &body["delivering_node"]), (&json!(courier), &json!(branch)), "{body}");
     }
 
@@ -274,7 +262,7 @@ async fn expediters_of_the_delivering_branch_with_the_fewest_open_deliveries_are
     assert_eq!(status, StatusCode::OK, "{body}");
     server.confirm_order(&dispatcher, "C1", "TC-100", 15).await;
     run(&server, &dispatcher).await;
-    let from_master = delivery(&server, &dispatcher, "D-000007").await;
+    let from_master = server.delivery(&dispatcher, "D-000007").await;
     assert_eq!(
         (&from_master["source_node"], &from_master["delivering_node"], &from_master["assignee"]),
         (&json!("MW"), &json!("B1"), &second)
@@ -291,7 +279,7 @@ async fn an_order_no_node_can_cover_waits_as_a_backorder_until_goods_arrive() {
     let id = server.confirm_order(&dispatcher, "C1", "NEW-1", 4).await;
     wait_until_backordered(&server, &dispatcher, &id).await;
     run(&server, &dispatcher).await;
-    let waiting = receipt(&server, &dispatcher, &id).await;
+    let waiting = server.receipt(&dispatcher, &id).await;
     assert_eq!(
         (&waiting["planned"], &waiting["backordered"], &waiting["delivery_id"]),
         (&json!(false), &json!(true), &Value::Null)
@@ -308,7 +296,7 @@ async fn an_order_no_node_can_cover_waits_as_a_backorder_until_goods_arrive() {
         json!({"node_id": "B2", "stock": {"item_id": "NEW-1", "on_hand": 3, "reserved": 0, "available": 3},
             "run": {"planned": [], "backordered": [id]}})
     );
-    assert_eq!(receipt(&server, &dispatcher, &id).await["backordered"], true);
+    assert_eq!(server.receipt(&dispatcher, &id).await["backordered"], true);
 
     // Enough: planned at once, in the goods receipt's own answer, from C1's branch #2.
     let (status, answer) =
@@ -324,12 +312,12 @@ async fn an_order_no_node_can_cover_waits_as_a_backorder_until_goods_arrive() {
         json!({"planned": [{"receipt_id": id, "delivery_id": "D-000001", "source": "branch_2", "source_node": "B2",
             "assignee": "exp3"}], "backordered": []})
     );
-    let planned = receipt(&server, &dispatcher, &id).await;
+    let planned = server.receipt(&dispatcher, &id).await;
     assert_eq!(
         (&planned["planned"], &planned["backordered"], &planned["delivery_id"]),
         (&json!(true), &json!(false), &json!("D-000001"))
     );
-    let shipped = delivery(&server, &dispatcher, "D-000001").await;
+    let shipped = server.delivery(&dispatcher, "D-000001").await;
     assert_eq!(
         (&shipped["source"], &shipped["legs"], &shipped["status"]),
         (&json!("branch_2"), &planned_legs("D-000001", &[("B2", "customer:C1")]), &json!("ready"))
@@ -391,7 +379,7 @@ async fn a_stock_count_from_a_network_import_plans_the_waiting_backorders() {
     assert_eq!(stock(&server, &dispatcher, "B1", "NEW-1").await.0, 10);
 
     // The import plans the backorders before it answers.
-    let after = receipt(&server, &dispatcher, &id).await;
+    let after = server.receipt(&dispatcher, &id).await;
     assert_eq!(
         (&after["planned"], &after["backordered"], &after["delivery_id"]),
         (&json!(true), &json!(false), &json!("D-000001")),
@@ -407,7 +395,7 @@ async fn transfer_legs_are_issued_in_the_flow_of_the_goods_and_move_stock_throug
     server.confirm_order(&dispatcher, "C1", "DR-300", 2).await;
     server.confirm_order(&dispatcher, "C1", "TC-100", 1).await;
     run(&server, &dispatcher).await;
-    let planned = delivery(&server, &dispatcher, "D-000001").await;
+    let planned = server.delivery(&dispatcher, "D-000001").await;
     assert_eq!(planned["source_node"], "MFR", "{planned}");
     assert_eq!(stock(&server, &dispatcher, "MFR", "DR-300").await, (200, 2));
 
@@ -451,7 +439,7 @@ async fn transfer_legs_are_issued_in_the_flow_of_the_goods_and_move_stock_throug
     assert!(answers.iter().all(|(_, body)| *body == after_second), "every issue answers the same delivery");
     assert_eq!(statuses(&after_second), [json!("issued"), json!("issued"), json!("planned")]);
     assert_eq!(after_second["status"], "ready");
-    assert_eq!(delivery(&server, &dispatcher, "D-000001").await, after_second);
+    assert_eq!(server.delivery(&dispatcher, "D-000001").await, after_second);
     assert_eq!(stock(&server, &dispatcher, "MW", "DR-300").await, (0, 0));
     assert_eq!(stock(&server, &dispatcher, "B1", "DR-300").await, (2, 2));
     assert_eq!(stock(&server, &dispatcher, "B1", "TC-100").await, (5, 1), "other items untouched");
@@ -493,14 +481,14 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
     server.confirm_order(&dispatcher, "C1", "TC-200", 1).await;
     run(&server, &dispatcher).await;
     let (from_branch, entrusted) = ("D-000001", "D-000002");
-    let planned = delivery(&server, &dispatcher, from_branch).await;
+    let planned = server.delivery(&dispatcher, from_branch).await;
     let first = planned["assignee"].as_str().expect("an expediter").to_owned();
     let second = other_b1_expediter(&planned["assignee"]);
     let first_token = server.token(&first).await;
     let second_token = server.token(second).await;
 
     // Only the assigned courier sees it.
-    delivery(&server, &first_token, from_branch).await;
+    server.delivery(&first_token, from_branch).await;
     let (status, body) = server.get(&format!("/api/v1/deliveries/{from_branch}"), Some(&second_token)).await;
     assert_eq!(
         (status, body),
@@ -518,8 +506,8 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
         .map(|a| json!([a["version"], a["assignee"], a["by"], a["at"].is_string()]))
         .collect();
     assert_eq!(history, [json!([1, first, "planner", true]), json!([2, second, "disp", true])]);
-    assert_eq!(delivery(&server, &dispatcher, from_branch).await, reassigned);
-    delivery(&server, &second_token, from_branch).await;
+    assert_eq!(server.delivery(&dispatcher, from_branch).await, reassigned);
+    server.delivery(&second_token, from_branch).await;
     let (status, _) = server.get(&format!("/api/v1/deliveries/{from_branch}"), Some(&first_token)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "the previous courier no longer sees it");
 
@@ -563,11 +551,11 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
         .post(&format!("/api/v1/deliveries/{from_branch}/assign"), &json!({"courier": second}), Some(&dispatcher))
         .await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_json")));
-    assert_eq!(delivery(&server, &dispatcher, from_branch).await, reassigned, "refusals change nothing");
+    assert_eq!(server.delivery(&dispatcher, from_branch).await, reassigned, "refusals change nothing");
 
     // The seller assigns its entrusted delivery to its servicemen, one after the other.
     let seller = server.token("rep1").await;
-    let waiting = delivery(&server, &seller, entrusted).await;
+    let waiting = server.delivery(&seller, entrusted).await;
     assert_eq!((&waiting["entrusted_to"], &waiting["assignee"]), (&json!("S1"), &Value::Null));
     let (status, to_svc1) = assign(&server, &seller, entrusted, "svc1").await;
     assert_eq!(status, StatusCode::OK, "{to_svc1}");
@@ -577,7 +565,7 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
         (&json!("rep1"), &json!("svc1"))
     );
     let svc1 = server.token("svc1").await;
-    delivery(&server, &svc1, entrusted).await;
+    server.delivery(&svc1, entrusted).await;
     let (status, to_svc2) = assign(&server, &seller, entrusted, "svc2").await;
     assert_eq!((status, &to_svc2["assignee"], &to_svc2["version"]), (StatusCode::OK, &json!("svc2"), &json!(3)));
     let (status, body) = server.get(&format!("/api/v1/deliveries/{entrusted}"), Some(&svc1)).await;
@@ -654,7 +642,7 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
     });
     let answers = futures::future::join_all(racing).await;
     assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK), "{answers:?}");
-    let raced = delivery(&server, &dispatcher, entrusted).await;
+    let raced = server.delivery(&dispatcher, entrusted).await;
     let history = raced["assignments"].as_array().expect("assignments");
     let versions: Vec<u64> = history.iter().map(|a| a["version"].as_u64().expect("version")).collect();
     let expected_versions: Vec<u64> = (1..=versions.len() as u64).collect();
@@ -733,7 +721,7 @@ async fn concurrent_planning_runs_and_goods_receipts_keep_stock_and_deliveries_c
     }
     run(&server, &dispatcher).await;
     for id in ordered.keys() {
-        assert_eq!(receipt(&server, &dispatcher, id).await["backordered"], true, "{id}");
+        assert_eq!(server.receipt(&dispatcher, id).await["backordered"], true, "{id}");
     }
 
     // Twenty runs and twenty goods receipts, all at once.

@@ -73,7 +73,8 @@ pub struct SeenConfirmation {
     pub confirmation_id: String,
     /// SHA-256 (hex) of the content, to tell a retry from a different confirmation.
     pub digest: String,
-    pub delivery_id: handover_shared::DeliveryId,
+    /// `None` for an element whose delivery id did not read.
+    pub delivery_id: Option<handover_shared::DeliveryId>,
     pub uploader: Username,
     pub device_id: DeviceId,
     #[serde(with = "time::serde::rfc3339")]
@@ -262,6 +263,82 @@ pub fn judge(
     Verdict::Apply
 }
 
+/// One element of a pushed batch, as read: each is judged on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pushed {
+    Confirmation(Confirmation),
+    /// Not a confirmation (a wrong type, an unknown field, a bad date).
+    Unreadable(Unreadable),
+}
+
+/// A pushed element that does not read as a confirmation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its `confirmation_id`, when that is a string; empty otherwise.
+    pub confirmation_id: String,
+    pub delivery_id: Option<DeliveryId>,
+    /// SHA-256 (hex) of the element as sent, to tell a resend from other content.
+    pub digest: String,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl Pushed {
+    pub fn confirmation_id(&self) -> &str {
+        match self {
+            Pushed::Confirmation(confirmation) => &confirmation.confirmation_id,
+            Pushed::Unreadable(unreadable) => &unreadable.confirmation_id,
+        }
+    }
+
+    /// What tells a resend of this element from other content under its id.
+    pub fn digest(&self) -> String {
+        match self {
+            Pushed::Confirmation(confirmation) => digest(confirmation),
+            Pushed::Unreadable(unreadable) => unreadable.digest.clone(),
+        }
+    }
+}
+
+impl From<Confirmation> for Pushed {
+    fn from(confirmation: Confirmation) -> Self {
+        Pushed::Confirmation(confirmation)
+    }
+}
+
+/// Judges an element that does not read as a confirmation. Its id keeps its
+/// first outcome like any other: one seen before answers as then (its
+/// rejection when sent the same, `conflicting_duplicate` with other content),
+/// and a new well-formed id is remembered rejected `invalid`.
+pub fn push_unreadable(
+    element: &Unreadable,
+    by: Pusher<'_>,
+    seen: Option<&SeenConfirmation>,
+) -> (PushOutcome, ChangeSet) {
+    let mut changes = ChangeSet::default();
+    if let Some(seen) = seen {
+        return if seen.digest == element.digest {
+            (PushOutcome::replay(&seen.outcome), changes)
+        } else {
+            let message = format!("confirmation {} was received before with other content", element.confirmation_id);
+            (PushOutcome::Rejected { code: RejectCode::ConflictingDuplicate, message }, changes)
+        };
+    }
+    let (code, message) = (RejectCode::Invalid, element.message.clone());
+    if uuid::Uuid::parse_str(&element.confirmation_id).is_ok() {
+        changes.confirmations.push(SeenConfirmation {
+            confirmation_id: element.confirmation_id.clone(),
+            digest: element.digest.clone(),
+            delivery_id: element.delivery_id.clone(),
+            uploader: by.uploader.clone(),
+            device_id: by.device.clone(),
+            received_at: by.received_at,
+            outcome: FirstOutcome::Rejected { code, message: message.clone() },
+        });
+    }
+    (PushOutcome::Rejected { code, message }, changes)
+}
+
 /// What a pushed confirmation needs read besides its id's record and its
 /// delivery: the receipt, the stock its goods move through, the customer's
 /// account when empties come back.
@@ -325,7 +402,7 @@ pub fn push(
     let remember = |outcome: FirstOutcome| SeenConfirmation {
         confirmation_id: c.confirmation_id.clone(),
         digest: digest.to_owned(),
-        delivery_id: c.delivery_id.clone(),
+        delivery_id: Some(c.delivery_id.clone()),
         uploader: by.uploader.clone(),
         device_id: by.device.clone(),
         received_at: by.received_at,

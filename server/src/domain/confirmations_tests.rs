@@ -112,7 +112,7 @@ fn a_retry_gets_the_first_outcome_and_other_content_under_the_same_id_is_refused
     let seen = SeenConfirmation {
         confirmation_id: c.confirmation_id.clone(),
         digest: digest(&c),
-        delivery_id: c.delivery_id.clone(),
+        delivery_id: Some(c.delivery_id.clone()),
         uploader: name("exp2"),
         device_id: DeviceId::parse("hh-1").expect("id"),
         received_at: OffsetDateTime::UNIX_EPOCH,
@@ -233,7 +233,7 @@ fn a_conflicting_duplicate_is_refused_without_touching_the_first_outcome() {
     let seen = SeenConfirmation {
         confirmation_id: first.confirmation_id.clone(),
         digest: digest(&first),
-        delivery_id: first.delivery_id.clone(),
+        delivery_id: Some(first.delivery_id.clone()),
         uploader: exp2.clone(),
         device_id: device.clone(),
         received_at: OffsetDateTime::UNIX_EPOCH,
@@ -291,4 +291,33 @@ fn records_that_do_not_fit_together_are_an_error_and_change_nothing() {
     let without_stock = PushInputs { delivery: Some(planned), receipt: Some(receipt), ..PushInputs::default() };
     let err = push(&c, &digest(&c), by(&exp2, &device), without_stock).expect_err("inconsistent");
     assert_eq!(err.0, "the stock of TC-100 at B1 was not read");
+}
+
+#[test]
+fn an_unreadable_element_keeps_its_first_outcome_like_any_other() {
+    let (exp1, device) = (name("exp1"), DeviceId::parse("hh-1").expect("id"));
+    let unreadable = Unreadable {
+        confirmation_id: "0192f1a2-0000-7000-8000-00000000000a".into(),
+        delivery_id: Some(DeliveryId::from_seq(1)),
+        digest: "d1".into(),
+        message: "captured_at: not a date".into(),
+    };
+    let (outcome, changes) = push_unreadable(&unreadable, by(&exp1, &device), None);
+    let refused = PushOutcome::Rejected { code: RejectCode::Invalid, message: "captured_at: not a date".into() };
+    assert_eq!(outcome, refused);
+    let [remembered] = <[SeenConfirmation; 1]>::try_from(changes.confirmations).expect("remembered once");
+    assert_eq!(
+        (remembered.digest.as_str(), &remembered.outcome),
+        ("d1", &FirstOutcome::Rejected { code: RejectCode::Invalid, message: "captured_at: not a date".into() })
+    );
+
+    let (again, changes) = push_unreadable(&unreadable, by(&exp1, &device), Some(&remembered));
+    assert_eq!((again, changes.is_empty()), (refused, true), "sent the same: the same answer");
+    let other = Unreadable { digest: "d2".into(), ..unreadable.clone() };
+    let (other, _) = push_unreadable(&other, by(&exp1, &device), Some(&remembered));
+    assert!(matches!(other, PushOutcome::Rejected { code: RejectCode::ConflictingDuplicate, .. }), "{other:?}");
+
+    let nameless = Unreadable { confirmation_id: "not-a-uuid".into(), ..unreadable };
+    let (_, changes) = push_unreadable(&nameless, by(&exp1, &device), None);
+    assert!(changes.is_empty(), "an id that is no UUID has no identity to remember");
 }

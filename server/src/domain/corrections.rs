@@ -74,7 +74,7 @@ pub enum CorrectionRefusal {
     InvalidReason(String),
     #[error("delivery {0} is {1}: {2}")]
     DeliveryClosed(DeliveryId, DeliveryStatus, &'static str),
-    #[error("receipt {0} is {1} and can no longer be cancelled")]
+    #[error("receipt {0} is {1}")]
     ReceiptClosed(ReceiptId, &'static str),
     #[error("delivery {0} is {1}; only a delivered one can be reversed")]
     NotDelivered(DeliveryId, DeliveryStatus),
@@ -129,7 +129,7 @@ pub fn correct(
                 }
                 other => other,
             };
-            account = account.with_empties_collected(receipt.empties_outstanding());
+            account = account.with_empties_waived(receipt.empties_outstanding());
             receipt.cancellation = Some(intervention);
             delivery
         }
@@ -142,7 +142,10 @@ pub fn correct(
                 )));
             }
             if receipt.cancellation.is_some() {
-                return Ok(Step::Refused(CorrectionRefusal::ReceiptClosed(receipt.receipt_id.clone(), "cancelled")));
+                return Ok(Step::Refused(CorrectionRefusal::ReceiptClosed(
+                    receipt.receipt_id.clone(),
+                    "cancelled: nothing on it can be reversed",
+                )));
             }
             let follow_up = match latest {
                 None => None,
@@ -228,7 +231,10 @@ fn cancel_refusal(
                 delivery.status(),
                 "reverse its confirmation first",
             ),
-            _ => CorrectionRefusal::ReceiptClosed(receipt.receipt_id.clone(), "delivered"),
+            _ => CorrectionRefusal::ReceiptClosed(
+                receipt.receipt_id.clone(),
+                "delivered and can no longer be cancelled; reverse its delivery first",
+            ),
         });
     }
     if let Some(delivery) = delivery.filter(|delivery| delivery.state == DeliveryState::Delivered) {

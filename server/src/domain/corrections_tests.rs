@@ -359,7 +359,7 @@ fn a_reversal_takes_the_goods_back_reopens_the_delivery_and_a_retry_stays_a_dupl
     let seen = confirmations::SeenConfirmation {
         confirmation_id: confirmation.confirmation_id.clone(),
         digest: confirmations::digest(&confirmation),
-        delivery_id: confirmation.delivery_id.clone(),
+        delivery_id: Some(confirmation.delivery_id.clone()),
         uploader: exp1(),
         device_id: DeviceId::parse("hh-1").expect("an id"),
         received_at: scene.now,

@@ -559,6 +559,12 @@ impl CustomerAccount {
         }
     }
 
+    /// Empties no longer expected: their cartridges will never come (the
+    /// order was cancelled). Never below zero.
+    pub fn with_empties_waived(&self, waived: u32) -> CustomerAccount {
+        self.with_empties_collected(waived)
+    }
+
     /// Empties expected again: a reversed hand-over's, which the customer
     /// still holds.
     pub fn with_empties_owed(&self, owed: u32) -> CustomerAccount {

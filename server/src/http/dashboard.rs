@@ -350,7 +350,7 @@ async fn dispatcher_page(
                 received: seen.received_at.format(minute).unwrap_or_default(),
                 username: seen.uploader.to_string(),
                 device_id: seen.device_id.to_string(),
-                delivery_id: seen.delivery_id.to_string(),
+                delivery_id: seen.delivery_id.as_ref().map(ToString::to_string).unwrap_or_default(),
                 code,
                 message,
             }

@@ -581,6 +581,8 @@ struct ReceiptPage<'a> {
     alert: Option<String>,
     /// Its customer may still call it off alone.
     cancellable: bool,
+    /// Its customer may no longer: say whom to ask.
+    ask_dispatcher: bool,
     /// Who cancelled it, when and why.
     cancelled: Option<String>,
     /// Each reversed hand-over, said in words.
@@ -648,6 +650,10 @@ async fn receipt_page(
             csrf: &csrf,
             created: when(receipt.created_at),
             cancellable: user.principal.role == Role::Customer && customer_may_cancel(&receipt, latest.as_ref()),
+            ask_dispatcher: user.principal.role == Role::Customer
+                && !customer_may_cancel(&receipt, latest.as_ref())
+                && receipt.cancellation.is_none()
+                && !receipt.delivered,
             receipt: &receipt,
             notice,
             alert,

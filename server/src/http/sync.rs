@@ -12,9 +12,10 @@ use handover_shared::{
         Assignment, AssignmentChanges, AssignmentStatus, Confirmation, ConfirmationResult, ConfirmationResults,
         ResultStatus, MAX_BATCH,
     },
-    DeviceId, ErrorCode,
+    DeliveryId, DeviceId, ErrorCode,
 };
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::{
     error::ApiError,
@@ -23,7 +24,7 @@ use super::{
 };
 use crate::{
     domain::{
-        confirmations::{DeviceSync, PushOutcome, RejectCode},
+        confirmations::{DeviceSync, PushOutcome, Pushed, Unreadable},
         shipments::DeliveryStatus,
     },
     store::FeedEntry,
@@ -144,7 +145,7 @@ pub async fn assignments(
 /// that a malformed one is answered on its own and the rest still apply.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PushedBatch {
+struct PushedBatch {
     device_id: DeviceId,
     confirmations: Vec<serde_json::Value>,
     /// See [`handover_shared::sync::ConfirmationBatch::queued`].
@@ -152,17 +153,27 @@ pub struct PushedBatch {
     queued: Option<u64>,
 }
 
-/// One pushed element: a confirmation, or why it is not one.
-enum Pushed {
-    Read(Confirmation),
-    Malformed { confirmation_id: String, message: String },
+/// The body as a batch: a JSON object (serde would also take an array for a
+/// struct, by position), with `device_id` and a `confirmations` list.
+fn read_batch(body: serde_json::Value) -> Result<PushedBatch, ApiError> {
+    let refused = |why: String| ApiError::refused(ErrorCode::InvalidJson, why);
+    if !body.is_object() {
+        return Err(refused(
+            "the body is not valid for this endpoint: an object with device_id and confirmations is expected".into(),
+        ));
+    }
+    serde_json::from_value(body).map_err(|err| refused(format!("the body is not valid for this endpoint: {err}")))
 }
 
 /// Reads one element of `confirmations`; the refusal names the field at fault.
 fn read_pushed(value: serde_json::Value) -> Pushed {
-    let confirmation_id = value.get("confirmation_id").and_then(|id| id.as_str()).unwrap_or_default().to_owned();
+    let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let confirmation_id = text("confirmation_id").unwrap_or_default();
+    let delivery_id = text("delivery_id").and_then(|id| DeliveryId::parse(id).ok());
+    let digest =
+        Sha256::digest(serde_json::to_vec(&value).unwrap_or_default()).iter().map(|b| format!("{b:02x}")).collect();
     match serde_path_to_error::deserialize::<_, Confirmation>(value) {
-        Ok(confirmation) => Pushed::Read(confirmation),
+        Ok(confirmation) => Pushed::Confirmation(confirmation),
         Err(err) => {
             let path = err.path().to_string();
             let message = if path == "." {
@@ -170,20 +181,21 @@ fn read_pushed(value: serde_json::Value) -> Pushed {
             } else {
                 format!("{path}: {}", err.inner())
             };
-            Pushed::Malformed { confirmation_id, message }
+            Pushed::Unreadable(Unreadable { confirmation_id, delivery_id, digest, message })
         }
     }
 }
 
 /// `POST /api/v1/sync/confirmations`: one result per confirmation, in order,
 /// answered once everything accepted is durable. Each element is judged on
-/// its own: a malformed one is `rejected` with code `invalid`.
+/// its own: a malformed one is `rejected` with code `invalid`, and its id
+/// keeps that first outcome like any other.
 pub async fn confirmations(
     state: State,
     caller: Auth<Courier>,
-    body: web::Json<PushedBatch>,
+    body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let batch = body.into_inner();
+    let batch = read_batch(body.into_inner())?;
     if batch.device_id != caller.device_id {
         return Err(ApiError::refused(
             ErrorCode::DeviceMismatch,
@@ -198,14 +210,7 @@ pub async fn confirmations(
     }
     let answered = batch.confirmations.len();
     let pushed: Vec<Pushed> = batch.confirmations.into_iter().map(read_pushed).collect();
-    let mut readable = Vec::with_capacity(pushed.len());
-    let mut ids = Vec::with_capacity(pushed.len());
-    for item in &pushed {
-        if let Pushed::Read(confirmation) = item {
-            ids.push(confirmation.confirmation_id.clone());
-            readable.push(confirmation.clone());
-        }
-    }
+    let ids: Vec<String> = pushed.iter().map(|element| element.confirmation_id().to_owned()).collect();
     let sync = DeviceSync {
         device_id: caller.device_id.clone(),
         username: caller.username.clone(),
@@ -213,29 +218,13 @@ pub async fn confirmations(
         reported_queued: DeviceSync::left_after_push(batch.queued, answered),
         queued_since: None,
     };
-    let outcomes = state.store.push_confirmations(sync, readable).await?;
+    let outcomes = state.store.push_confirmations(sync, pushed).await?;
     handover_shared::failpoint!(
         "push.after_flush",
         ApiError::from(crate::store::StoreError::Backend("failpoint push.after_flush".into()))
     );
-    let mut outcomes = ids.into_iter().zip(outcomes);
-    let mut results = Vec::with_capacity(pushed.len());
-    for item in pushed {
-        let result = match item {
-            Pushed::Malformed { confirmation_id, message } => ConfirmationResult {
-                confirmation_id,
-                status: ResultStatus::Rejected,
-                code: Some(RejectCode::Invalid.as_str().to_owned()),
-                message: Some(message),
-            },
-            Pushed::Read(_) => {
-                let (confirmation_id, outcome) =
-                    outcomes.next().ok_or_else(|| ApiError::Internal("a pushed confirmation had no outcome".into()))?;
-                result(confirmation_id, outcome)
-            }
-        };
-        results.push(result);
-    }
+    let results =
+        ids.into_iter().zip(outcomes).map(|(confirmation_id, outcome)| result(confirmation_id, outcome)).collect();
     tracing::info!(username = %caller.username, device_id = %caller.device_id, "confirmations pushed");
     Ok(HttpResponse::Ok().json(ConfirmationResults { results }))
 }

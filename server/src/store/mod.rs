@@ -53,7 +53,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     access::Principal,
-    confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+    confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
     corrections::{Corrected, Correction, CorrectionRefusal},
     network::{Customer, Item, KnownNetwork, Node},
     orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
@@ -247,13 +247,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<(Vec<FeedEntry>, u64, bool), StoreError>;
     /// Applies `domain::confirmations::push` to each confirmation of the batch
-    /// in order (each sees the ones before it), and records the device's sync
-    /// with it, at `sync.last_sync_at`; returns once all of it is durable.
-    async fn push_confirmations(
-        &self,
-        sync: DeviceSync,
-        batch: Vec<handover_shared::sync::Confirmation>,
-    ) -> Result<Vec<PushOutcome>, StoreError>;
+    /// in order (each sees the ones before it), `push_unreadable` to each
+    /// element that did not read, and records the device's sync with it, at
+    /// `sync.last_sync_at`; returns once all of it is durable.
+    async fn push_confirmations(&self, sync: DeviceSync, batch: Vec<Pushed>) -> Result<Vec<PushOutcome>, StoreError>;
     /// Records that a device synced (pull or push).
     async fn record_sync(&self, sync: DeviceSync) -> Result<(), StoreError>;
     /// Every device's last sync, by device id.

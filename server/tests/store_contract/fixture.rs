@@ -7,7 +7,7 @@ use std::sync::Arc;
 use handover_server::{
     domain::{
         access::Principal,
-        confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+        confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
         network::{Customer, Item, Node, StockCount},
         orders::{CustomerAccount, Draft, RawOrder, RawQuantity, Receipt, DRAFT_TTL},
         shipments::{CourierAccount, Delivery, DeliveryCard},
@@ -194,7 +194,10 @@ pub fn failed(delivery: &Delivery) -> Confirmation {
 
 pub async fn push(store: &dyn Store, courier: &str, batch: Vec<Confirmation>) -> Vec<PushOutcome> {
     let sent = batch.len();
-    let outcomes = store.push_confirmations(sync_of(courier), batch).await.expect("the push is stored");
+    let outcomes = store
+        .push_confirmations(sync_of(courier), batch.into_iter().map(Pushed::from).collect())
+        .await
+        .expect("the push is stored");
     assert_eq!(outcomes.len(), sent, "one outcome per confirmation sent");
     outcomes
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use handover_server::{
     domain::{
         access::Principal,
-        confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+        confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
         corrections::{Corrected, Correction, CorrectionRefusal},
         network::{Customer, Item, KnownNetwork, Node},
         orders::{CustomerAccount, Draft, Receipt},
@@ -24,8 +24,7 @@ use handover_server::{
     },
 };
 use handover_shared::{
-    api::ImportSummary, sync::Confirmation, CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId,
-    ReceiptId, Username,
+    api::ImportSummary, CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId, ReceiptId, Username,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -106,7 +105,7 @@ in_turn! {
         now: OffsetDateTime
     ) -> Result<Step<Delivery, AssignRefusal>, StoreError>;
     fn assignment_changes(&self, courier: &Username, cursor: u64, limit: usize) -> Result<(Vec<FeedEntry>, u64, bool), StoreError>;
-    fn push_confirmations(&self, sync: DeviceSync, batch: Vec<Confirmation>) -> Result<Vec<PushOutcome>, StoreError>;
+    fn push_confirmations(&self, sync: DeviceSync, batch: Vec<Pushed>) -> Result<Vec<PushOutcome>, StoreError>;
     fn record_sync(&self, sync: DeviceSync) -> Result<(), StoreError>;
     fn device_syncs(&self) -> Result<Vec<DeviceSync>, StoreError>;
     fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError>;

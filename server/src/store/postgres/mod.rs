@@ -26,8 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Client, Pool, Runtime, Transaction};
 use handover_shared::{
-    api::ImportSummary, sync::Confirmation, CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId,
-    ReceiptId, Username,
+    api::ImportSummary, CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId, ReceiptId, Username,
 };
 use time::OffsetDateTime;
 use tokio_postgres::{IsolationLevel, NoTls};
@@ -50,7 +49,7 @@ use super::{
 use crate::domain::{
     access::Principal,
     changes::ChangeSet,
-    confirmations::{self, DeviceSync, PushOutcome, SeenConfirmation},
+    confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
     corrections::{self as domain_corrections, Corrected, Correction, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
@@ -662,12 +661,8 @@ impl Store for PgStore {
         reading!(self, client => async { reads::assignment_changes(client, courier, cursor, limit).await })
     }
 
-    async fn push_confirmations(
-        &self,
-        sync: DeviceSync,
-        batch: Vec<Confirmation>,
-    ) -> Result<Vec<PushOutcome>, StoreError> {
-        let digests: Vec<String> = batch.iter().map(confirmations::digest).collect();
+    async fn push_confirmations(&self, sync: DeviceSync, batch: Vec<Pushed>) -> Result<Vec<PushOutcome>, StoreError> {
+        let digests: Vec<String> = batch.iter().map(Pushed::digest).collect();
         let outcomes =
             in_transaction!(self, tx => push::push_batch(&tx, &sync, &batch, &digests)).map_err(Failed::into_store)?;
         handover_shared::failpoint!("push.after_write", StoreError::Backend("failpoint".into()));

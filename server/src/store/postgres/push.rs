@@ -8,7 +8,7 @@ use handover_shared::sync::Confirmation;
 use super::{sql::Failed, working::Working};
 use crate::domain::{
     changes::ChangeSet,
-    confirmations::{self, DeviceSync, PushInputs, PushOutcome, PushReads, Pusher},
+    confirmations::{self, DeviceSync, PushInputs, PushOutcome, PushReads, Pushed, Pusher},
 };
 
 /// Judges and applies one pushed batch, each confirmation seeing the ones
@@ -16,19 +16,25 @@ use crate::domain::{
 pub(super) async fn push_batch(
     tx: &Transaction<'_>,
     sync: &DeviceSync,
-    batch: &[Confirmation],
+    batch: &[Pushed],
     digests: &[String],
 ) -> Result<Vec<PushOutcome>, Failed> {
     let mut working = Working::new(tx);
     // Deliveries first, in number order: two pushes of the same confirmation
     // (a retry sent to two instances) queue on the same row, and the second
     // then finds the first's outcome.
-    working.lock_deliveries(batch.iter().filter_map(|confirmation| confirmation.delivery_id.number())).await?;
-    working.read_seen(batch.iter().map(|confirmation| confirmation.confirmation_id.clone())).await?;
+    let readable = || {
+        batch.iter().filter_map(|element| match element {
+            Pushed::Confirmation(confirmation) => Some(confirmation),
+            Pushed::Unreadable(_) => None,
+        })
+    };
+    working.lock_deliveries(readable().filter_map(|confirmation| confirmation.delivery_id.number())).await?;
+    working.read_seen(batch.iter().map(|element| element.confirmation_id().to_owned())).await?;
     // Then everything the batch's confirmations read, a statement per table
     // rather than a round trip per confirmation.
     let (mut receipts, mut stock, mut customers) = (Vec::new(), Vec::new(), Vec::new());
-    for confirmation in batch {
+    for confirmation in readable() {
         let Some(delivery) = confirmation.delivery_id.number().map(|seq| working.delivery(seq)) else { continue };
         let Some(delivery) = delivery.await? else { continue };
         let reads = PushReads::of(confirmation, Some(&delivery));
@@ -43,15 +49,23 @@ pub(super) async fn push_batch(
     working.apply(ChangeSet { device_syncs: vec![synced], ..ChangeSet::default() })?;
     let by = Pusher { uploader: &sync.username, device: &sync.device_id, received_at: sync.last_sync_at };
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (index, (confirmation, digest)) in batch.iter().zip(digests).enumerate() {
+    for (index, (element, digest)) in batch.iter().zip(digests).enumerate() {
         if index > 0 {
             handover_shared::failpoint!(
                 "push.between_items",
                 Failed::Store(crate::store::StoreError::Backend("failpoint".into()))
             );
         }
-        let inputs = push_inputs(&mut working, confirmation).await?;
-        let (outcome, changes) = confirmations::push(confirmation, digest, by, inputs)?;
+        let (outcome, changes) = match element {
+            Pushed::Confirmation(confirmation) => {
+                let inputs = push_inputs(&mut working, confirmation).await?;
+                confirmations::push(confirmation, digest, by, inputs)?
+            }
+            Pushed::Unreadable(unreadable) => {
+                let seen = working.seen(&unreadable.confirmation_id).await?;
+                confirmations::push_unreadable(unreadable, by, seen.as_ref())
+            }
+        };
         working.apply(changes)?;
         outcomes.push(outcome);
     }

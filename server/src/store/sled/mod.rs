@@ -25,7 +25,6 @@ use std::{path::Path, sync::Arc};
 use async_trait::async_trait;
 use handover_shared::{
     api::{ImportSummary, Problem},
-    sync::Confirmation,
     CustomerId, DeliveryId, DeviceId, ItemId, LegId, NodeId, OrderId, ReceiptId, Username,
 };
 use sled::{
@@ -49,7 +48,7 @@ use super::{
 use crate::domain::{
     access::Principal,
     changes::ChangeSet,
-    confirmations::{DeviceSync, PushOutcome, SeenConfirmation},
+    confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
     corrections::{self, Corrected, Correction, CorrectionInputs, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
@@ -622,11 +621,7 @@ impl Store for SledStore {
         self.blocking(move |inner| reads::assignment_changes(&inner.trees, &courier, cursor, limit)).await
     }
 
-    async fn push_confirmations(
-        &self,
-        sync: DeviceSync,
-        batch: Vec<Confirmation>,
-    ) -> Result<Vec<PushOutcome>, StoreError> {
+    async fn push_confirmations(&self, sync: DeviceSync, batch: Vec<Pushed>) -> Result<Vec<PushOutcome>, StoreError> {
         let outcomes = self.blocking(move |inner| push::push(inner, sync, batch)).await?;
         handover_shared::failpoint!("push.after_write", StoreError::Backend("failpoint".into()));
         // Answered only once durable: what this batch accepted, and what a replay

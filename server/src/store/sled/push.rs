@@ -20,7 +20,7 @@ use super::{
 use crate::{
     domain::{
         changes::ChangeSet,
-        confirmations::{self, DeviceSync, PushInputs, PushOutcome, PushReads, Pusher},
+        confirmations::{self, DeviceSync, PushInputs, PushOutcome, PushReads, Pushed, Pusher},
     },
     store::StoreError,
 };
@@ -52,15 +52,15 @@ impl PushQueue {
 struct PushJob {
     /// Who pushed, from which device, when, and what it said it still had queued.
     sync: DeviceSync,
-    batch: Vec<Confirmation>,
+    batch: Vec<Pushed>,
     /// Computed by the request's own thread, before it queues.
     digests: Vec<String>,
     answer: mpsc::SyncSender<Answer>,
 }
 
 /// Queues a batch and applies queued batches until this one is answered.
-pub(super) fn push(inner: &Inner, sync: DeviceSync, batch: Vec<Confirmation>) -> Answer {
-    let digests = batch.iter().map(confirmations::digest).collect();
+pub(super) fn push(inner: &Inner, sync: DeviceSync, batch: Vec<Pushed>) -> Answer {
+    let digests = batch.iter().map(Pushed::digest).collect();
     let (answer, answered) = mpsc::sync_channel(1);
     lock(&inner.pushes.waiting).push_back(PushJob { sync, batch, digests, answer });
     apply_until_answered(inner, &answered)
@@ -151,13 +151,20 @@ fn transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutcome>>
                 received_at: job.sync.last_sync_at,
             };
             let mut outcomes = Vec::with_capacity(job.batch.len());
-            for (index, (confirmation, digest)) in job.batch.iter().zip(&job.digests).enumerate() {
+            for (index, (element, digest)) in job.batch.iter().zip(&job.digests).enumerate() {
                 if index > 0 {
                     handover_shared::failpoint!("push.between_items", abort(StoreError::Backend("failpoint".into())));
                 }
-                let inputs = tx_push_inputs(tx, confirmation)?;
-                let (outcome, changes) =
-                    confirmations::push(confirmation, digest, by, inputs).map_err(|err| abort(err.into()))?;
+                let (outcome, changes) = match element {
+                    Pushed::Confirmation(confirmation) => {
+                        let inputs = tx_push_inputs(tx, confirmation)?;
+                        confirmations::push(confirmation, digest, by, inputs).map_err(|err| abort(err.into()))?
+                    }
+                    Pushed::Unreadable(unreadable) => {
+                        let seen = tx_get(tx.confirmations, unreadable.confirmation_id.as_bytes())?;
+                        confirmations::push_unreadable(unreadable, by, seen.as_ref())
+                    }
+                };
                 write_changes(tx, appends, changes)?;
                 outcomes.push(outcome);
             }
@@ -233,6 +240,7 @@ mod tests {
             .enumerate()
             .map(|(i, batch)| {
                 let (store, handle) = (store.clone(), runtime.handle().clone());
+                let batch = batch.into_iter().map(Pushed::from).collect();
                 thread::spawn(move || handle.block_on(store.push_confirmations(sync(&format!("courier-{i}")), batch)))
             })
             .collect();
