@@ -49,11 +49,21 @@ pub enum Answer {
 pub fn publish(dir: &Path, door: &Door) -> anyhow::Result<()> {
     let path = dir.join(FILE);
     let partial = dir.join(format!("{FILE}.partial"));
+    // A leftover from a crash may carry any mode: it goes, and the file is
+    // made anew, owner-only whatever the umask, before the secret is written.
+    match std::fs::remove_file(&partial) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).with_context(|| format!("removing {}", partial.display()))
+        }
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&partial).with_context(|| format!("writing {}", partial.display()))?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.write_all(&serde_json::to_vec(door)?)?;
     file.sync_all()?;
     std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
@@ -114,5 +124,19 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // A door nobody answers at is no daemon.
         assert!(send(dir.path(), &capture, Duration::from_secs(1)).expect("no error").is_none());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_leftover_readable_partial_never_publishes_a_readable_door() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let partial = dir.path().join(format!("{FILE}.partial"));
+        std::fs::write(&partial, b"left by a crash").expect("written");
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o644)).expect("made readable");
+        publish(dir.path(), &Door { page: "http://127.0.0.1:1".into(), token: "secret".into() }).expect("published");
+        let mode = std::fs::metadata(dir.path().join(FILE)).expect("written").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret is never readable by others");
+        assert!(!partial.exists());
     }
 }

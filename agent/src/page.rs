@@ -18,6 +18,7 @@ use handover_shared::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use subtle::ConstantTimeEq as _;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::{
@@ -285,7 +286,7 @@ impl Page {
     fn read_form<F: for<'de> Deserialize<'de> + HasToken>(&self, request: &mut Request) -> Result<F, Reply> {
         let body = read_body(request).map_err(|(status, message)| Reply::text(status, message))?;
         let form: F = serde_urlencoded::from_bytes(&body).map_err(|_| Reply::text(400, "the form is malformed"))?;
-        if form.token() != self.form_token {
+        if !same_secret(form.token(), &self.form_token) {
             return Err(self.message(
                 403,
                 "Form expired",
@@ -305,7 +306,7 @@ impl Page {
             location: None,
         };
         let token = request.headers().iter().find(|h| h.field.equiv(handoff::TOKEN_HEADER)).map(|h| h.value.as_str());
-        if token != Some(self.handoff_token.as_str()) {
+        if !token.is_some_and(|token| same_secret(token, &self.handoff_token)) {
             return answer(403, handoff::Answer::Refused("this daemon did not publish that token".into()));
         }
         let body = match read_body(request) {
@@ -537,6 +538,12 @@ impl Page {
             Err(message) => self.delivery(raw_id, Some(message), form, fail_form),
         }
     }
+}
+
+/// Compares a presented token with ours in time that does not depend on
+/// where they differ, so that timing tells nothing of the secret.
+fn same_secret(presented: &str, ours: &str) -> bool {
+    presented.as_bytes().ct_eq(ours.as_bytes()).into()
 }
 
 /// A request body of at most [`MAX_FORM_BYTES`], or the status and reason to refuse it with.

@@ -4,7 +4,11 @@
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
-use actix_web::{middleware::ErrorHandlers, web, App, HttpServer};
+use actix_web::{
+    http::header,
+    middleware::{Condition, DefaultHeaders, ErrorHandlers},
+    web, App, HttpServer,
+};
 use anyhow::Context as _;
 use tracing_actix_web::TracingLogger;
 
@@ -83,10 +87,17 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
     let server = HttpServer::new(move || {
         let limits = limits.clone();
         let cookie_key = cookie_key.clone();
+        // Behind TLS, browsers are told to come back only over TLS for a year.
+        let hsts = Condition::new(
+            secure_cookies,
+            DefaultHeaders::new().add((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000")),
+        );
         App::new()
             .app_data(app_state.clone())
             .wrap(ErrorHandlers::new().default_handler(ensure_json_error))
             .wrap(TracingLogger::<RequestSpan>::new())
+            // Outermost, so that every answer carries it, error pages included.
+            .wrap(hsts)
             .configure(move |cfg| http::routes(cfg, &limits))
             .configure(move |cfg| http::pages(cfg, &cookie_key, secure_cookies))
     })

@@ -17,5 +17,6 @@ mod migrate_store;
 mod orders;
 mod pages;
 mod proxy;
+mod security;
 mod shipments;
 mod sync;

@@ -20,7 +20,7 @@ pub async fn health() -> Json<Health> {
     web::Json(Health { status: "ok".into() })
 }
 
-#[tracing::instrument(skip_all, fields(username = %body.username))]
+#[tracing::instrument(skip_all, fields(username = ?body.username))]
 pub async fn login(state: State, req: HttpRequest, body: Json<LoginRequest>) -> Result<Json<LoginResponse>, ApiError> {
     let address = req.peer_addr().map(|addr| addr.ip());
     Ok(web::Json(state.auth.login(body.into_inner(), address).await?))
