@@ -130,6 +130,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The local store holds the courier's tokens: the owner's only.
+    handover_shared::private::owner_only_from_now_on();
     // Armed by FAILPOINTS in test builds only; nothing otherwise.
     let _failpoints = handover_shared::failpoints::setup();
     let cli = Cli::parse();

@@ -118,6 +118,16 @@ impl LocalStore {
                     other => anyhow::anyhow!("cannot open the local store in {}: {other}", dir.display()),
                 },
             )?;
+        // It holds the courier's tokens: the owner's only, whatever made it looser.
+        let tightened = handover_shared::private::tighten(&[dir, &dir.join("daemon.json")], &[&dir.join("agent.v1")])
+            .with_context(|| format!("making {} private", dir.display()))?;
+        if !tightened.is_empty() {
+            eprintln!(
+                "handover-agent: {} was readable by other users; made it owner-only ({} entries)",
+                dir.display(),
+                tightened.len()
+            );
+        }
         Ok(Self {
             meta: db.open_tree("meta")?,
             assignments: db.open_tree("assignments")?,
@@ -297,6 +307,22 @@ pub(crate) mod tests {
     use handover_shared::{CustomerId, ItemId, NodeId, ReceiptId};
 
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_store_left_readable_by_others_is_made_owner_only_when_opened() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &Path| std::fs::metadata(path).expect("exists").permissions().mode() & 0o777;
+        let root = tempfile::tempdir().expect("a temporary dir");
+        let dir = root.path().join("agent-data");
+        drop(LocalStore::open(&dir).expect("a fresh store"));
+        let db = dir.join("agent.v1").join("db");
+        for (path, loose) in [(&dir, 0o755), (&dir.join("agent.v1"), 0o755), (&db, 0o644)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(loose)).expect("loosened");
+        }
+        drop(LocalStore::open(&dir).expect("reopened"));
+        assert_eq!((mode(&dir), mode(&dir.join("agent.v1")), mode(&db)), (0o700, 0o700, 0o600));
+    }
 
     #[test]
     fn a_session_saved_with_one_server_address_reads_as_a_list_of_one() {

@@ -4,6 +4,9 @@ use std::{io::Write as _, path::Path};
 
 use anyhow::Context as _;
 
+/// The generated JWT signing key, in the data dir (when none is configured).
+pub const JWT_SECRET_FILE: &str = "jwt-secret";
+
 /// Writes a file readable by its owner only (mode 0600), atomically: a crash
 /// leaves either the old file or the new one, never half of it.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {

@@ -114,6 +114,8 @@ enum Command {
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    // Stores, keys and certificates made from here on are the owner's only.
+    handover_shared::private::owner_only_from_now_on();
     telemetry::init();
     // Armed by FAILPOINTS in test builds only; nothing otherwise.
     let _failpoints = handover_shared::failpoints::setup();

@@ -33,9 +33,6 @@ use crate::{
     },
 };
 
-/// Where a sled server keeps the signing key it made (`auth::load_or_create_secret`).
-const SIGNING_KEY_FILE: &str = "jwt-secret";
-
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateStoreError {
     #[error("the sled store: {0}")]
@@ -146,7 +143,7 @@ async fn refuse_unless_empty(postgres: &PgStore) -> Result<(), MigrateStoreError
 /// operator keeps giving it to the servers on PostgreSQL, which then ignore
 /// the stored key.
 fn signing_key(data_dir: &Path) -> Result<Option<SigningKey>, MigrateStoreError> {
-    let path = data_dir.join(SIGNING_KEY_FILE);
+    let path = data_dir.join(crate::files::JWT_SECRET_FILE);
     let unusable = |why: String| MigrateStoreError::SigningKey { path: path.clone(), why };
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,

@@ -10,6 +10,7 @@ pub mod error_code;
 pub mod failpoints;
 pub mod ids;
 pub mod kinds;
+pub mod private;
 pub mod sync;
 
 pub use error_code::ErrorCode;

@@ -40,3 +40,33 @@ async fn nothing_a_client_sends_can_start_a_log_line_of_its_own() {
         assert!(!line.chars().any(char::is_control), "a control character in {line:?}");
     }
 }
+
+/// Every entry under `dir` that group or others may read, write or enter.
+#[cfg(unix)]
+fn open_to_others(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut loose = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).expect("readable metadata");
+        if metadata.permissions().mode() & 0o077 != 0 {
+            loose.push(format!("{} {:o}", path.display(), metadata.permissions().mode() & 0o777));
+        }
+        if metadata.is_dir() {
+            pending.extend(std::fs::read_dir(&path).expect("a listing").map(|entry| entry.expect("an entry").path()));
+        }
+    }
+    loose
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_server_store_and_the_handheld_store_are_their_owners_only() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let login = sandbox.agent_login("exp1", &server.url, "exp1", crate::helpers::DEMO_PASSWORD, Some("hh-private"));
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    let mut loose = if crate::helpers::on_postgres() { Vec::new() } else { open_to_others(&sandbox.data_dir()) };
+    loose.extend(open_to_others(&sandbox.path("agent-exp1")));
+    assert!(loose.is_empty(), "readable by other local users: {loose:?}");
+}

@@ -341,7 +341,7 @@ pub fn load_or_create_secret(settings: &AuthSettings, data_dir: &Path) -> anyhow
         anyhow::ensure!(key.bytes().len() >= tokens::MIN_SECRET_LEN, "the JWT key kept in the store is too short");
         return Ok(key.bytes().to_vec());
     }
-    let path = data_dir.join("jwt-secret");
+    let path = data_dir.join(crate::files::JWT_SECRET_FILE);
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let secret =

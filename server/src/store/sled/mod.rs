@@ -138,6 +138,13 @@ impl SledStore {
             other => backend(other),
         })?;
         check_format(&db)?;
+        // Password hashes and sessions: the owner's only, whatever made them looser.
+        let tightened =
+            handover_shared::private::tighten(&[data_dir, &data_dir.join(crate::files::JWT_SECRET_FILE)], &[&path])
+                .map_err(|err| StoreError::Backend(format!("cannot make {} private: {err}", data_dir.display())))?;
+        for path in tightened {
+            tracing::warn!(path = %path.display(), "was readable by other users; now owner-only");
+        }
         let trees = Trees::open(&db)?;
         let commit = GroupCommit::start(db.clone())?;
         Ok(Self {
@@ -659,5 +666,32 @@ impl Drop for Inner {
         if let Err(err) = self.db.flush() {
             tracing::error!(error = %err, "final flush failed");
         }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("exists").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_data_dir_left_readable_by_others_is_made_owner_only_when_opened() {
+        let root = tempfile::tempdir().expect("a temporary dir");
+        let data_dir = root.path().join("data");
+        drop(SledStore::open(&data_dir).expect("a fresh store"));
+        let key = data_dir.join(crate::files::JWT_SECRET_FILE);
+        std::fs::write(&key, b"a key").expect("written");
+        let store = data_dir.join(STORE_DIR);
+        let db = store.join("db");
+        for (path, loose) in [(&data_dir, 0o755), (&store, 0o755), (&db, 0o644), (&key, 0o644)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(loose)).expect("loosened");
+        }
+        drop(SledStore::open(&data_dir).expect("reopened"));
+        assert_eq!((mode(&data_dir), mode(&store), mode(&db), mode(&key)), (0o700, 0o700, 0o600, 0o600));
     }
 }
