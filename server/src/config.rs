@@ -88,9 +88,16 @@ pub struct AuthSettings {
     pub audience: String,
     pub access_ttl_secs: u64,
     pub refresh_ttl_secs: u64,
-    /// Login attempts allowed per minute for one username, and for one client address.
-    pub login_attempts_per_minute_per_username: u32,
+    /// Login attempts allowed per minute from one client address at one
+    /// account (refused beyond; formerly per username from anywhere, which let
+    /// anyone lock an owner out).
+    #[serde(alias = "login_attempts_per_minute_per_username")]
+    pub login_attempts_per_minute_per_username_and_address: u32,
+    /// Login attempts allowed per minute from one client address (refused beyond).
     pub login_attempts_per_minute_per_address: u32,
+    /// Wrong passwords per minute for one account, from anywhere, before
+    /// further wrong ones are answered slowly (the right one never is).
+    pub login_failures_per_minute_per_username: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,8 +204,9 @@ impl Default for AuthSettings {
             audience: "handover-api".into(),
             access_ttl_secs: 15 * 60,
             refresh_ttl_secs: 30 * 24 * 3600,
-            login_attempts_per_minute_per_username: 10,
+            login_attempts_per_minute_per_username_and_address: 10,
             login_attempts_per_minute_per_address: 60,
+            login_failures_per_minute_per_username: 10,
         }
     }
 }

@@ -36,9 +36,10 @@ const ACCEPTED: &str = "accepted";
 const NOT_ASSIGNEE: &str = "not_assignee";
 
 /// Logins in this test go well past the per-minute limits, which are tested elsewhere.
-pub const NO_LOGIN_LIMITS: [(&str, &str); 2] = [
-    ("HANDOVER__AUTH__LOGIN_ATTEMPTS_PER_MINUTE_PER_USERNAME", "100000"),
+pub const NO_LOGIN_LIMITS: [(&str, &str); 3] = [
+    ("HANDOVER__AUTH__LOGIN_ATTEMPTS_PER_MINUTE_PER_USERNAME_AND_ADDRESS", "100000"),
     ("HANDOVER__AUTH__LOGIN_ATTEMPTS_PER_MINUTE_PER_ADDRESS", "100000"),
+    ("HANDOVER__AUTH__LOGIN_FAILURES_PER_MINUTE_PER_USERNAME", "100000"),
 ];
 
 /// One endpoint, or one endpoint on one object, and what each role gets.

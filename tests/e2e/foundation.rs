@@ -488,7 +488,7 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn login_attempts_are_rate_limited_per_username() {
+async fn login_attempts_are_rate_limited_per_account_from_one_address() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
     let wrong = json!({"username": "rep2", "password": "guess-guess"});
@@ -502,7 +502,8 @@ async fn login_attempts_are_rate_limited_per_username() {
     assert!(response.headers().get("retry-after").is_some());
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "rate_limited");
-    // Even the right password waits now; other usernames do not.
+    // From this address even the right password waits now; other accounts do
+    // not (from elsewhere, the owner does not either: tests/e2e/security.rs).
     let (status, _) =
         server.post("/api/v1/auth/login", &json!({"username": "rep2", "password": DEMO_PASSWORD}), None).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);

@@ -387,16 +387,26 @@ pub fn tls_client(ca: &Path) -> anyhow::Result<reqwest::Client> {
 impl TestServer {
     /// A client for the pages: keeps cookies, does not follow redirects.
     pub fn page_client(&self, sandbox: &Sandbox) -> reqwest::Client {
+        self.client_from(sandbox, None, true)
+    }
+
+    /// A client whose connections leave from `local` (any of 127.0.0.0/8 on
+    /// Linux), to be told apart from others by the server; with `pages`, it
+    /// keeps cookies and does not follow redirects.
+    pub fn client_from(&self, sandbox: &Sandbox, local: Option<std::net::IpAddr>, pages: bool) -> reqwest::Client {
         let pem = std::fs::read(sandbox.certs_dir().join("ca.pem")).expect("the dev CA");
-        reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("a PEM certificate"))
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a client")
+            .local_address(local)
+            .timeout(Duration::from_secs(30));
+        let builder = if pages {
+            builder.cookie_store(true).redirect(reqwest::redirect::Policy::none())
+        } else {
+            builder.pool_idle_timeout(IDLE_CONNECTIONS)
+        };
+        builder.build().expect("a client")
     }
 }
 

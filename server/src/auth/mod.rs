@@ -3,18 +3,17 @@
 //! extracts the input and maps the errors.
 
 pub mod passwords;
+pub mod throttle;
 pub mod tokens;
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    num::NonZeroU32,
     path::Path,
     sync::{Arc, Mutex},
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use handover_shared::{
     api::{LoginRequest, LoginResponse},
     DeviceId, Username,
@@ -57,15 +56,11 @@ pub enum AuthError {
     Internal(String),
 }
 
-/// Login attempts allowed per minute, per username and per client address.
-type Limiter<K> = DefaultKeyedRateLimiter<K>;
-
 pub struct AuthService {
     store: Arc<dyn Store>,
     keys: TokenKeys,
     refresh_ttl: Duration,
-    by_username: Limiter<String>,
-    by_address: Limiter<IpAddr>,
+    throttle: throttle::LoginThrottle,
     revocations: Revocations,
 }
 
@@ -128,40 +123,20 @@ impl std::fmt::Debug for AuthService {
     }
 }
 
-fn per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
-}
-
 impl AuthService {
     pub async fn new(store: Arc<dyn Store>, settings: &AuthSettings, secret: &[u8]) -> Result<Self, StoreError> {
         Ok(Self {
             store,
             keys: TokenKeys::new(secret, &settings.issuer, &settings.audience, settings.access_ttl_secs),
             refresh_ttl: Duration::seconds(i64::try_from(settings.refresh_ttl_secs).unwrap_or(i64::MAX)),
-            by_username: RateLimiter::keyed(per_minute(settings.login_attempts_per_minute_per_username)),
-            by_address: RateLimiter::keyed(per_minute(settings.login_attempts_per_minute_per_address)),
+            throttle: throttle::LoginThrottle::new(settings),
             revocations: Revocations::default(),
         })
     }
 
-    fn check_rate(&self, username: &str, address: Option<IpAddr>) -> Result<(), AuthError> {
-        let clock = governor::clock::DefaultClock::default();
-        let retry = |not_until: governor::NotUntil<_>| AuthError::RateLimited {
-            retry_after_secs: not_until.wait_time_from(clock.now()).as_secs().max(1),
-        };
-        if let Some(address) = address {
-            self.by_address.check_key(&address).map_err(retry)?;
-        }
-        // Bounded: the key is cut to the longest valid username.
-        let key: String = username.chars().take(handover_shared::ids::MAX_ID_LEN + 1).collect();
-        self.by_username.check_key(&key).map_err(retry)?;
-        Ok(())
-    }
-
     /// Forgets rate-limit entries that have recovered, so memory stays bounded.
     pub fn prune_rate_limits(&self) {
-        self.by_username.retain_recent();
-        self.by_address.retain_recent();
+        self.throttle.prune();
     }
 
     /// Checks the password and opens a session on the device.
@@ -176,7 +151,7 @@ impl AuthService {
         request: LoginRequest,
         address: Option<IpAddr>,
     ) -> Result<(LoginResponse, Principal), AuthError> {
-        self.check_rate(&request.username, address)?;
+        self.throttle.before(&request.username, address)?;
         let account = match Username::parse(request.username.as_str()) {
             Ok(username) if request.password.len() <= MAX_PASSWORD_LEN => self.store.account(&username).await?,
             _ => None,
@@ -192,7 +167,12 @@ impl AuthService {
         })
         .await
         .map_err(|err| AuthError::Internal(format!("password check failed: {err}")))?;
-        let account = verified.ok_or(AuthError::InvalidCredentials)?;
+        let Some(account) = verified else {
+            if let Some(slowdown) = self.throttle.after_failure(&request.username) {
+                tokio::time::sleep(slowdown).await;
+            }
+            return Err(AuthError::InvalidCredentials);
+        };
 
         let now = OffsetDateTime::now_utc();
         let device_id = match request.device_id {
