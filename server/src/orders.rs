@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::{
-    access::{Forbidden, Principal},
+    access::{Forbidden, Hidden, Principal},
     network::Customer,
     orders::{judge, CustomerAccount, Draft, DraftRefusal, OrderLookups, OrderProblem, RawOrder, Receipt},
 };
@@ -134,4 +134,10 @@ pub async fn customer_info(
     let account = store.customer_account(id).await?;
     let history = store.recent_receipts(id, HISTORY_LENGTH).await?;
     Ok((customer, account, history))
+}
+
+impl From<Hidden> for OrderFailure {
+    fn from(hidden: Hidden) -> Self {
+        OrderFailure::NotFound(hidden.to_string())
+    }
 }

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use crate::{
     domain::{
-        access::{Forbidden, Principal},
+        access::{Forbidden, Hidden, Principal},
         corrections::{Corrected, Correction, CorrectionRefusal},
         shipments::{AssignRefusal, CourierAccount, Delivery, LegRefusal},
         stock::Balance,
@@ -214,5 +214,11 @@ pub async fn correct(
             Correction::CancelDelivery(id) | Correction::Reverse(id) => format!("no delivery {id}"),
             Correction::CancelReceipt(id) => format!("no receipt {id}"),
         })),
+    }
+}
+
+impl From<Hidden> for ShipmentFailure {
+    fn from(hidden: Hidden) -> Self {
+        ShipmentFailure::NotFound(hidden.to_string())
     }
 }

@@ -145,9 +145,9 @@ error_codes! {
     InvalidToken = ("invalid_token", 401),
     /// Any authenticated endpoint: the session or its device has been revoked.
     SessionRevoked = ("session_revoked", 401),
-    /// Any endpoint: the caller's role or ownership does not allow this.
+    /// Any endpoint: the caller's role does not allow this (an object it may not see is `not_found`).
     Forbidden = ("forbidden", 403),
-    /// Any endpoint: the object, or the endpoint itself, does not exist.
+    /// Any endpoint: the object does not exist or the caller may not see it, or the endpoint does not exist.
     NotFound = ("not_found", 404),
     /// Any endpoint: it does not take that method.
     MethodNotAllowed = ("method_not_allowed", 405),

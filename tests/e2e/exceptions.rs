@@ -353,7 +353,7 @@ async fn a_customer_calls_off_its_own_receipt_only_while_nothing_moved_for_it() 
 
     // Not someone else's receipt.
     let not_hers = server.post("/api/v1/receipts/R-000003/cancel", &json!({}), Some(&cust1)).await;
-    assert_eq!(not_hers, (StatusCode::FORBIDDEN, error("forbidden", "customer cust1 may not cancel receipt R-000003")));
+    assert_eq!(not_hers, (StatusCode::NOT_FOUND, error("not_found", "no receipt R-000003")));
     assert_eq!(server.receipt(&dispatcher, "R-000003").await["cancelled"], false);
 
     // Nothing moved for R-000001: called off, without a body even.

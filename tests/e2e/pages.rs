@@ -184,11 +184,12 @@ async fn customers_see_only_their_own_pages_and_other_roles_are_turned_away() {
 
     let other = server.page_client(&sandbox);
     log_in(&other, &server, "cust2").await;
+    // Another customer's receipt and order are not there, as far as it can tell.
     let (status, page, _) = get(&other, &server, "/receipts/R-000001").await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(page.contains("customer cust2 may not access receipt R-000001"), "{page}");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("no receipt R-000001"), "{page}");
     let (status, _, _) = get(&other, &server, &order_path).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     let courier = server.page_client(&sandbox);
     let (_, login, _) = get(&courier, &server, "/login").await;
@@ -325,7 +326,7 @@ async fn a_seller_assigns_its_entrusted_deliveries_to_its_servicemen_on_its_page
     assert!(page.contains("svc3 cannot carry this delivery"), "{page}");
     let (status, _, _) =
         post(&seller, &server, "/dashboard/deliveries/D-000002/assign", &[("csrf", &csrf), ("assignee", "svc1")]).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "not the seller's delivery");
+    assert_eq!(status, StatusCode::NOT_FOUND, "not the seller's delivery: not there, as far as it can tell");
 
     let customer = server.page_client(&sandbox);
     log_in(&customer, &server, "cust1").await;

@@ -490,10 +490,7 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
     // Only the assigned courier sees it.
     server.delivery(&first_token, from_branch).await;
     let (status, body) = server.get(&format!("/api/v1/deliveries/{from_branch}"), Some(&second_token)).await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::FORBIDDEN, error("forbidden", &format!("expediter {second} may not access delivery D-000001")))
-    );
+    assert_eq!((status, body), (StatusCode::NOT_FOUND, error("not_found", "no delivery D-000001")));
 
     // The dispatcher reassigns it within B1: a new version, and the history keeps both.
     let (status, reassigned) = assign(&server, &dispatcher, from_branch, second).await;
@@ -509,7 +506,7 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
     assert_eq!(server.delivery(&dispatcher, from_branch).await, reassigned);
     server.delivery(&second_token, from_branch).await;
     let (status, _) = server.get(&format!("/api/v1/deliveries/{from_branch}"), Some(&first_token)).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "the previous courier no longer sees it");
+    assert_eq!(status, StatusCode::NOT_FOUND, "the previous courier no longer sees it");
 
     // Assigning the same courier again changes nothing.
     let (status, same) = assign(&server, &dispatcher, from_branch, second).await;
@@ -569,10 +566,7 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
     let (status, to_svc2) = assign(&server, &seller, entrusted, "svc2").await;
     assert_eq!((status, &to_svc2["assignee"], &to_svc2["version"]), (StatusCode::OK, &json!("svc2"), &json!(3)));
     let (status, body) = server.get(&format!("/api/v1/deliveries/{entrusted}"), Some(&svc1)).await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::FORBIDDEN, error("forbidden", "serviceman svc1 may not access delivery D-000002"))
-    );
+    assert_eq!((status, body), (StatusCode::NOT_FOUND, error("not_found", "no delivery D-000002")));
 
     // ...but not to another seller's serviceman, nor to an expediter.
     let (status, body) = assign(&server, &seller, entrusted, "svc3").await;
@@ -601,17 +595,11 @@ async fn dispatchers_reassign_any_delivery_and_sellers_only_their_entrusted_ones
     // Another seller cannot touch it; a seller cannot touch the distributor's deliveries.
     let other_seller = server.token("rep2").await;
     let (status, body) = assign(&server, &other_seller, entrusted, "svc3").await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::FORBIDDEN, error("forbidden", "seller rep2 may not access delivery D-000002"))
-    );
+    assert_eq!((status, body), (StatusCode::NOT_FOUND, error("not_found", "no delivery D-000002")));
     let (status, body) = server.get(&format!("/api/v1/deliveries/{entrusted}"), Some(&other_seller)).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, body) = assign(&server, &seller, from_branch, "svc1").await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::FORBIDDEN, error("forbidden", "seller rep1 may not access delivery D-000001"))
-    );
+    assert_eq!((status, body), (StatusCode::NOT_FOUND, error("not_found", "no delivery D-000001")));
 
     // Couriers and customers have no say.
     let (status, body) = assign(&server, &second_token, from_branch, &first).await;

@@ -4,7 +4,9 @@
 //!    layer's `Auth<R>` extractor refuses everyone else before the handler runs;
 //! 2. the **object** check: once the handler has loaded the object, it calls
 //!    [`Principal::ensure_can_see`], and the object's [`Guarded`] implementation
-//!    says who owns it.
+//!    says who owns it. An object the caller may not see answers exactly as an
+//!    absent one ([`Hidden`], a 404): its existence is none of the caller's
+//!    business.
 //!
 //! Both live here, as plain code that tests call directly.
 
@@ -24,10 +26,16 @@ pub struct Principal {
     pub customer_id: Option<CustomerId>,
 }
 
-/// The caller may not touch this object.
+/// The caller may not do this (its role, or a rule of the operation).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Forbidden(pub String);
+
+/// An object the caller may not see: told as if it did not exist, in the
+/// very words of an absent one ("no delivery D-000001").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no {0}")]
+pub struct Hidden(pub String);
 
 /// An object with owners. Implemented next to each object kind, so that adding a
 /// kind means deciding who sees it.
@@ -39,11 +47,11 @@ pub trait Guarded {
 
 impl Principal {
     /// The object check of every endpoint that reads or changes an object.
-    pub fn ensure_can_see(&self, object: &impl Guarded) -> Result<(), Forbidden> {
+    pub fn ensure_can_see(&self, object: &impl Guarded) -> Result<(), Hidden> {
         if object.visible_to(self) {
             Ok(())
         } else {
-            Err(Forbidden(format!("{} {} may not access {}", self.role, self.username, object.describe())))
+            Err(Hidden(object.describe()))
         }
     }
 
@@ -73,10 +81,8 @@ mod tests {
     fn a_customer_sees_itself_and_no_other() {
         let me = principal(Role::Customer, Some("C1"));
         assert!(me.ensure_can_see(&customer("C1")).is_ok());
-        assert_eq!(
-            me.ensure_can_see(&customer("C2")),
-            Err(Forbidden("customer someone may not access customer C2".into()))
-        );
+        assert_eq!(me.ensure_can_see(&customer("C2")), Err(Hidden("customer C2".into())));
+        assert_eq!(Hidden("customer C2".into()).to_string(), "no customer C2", "as if absent");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use handover_shared::{sync::Outcome, DeliveryId, ReceiptId, Role};
 use time::OffsetDateTime;
 
 use super::{
-    access::Principal,
+    access::{Guarded as _, Principal},
     changes::{ChangeSet, Inconsistent, Step, StockBook},
     orders::{CustomerAccount, Receipt},
     shipments::{Assignment, Carrier, Delivery, DeliveryState, DeliveryStatus, Intervention, LegStatus, Reversal},
@@ -95,6 +95,14 @@ pub fn correct(
     let CorrectionInputs { receipt, delivery, latest, mut stock, account } = inputs;
     let Some(receipt) = receipt else { return Ok(Step::NotFound) };
     if correction.delivery().is_some() && delivery.is_none() {
+        return Ok(Step::NotFound);
+    }
+    // What the caller may not see answers as if it did not exist.
+    let visible = match correction {
+        Correction::CancelReceipt(_) => receipt.visible_to(by),
+        Correction::CancelDelivery(_) | Correction::Reverse(_) => delivery.as_ref().is_some_and(|d| d.visible_to(by)),
+    };
+    if !visible {
         return Ok(Step::NotFound);
     }
     if let Err(refusal) = allowed(correction, by, &receipt, delivery.as_ref()) {

@@ -20,7 +20,7 @@ use handover_shared::{
 use crate::{
     auth::{tokens::TokenError, AuthError},
     domain::{
-        access::Forbidden,
+        access::{Forbidden, Hidden},
         corrections::CorrectionRefusal,
         orders::{DraftRefusal, OrderProblem},
         shipments::{AssignRefusal, LegRefusal},
@@ -60,6 +60,12 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<Hidden> for ApiError {
+    fn from(hidden: Hidden) -> Self {
+        ApiError::NotFound(hidden.to_string())
+    }
 }
 
 impl ApiError {
