@@ -111,6 +111,9 @@ pub struct LimitSettings {
     pub sync_body_bytes: usize,
     /// The most changes one pull returns (`more` says when others follow).
     pub pull_page_changes: u64,
+    /// Pushes of confirmations one device may make per minute (a handheld
+    /// pushes every few seconds at most); beyond, `429 rate_limited`.
+    pub pushes_per_minute_per_device: u32,
 }
 
 impl Default for Settings {
@@ -218,6 +221,7 @@ impl Default for LimitSettings {
             network_body_bytes: 8 * 1024 * 1024,
             sync_body_bytes: 16 * 1024 * 1024,
             pull_page_changes: 500,
+            pushes_per_minute_per_device: 120,
         }
     }
 }

@@ -75,12 +75,14 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
     let cookie_key = actix_web::cookie::Key::derive_from(&secret);
     let secure_cookies = settings.tls.enabled;
     let planner = Planner::start(Arc::clone(&store));
+    let push_limits = http::sync::PushLimits::per_minute(settings.limits.pushes_per_minute_per_device);
     let state = web::Data::new(AppState {
         store: Arc::clone(&store),
         auth,
         settings,
         planner,
         recent_pulls: Default::default(),
+        push_limits,
     });
 
     let app_state = state.clone();
@@ -115,6 +117,7 @@ pub async fn launch(settings: Settings, store: Arc<dyn Store>, listener: TcpList
         loop {
             tick.tick().await;
             prune_state.auth.prune_rate_limits();
+            prune_state.push_limits.prune();
         }
     });
 

@@ -152,7 +152,7 @@ async fn sled_with_history(dir: &Path) -> History {
         let first = if sessions.is_empty() { retired_token } else { token_hash() };
         let token = RefreshToken { session_id: session.id, expires_at: now() + Duration::days(30), retired_at: None };
         sessions.push(session.id);
-        store.open_session(session, first, token).await.expect("a session opens");
+        store.open_session(session, first, token, now()).await.expect("a session opens").expect("a free device");
     }
     let rotated = store.rotate_refresh(retired_token, live_token, now() + Duration::days(30), now()).await;
     assert!(matches!(rotated, Ok(RefreshOutcome::Rotated(_))), "{rotated:?}");
@@ -248,7 +248,7 @@ async fn observe(store: &dyn Store, history: &History) -> Observed {
     read("stock snapshot".into(), &store.stock_snapshot().await.expect("reads"));
     read("balances".into(), &store.all_balances().await.expect("reads"));
     read("device syncs".into(), &store.device_syncs().await.expect("reads"));
-    read("rejected confirmations".into(), &store.rejected_confirmations(ALL).await.expect("reads"));
+    read("rejection logs".into(), &store.rejection_logs().await.expect("reads"));
     read("open drafts".into(), &store.open_drafts(None).await.expect("reads"));
     for id in &history.drafts {
         read(format!("draft {id}"), &store.draft(id).await.expect("reads"));

@@ -20,6 +20,7 @@ use std::{
 };
 
 use fixture::*;
+use handover_server::domain::sessions::{RefreshToken, Session};
 use handover_server::{
     domain::{
         confirmations::{PushOutcome, RejectCode},
@@ -32,7 +33,7 @@ use handover_server::{
     import, orders,
     store::{Account, ImportError, ImportPlan, Step, Store},
 };
-use handover_shared::{sync::Confirmation, NodeKind};
+use handover_shared::{sync::Confirmation, DeviceId, NodeKind};
 
 /// What the suite needs of a backend.
 trait Backend: Sized + Send + Sync + 'static {
@@ -151,6 +152,8 @@ macro_rules! store_contract {
                 a_short_hand_over_stores_its_follow_up_and_one_reversal_of_two_takes_it_back,
                 a_cancel_and_a_confirmation_at_once_never_both_apply,
                 a_cancelled_receipt_is_never_planned,
+                of_two_accounts_logging_in_on_a_new_device_at_once_one_gets_it,
+                a_devices_rejections_are_listed_to_a_bound_and_the_rest_counted,
             );
         }
     };
@@ -318,9 +321,9 @@ async fn a_batch_applies_its_sound_confirmations_and_remembers_every_outcome(bac
     }
     let b1 = balance(&*store, "B1").await;
     assert_eq!((b1.on_hand, b1.reserved), (100 - 6, 18 - 6), "two hand-overs of 3 left the branch, once each");
-    let rejected = store.rejected_confirmations(100).await.expect("rejected confirmations read");
-    assert_eq!(rejected.len(), 1, "the refusal is kept for the dispatcher");
-    assert_eq!(rejected[0].confirmation_id, batch[1].confirmation_id);
+    let logs = store.rejection_logs().await.expect("rejection logs read");
+    let listed: Vec<_> = logs.iter().flat_map(|log| &log.recent).map(|seen| &seen.confirmation_id).collect();
+    assert_eq!(listed, [&batch[1].confirmation_id], "the refusal is listed for the dispatcher");
     let mut alone = Vec::new();
     for confirmation in batch {
         alone.extend(push(&*store, EXP1, vec![confirmation]).await);
@@ -681,4 +684,63 @@ async fn a_cancelled_receipt_is_never_planned(backend: impl Backend) {
     let after = all_receipts(&*store).await.remove(0);
     assert!(!after.planned && after.cancellation.is_some());
     assert_eq!(balance(&*store, "B1").await, Balance { on_hand: 10, reserved: 0 });
+}
+
+// Devices.
+
+async fn of_two_accounts_logging_in_on_a_new_device_at_once_one_gets_it(backend: impl Backend) {
+    let store = opened(&backend, 0, 0).await;
+    let device = DeviceId::parse("hh-contested").expect("a device id");
+    let answers = at_once(&store, 2, |store, i| {
+        let device = device.clone();
+        async move {
+            let session = Session {
+                id: uuid::Uuid::now_v7(),
+                username: name([EXP1, EXP2][i]),
+                device_id: device,
+                created_at: now(),
+                revoked_at: None,
+                revoke_reason: None,
+            };
+            let expires_at = now() + time::Duration::hours(1);
+            let refresh = RefreshToken { session_id: session.id, expires_at, retired_at: None };
+            let hash = [u8::try_from(i).expect("small"); 32];
+            store.open_session(session, hash, refresh, now()).await.expect("stored")
+        }
+    })
+    .await;
+    assert_eq!(answers.iter().filter(|answer| answer.is_ok()).count(), 1, "{answers:?}");
+    let bindings = store.device_bindings().await.expect("bindings read");
+    let winner = if answers[0].is_ok() { EXP1 } else { EXP2 };
+    let bound: Vec<_> = bindings.iter().map(|b| (b.device_id.as_str(), b.username.as_str())).collect();
+    assert_eq!(bound, [("hh-contested", winner)]);
+
+    let revoked = store.release_device(&device, now()).await.expect("released");
+    assert_eq!(revoked.len(), 1, "the winner's session is cut off with it");
+    assert!(store.device_bindings().await.expect("bindings read").is_empty(), "nobody's again");
+}
+
+async fn a_devices_rejections_are_listed_to_a_bound_and_the_rest_counted(backend: impl Backend) {
+    let store = opened(&backend, 100, 0).await;
+    planned(&*store, 2, 1).await;
+    // Deliveries exp-2 never held, by the hundred, in two batches: each refused.
+    let theirs = held(&*store, EXP1).await.remove(0);
+    let refused = |n: usize| (0..n).map(|_| delivered(&theirs)).collect::<Vec<_>>();
+    let batches = [refused(150), refused(150)];
+    for batch in &batches {
+        let outcomes = push(&*store, EXP2, batch.clone()).await;
+        assert!(outcomes.iter().all(|o| matches!(o, PushOutcome::Rejected { code: RejectCode::NotAssignee, .. })));
+    }
+    push(&*store, EXP1, vec![Confirmation { quantity: 0, ..delivered(&theirs) }]).await;
+    let logs = store.rejection_logs().await.expect("logs read");
+    let summary: Vec<_> = logs.iter().map(|log| (log.device_id.as_str(), log.recent.len(), log.dropped)).collect();
+    let cap = handover_server::domain::confirmations::REJECTIONS_LISTED_PER_DEVICE;
+    assert_eq!(summary, [("dev-exp-1", 1, 0), ("dev-exp-2", cap, 300 - cap as u64)], "per device, bounded, counted");
+    let newest = logs[1].recent.last().map(|seen| seen.confirmation_id.as_str());
+    assert_eq!(newest, Some(batches[1][149].confirmation_id.as_str()), "the latest are the ones listed");
+    // The first one, no longer listed, still keeps its outcome.
+    let before = observe(&*store).await;
+    let again = push(&*store, EXP2, vec![batches[0][0].clone()]).await;
+    assert!(matches!(&again[0], PushOutcome::Rejected { code: RejectCode::NotAssignee, .. }), "{again:?}");
+    assert_unchanged(&*store, &before, "a dropped rejection sent again").await;
 }

@@ -133,6 +133,8 @@ error_codes! {
     InvalidCredentials = ("invalid_credentials", 401),
     /// Login: too many attempts for the username or address; the answer carries `Retry-After`.
     RateLimited = ("rate_limited", 429),
+    /// Login: the device id is registered to another account (an admin can release it).
+    DeviceInUse = ("device_in_use", 409),
     /// Refresh or logout: the refresh token is unknown, expired or revoked.
     InvalidRefreshToken = ("invalid_refresh_token", 401),
     /// Refresh: the refresh token was already used; the session is revoked.

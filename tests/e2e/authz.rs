@@ -131,6 +131,7 @@ fn rows(fx: &Fixtures) -> Vec<Row> {
             admin,
         ),
         post("/api/v1/admin/devices/nobody-device/revoke", json!({}), admin),
+        post("/api/v1/admin/devices/nobody-device/release", json!({}), admin),
         get("/api/v1/nodes/B1/stock", dispatcher),
         get("/api/v1/nodes/NOPE/stock", [E401, E403, E404, E403, E403, E403, E403]),
         post("/api/v1/nodes/B1/stock", json!({"item_id": "DR-300", "quantity": 1}), dispatcher),

@@ -111,3 +111,105 @@ async fn a_stranger_guessing_a_password_cannot_lock_its_owner_out() {
     assert_eq!(api_login(&server, &owner, "cust3", "a typo").await, StatusCode::UNAUTHORIZED);
     assert_eq!(api_login(&server, &owner, "cust3", DEMO_PASSWORD).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_courier_cannot_log_in_under_a_colleagues_handheld_until_an_admin_releases_it() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let first = server.login("exp1", DEMO_PASSWORD, Some("hh-exp1")).await;
+    let again = server.login("exp1", DEMO_PASSWORD, Some("hh-exp1")).await;
+    assert_eq!(again.device_id.as_str(), "hh-exp1", "its own account may log in on it again");
+
+    let body = json!({"username": "exp2", "password": DEMO_PASSWORD, "device_id": "hh-exp1"});
+    let (status, refused) = server.post("/api/v1/auth/login", &body, None).await;
+    assert_eq!((status, &refused["error"]["code"]), (StatusCode::CONFLICT, &json!("device_in_use")), "{refused}");
+    assert!(!refused.to_string().contains("exp1\""), "whose it is stays unsaid: {refused}");
+    let (status, _) = server.get("/api/v1/auth/me", Some(&first.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "the owner's session is untouched");
+
+    // The dashboard says whose it is.
+    let dispatcher = server.page_client(&sandbox);
+    assert_eq!(page_login(&server, &dispatcher, "disp", DEMO_PASSWORD).await, StatusCode::SEE_OTHER);
+    // A pull records the handheld's sync, which gives it a row.
+    let _ = server.get("/api/v1/sync/assignments", Some(&first.access_token)).await;
+    let page = dispatcher.get(format!("{}/dashboard", server.url)).send().await.expect("the dashboard");
+    let page = page.text().await.expect("html");
+    let row = page.split("<tr id=\"device-hh-exp1\">").nth(1).expect("the handheld's row").split("</tr>").next();
+    assert!(row.is_some_and(|row| row.ends_with("<td>exp1</td>")), "registered to exp1: {row:?}");
+
+    // Handed over to exp2: an admin releases it, exp1's sessions on it end.
+    let admin = server.token("admin").await;
+    let (status, released) = server.post("/api/v1/admin/devices/hh-exp1/release", &json!({}), Some(&admin)).await;
+    assert_eq!((status, &released["sessions_revoked"]), (StatusCode::OK, &json!(2)), "{released}");
+    let (status, _) = server.get("/api/v1/auth/me", Some(&first.access_token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = server.post("/api/v1/auth/login", &body, None).await;
+    assert_eq!(status, StatusCode::OK, "now exp2's");
+}
+
+#[tokio::test]
+async fn a_handheld_pushing_refusals_by_the_hundred_is_held_to_a_pace_and_a_bounded_list() {
+    let sandbox = Sandbox::new();
+    let env = [("HANDOVER__LIMITS__PUSHES_PER_MINUTE_PER_DEVICE", "4")];
+    let server = sandbox.start_with_env(&["--demo"], &env);
+    let exp1 = server.login("exp1", DEMO_PASSWORD, Some("hh-noisy")).await.access_token;
+    // Confirmations of deliveries that do not exist: each refused, each remembered.
+    let refused = |batch: usize| {
+        let confirmations: Vec<_> = (0..150)
+            .map(|n| {
+                json!({
+                    "confirmation_id": format!("0192f1a2-0000-7000-8000-{batch:04}{n:08}"),
+                    "delivery_id": format!("D-{:06}", 900_000 + n), "version": 1, "outcome": "delivered",
+                    "quantity": 1, "recipient": "Desk", "captured_at": "2031-01-01T09:00:00Z"
+                })
+            })
+            .collect();
+        json!({"device_id": "hh-noisy", "confirmations": confirmations})
+    };
+    for batch in 0..2 {
+        let (status, answer) = server.post("/api/v1/sync/confirmations", &refused(batch), Some(&exp1)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            answer["results"].as_array().is_some_and(|r| r.iter().all(|r| r["code"] == "not_assignee")),
+            "{answer}"
+        );
+    }
+    for _ in 0..2 {
+        let empty = json!({"device_id": "hh-noisy", "confirmations": []});
+        assert_eq!(server.post("/api/v1/sync/confirmations", &empty, Some(&exp1)).await.0, StatusCode::OK);
+    }
+    let body = json!({"device_id": "hh-noisy", "confirmations": []});
+    let answer = server
+        .client
+        .post(format!("{}/api/v1/sync/confirmations", server.url))
+        .bearer_auth(&exp1)
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS, "the fifth push in a minute");
+    assert!(answer.headers().get(header::RETRY_AFTER).is_some());
+    let exp2 = server.login("exp2", DEMO_PASSWORD, Some("hh-quiet")).await.access_token;
+    let quiet = json!({"device_id": "hh-quiet", "confirmations": []});
+    assert_eq!(
+        server.post("/api/v1/sync/confirmations", &quiet, Some(&exp2)).await.0,
+        StatusCode::OK,
+        "another device"
+    );
+
+    // The dashboard lists the latest 200, a page at a time, and counts the rest.
+    let dispatcher = server.page_client(&sandbox);
+    assert_eq!(page_login(&server, &dispatcher, "disp", DEMO_PASSWORD).await, StatusCode::SEE_OTHER);
+    let page = |query: &'static str| {
+        let dispatcher = dispatcher.clone();
+        let url = format!("{}/dashboard{query}", server.url);
+        async move { dispatcher.get(url).send().await.expect("the dashboard").text().await.expect("html") }
+    };
+    let first = page("").await;
+    assert!(first.contains("Rejected confirmations (200)"), "{first}");
+    assert!(first.contains("hh-noisy: 100 older rejection(s) no longer listed"), "{first}");
+    assert!(first.contains("<td>D-900149</td>") && !first.contains("<td>D-900100</td>"), "the newest first: {first}");
+    assert!(first.contains("id=\"rejected-next\" href=\"/dashboard?rejected_page=1\""), "{first}");
+    let last = page("?rejected_page=7").await;
+    assert!(last.contains("id=\"rejected-previous\"") && !last.contains("id=\"rejected-next\""), "{last}");
+}

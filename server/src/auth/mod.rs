@@ -51,6 +51,8 @@ pub enum AuthError {
     #[error("this session has been revoked; log in again")]
     SessionRevoked,
     #[error(transparent)]
+    DeviceInUse(#[from] crate::domain::sessions::DeviceInUse),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
     Internal(String),
@@ -190,7 +192,7 @@ impl AuthService {
         };
         let (refresh_token, refresh_hash) = new_refresh_token();
         let refresh = RefreshToken { session_id: session.id, expires_at: now + self.refresh_ttl, retired_at: None };
-        self.store.open_session(session.clone(), refresh_hash, refresh).await?;
+        self.store.open_session(session.clone(), refresh_hash, refresh, now).await??;
         tracing::info!(username = %account.username, device_id = %session.device_id, session_id = %session.id, "login");
         let principal = principal_of(&account, &session);
         Ok((self.token_pair(&account, &session, refresh_token, now)?, principal))
@@ -260,6 +262,16 @@ impl AuthService {
     pub async fn revoke_device(&self, device: &DeviceId) -> Result<u64, AuthError> {
         let revoked = self.store.revoke_device(device, OffsetDateTime::now_utc()).await?;
         tracing::warn!(device_id = %device, sessions = revoked.len(), "device revoked");
+        let count = revoked.len() as u64;
+        self.mark_revoked(revoked);
+        Ok(count)
+    }
+
+    /// Releases a device (handed to another courier): nobody's again, and its
+    /// sessions are cut off with it.
+    pub async fn release_device(&self, device: &DeviceId) -> Result<u64, AuthError> {
+        let revoked = self.store.release_device(device, OffsetDateTime::now_utc()).await?;
+        tracing::warn!(device_id = %device, sessions = revoked.len(), "device released");
         let count = revoked.len() as u64;
         self.mark_revoked(revoked);
         Ok(count)

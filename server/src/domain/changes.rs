@@ -13,10 +13,10 @@ use handover_shared::{CustomerId, DeliveryId, ItemId, NodeId, Username};
 use time::OffsetDateTime;
 
 use super::{
-    confirmations::{AuditEntry, DeviceSync, SeenConfirmation},
+    confirmations::{AuditEntry, DeviceSync, RejectionLog, SeenConfirmation},
     network::{Account, Customer, Item, Node},
     orders::{CustomerAccount, Draft, Receipt},
-    sessions::{RefreshToken, Session},
+    sessions::{BindingChange, RefreshToken, Session},
     shipments::{Delivery, StockEffect},
     stock::{Balance, LedgerEntry, Movement},
 };
@@ -82,6 +82,10 @@ pub struct ChangeSet {
     pub sessions: Vec<Session>,
     /// Refresh tokens by the SHA-256 of their value.
     pub refresh_tokens: Vec<([u8; 32], RefreshToken)>,
+    /// Devices bound to an account, or released.
+    pub device_bindings: Vec<BindingChange>,
+    /// Devices' review lists of rejected confirmations, written whole.
+    pub rejection_logs: Vec<RejectionLog>,
 }
 
 impl ChangeSet {

@@ -82,6 +82,42 @@ pub struct SeenConfirmation {
     pub outcome: FirstOutcome,
 }
 
+/// Rejections a device's review list keeps; older ones are counted, not listed.
+pub const REJECTIONS_LISTED_PER_DEVICE: usize = 200;
+
+/// A device's latest rejected confirmations, for the dispatcher to review:
+/// bounded, so that a handheld pushing refusals by the thousand costs a
+/// bounded list and a count, not an ever longer dashboard. Every first
+/// outcome is still remembered for exactly-once (as [`SeenConfirmation`]);
+/// this is only what is listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionLog {
+    pub device_id: DeviceId,
+    /// Oldest first.
+    pub recent: Vec<SeenConfirmation>,
+    /// Rejections no longer listed.
+    pub dropped: u64,
+}
+
+/// The device's log with the rejections a push just remembered added, the
+/// oldest beyond [`REJECTIONS_LISTED_PER_DEVICE`] dropped and counted; `None`
+/// when the push remembered no rejection (nothing to write).
+pub fn log_rejections(
+    log: Option<RejectionLog>,
+    device: &DeviceId,
+    remembered: &[SeenConfirmation],
+) -> Option<RejectionLog> {
+    let mut rejected =
+        remembered.iter().filter(|seen| matches!(seen.outcome, FirstOutcome::Rejected { .. })).peekable();
+    rejected.peek()?;
+    let mut log = log.unwrap_or_else(|| RejectionLog { device_id: device.clone(), recent: Vec::new(), dropped: 0 });
+    log.recent.extend(rejected.cloned());
+    let excess = log.recent.len().saturating_sub(REJECTIONS_LISTED_PER_DEVICE);
+    log.recent.drain(..excess);
+    log.dropped += excess as u64;
+    Some(log)
+}
+
 /// What the server answers for one pushed confirmation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -206,16 +242,22 @@ pub fn judge(
     if let Err(message) = confirmation.check() {
         return reject(RejectCode::Invalid, message);
     }
-    let Some(delivery) = delivery else {
-        return reject(RejectCode::Invalid, format!("there is no delivery {}", confirmation.delivery_id));
+    // A delivery the uploader never held, absent or another's, is answered
+    // alike: which delivery numbers exist is none of a courier's business.
+    let not_held = || {
+        reject(
+            RejectCode::NotAssignee,
+            format!(
+                "{uploader} did not hold delivery {} at version {}",
+                confirmation.delivery_id, confirmation.version
+            ),
+        )
     };
+    let Some(delivery) = delivery else { return not_held() };
     let held =
         delivery.assignments.iter().any(|a| a.version == confirmation.version && a.assignee.as_ref() == Some(uploader));
     if !held {
-        return reject(
-            RejectCode::NotAssignee,
-            format!("{uploader} did not hold delivery {} at version {}", delivery.delivery_id, confirmation.version),
-        );
+        return not_held();
     }
     match delivery.state {
         DeliveryState::Cancelled => {

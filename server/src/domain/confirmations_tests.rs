@@ -173,12 +173,18 @@ fn invalid_data_is_rejected_as_invalid(#[case] spoil: fn(&mut Confirmation)) {
 }
 
 #[test]
-fn an_unknown_delivery_is_invalid() {
+fn an_unknown_delivery_is_answered_as_anothers() {
     let c = delivered(2);
+    let unknown = judge(&c, &digest(&c), &name("exp2"), None, None);
     assert_eq!(
-        judge(&c, &digest(&c), &name("exp2"), None, None),
-        Verdict::Reject { code: RejectCode::Invalid, message: "there is no delivery D-000001".into() }
+        unknown,
+        Verdict::Reject {
+            code: RejectCode::NotAssignee,
+            message: "exp2 did not hold delivery D-000001 at version 2".into()
+        }
     );
+    let anothers = judge(&c, &digest(&c), &name("exp3"), None, Some(&delivery()));
+    assert_eq!(code(anothers), Some("not_assignee"), "nothing tells the two apart but the name");
 }
 
 #[test]
@@ -320,4 +326,30 @@ fn an_unreadable_element_keeps_its_first_outcome_like_any_other() {
     let nameless = Unreadable { confirmation_id: "not-a-uuid".into(), ..unreadable };
     let (_, changes) = push_unreadable(&nameless, by(&exp1, &device), None);
     assert!(changes.is_empty(), "an id that is no UUID has no identity to remember");
+}
+
+#[test]
+fn a_devices_review_list_keeps_its_latest_rejections_and_counts_the_rest() {
+    let device = DeviceId::parse("hh-1").expect("id");
+    let seen = |n: usize, outcome: FirstOutcome| SeenConfirmation {
+        confirmation_id: format!("c{n}"),
+        digest: String::new(),
+        delivery_id: None,
+        uploader: name("exp1"),
+        device_id: device.clone(),
+        received_at: OffsetDateTime::UNIX_EPOCH,
+        outcome,
+    };
+    let refused = || FirstOutcome::Rejected { code: RejectCode::NotAssignee, message: "no".into() };
+    assert_eq!(log_rejections(None, &device, &[seen(0, FirstOutcome::Accepted)]), None, "nothing to list");
+
+    let first: Vec<_> = (0..REJECTIONS_LISTED_PER_DEVICE - 1).map(|n| seen(n, refused())).collect();
+    let log = log_rejections(None, &device, &first).expect("a log");
+    assert_eq!((log.recent.len(), log.dropped), (REJECTIONS_LISTED_PER_DEVICE - 1, 0));
+    let more = [seen(900, refused()), seen(901, FirstOutcome::Accepted), seen(902, refused()), seen(903, refused())];
+    let log = log_rejections(Some(log), &device, &more).expect("a log");
+    assert_eq!((log.recent.len(), log.dropped), (REJECTIONS_LISTED_PER_DEVICE, 2), "the cap, and what it dropped");
+    assert_eq!(log.recent.first().map(|s| s.confirmation_id.as_str()), Some("c2"), "the oldest went");
+    assert_eq!(log.recent.last().map(|s| s.confirmation_id.as_str()), Some("c903"), "the newest stays");
+    assert!(log.recent.iter().all(|s| s.confirmation_id != "c901"), "accepted ones are not listed");
 }

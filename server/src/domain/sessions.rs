@@ -160,6 +160,77 @@ pub fn revoke_device(sessions: Vec<Session>, now: OffsetDateTime) -> (Vec<Uuid>,
     (revoked, changes)
 }
 
+/// Which account a device id belongs to: the first that logged in on it,
+/// until an admin releases it. A device id is whatever the client says, so
+/// without this another courier could log in under a colleague's handheld id,
+/// overwrite its row on the dashboard, and be cut off with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceBinding {
+    pub device_id: DeviceId,
+    pub username: Username,
+    #[serde(with = "time::serde::rfc3339")]
+    pub bound_at: OffsetDateTime,
+}
+
+/// A device's binding before and after a change (`None`: unbound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingChange {
+    pub device_id: DeviceId,
+    pub before: Option<DeviceBinding>,
+    pub after: Option<DeviceBinding>,
+}
+
+/// A login on a device registered to another account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device {0} is registered to another account; use your own handheld's id, or ask an admin to release it")]
+pub struct DeviceInUse(pub DeviceId);
+
+/// Opens a session with its first refresh token, on a device that is the
+/// account's or nobody's: the first login binds it.
+pub fn open(
+    session: Session,
+    refresh: ([u8; 32], RefreshToken),
+    binding: Option<DeviceBinding>,
+    now: OffsetDateTime,
+) -> Result<ChangeSet, DeviceInUse> {
+    let mut changes = ChangeSet::default();
+    match binding {
+        Some(bound) if bound.username != session.username => return Err(DeviceInUse(session.device_id)),
+        Some(_) => {}
+        None => changes.device_bindings.push(BindingChange {
+            device_id: session.device_id.clone(),
+            before: None,
+            after: Some(DeviceBinding {
+                device_id: session.device_id.clone(),
+                username: session.username.clone(),
+                bound_at: now,
+            }),
+        }),
+    }
+    changes.sessions.push(session);
+    changes.refresh_tokens.push(refresh);
+    Ok(changes)
+}
+
+/// An admin releases a device (handed to another courier): it is nobody's
+/// again, and every live session on it is revoked with it, so that the
+/// previous holder's tokens die with the binding. Returns the sessions revoked.
+pub fn release_device(
+    binding: Option<DeviceBinding>,
+    sessions: Vec<Session>,
+    now: OffsetDateTime,
+) -> (Vec<Uuid>, ChangeSet) {
+    let (revoked, mut changes) = revoke_device(sessions, now);
+    if let Some(bound) = binding {
+        changes.device_bindings.push(BindingChange {
+            device_id: bound.device_id.clone(),
+            before: Some(bound),
+            after: None,
+        });
+    }
+    (revoked, changes)
+}
+
 fn revoke(mut session: Session, reason: RevokeReason, now: OffsetDateTime) -> Session {
     session.revoked_at = Some(now);
     session.revoke_reason = Some(reason);
@@ -283,5 +354,29 @@ mod change_tests {
         let (revoked, changes) = revoke_device(vec![session(true), live], OffsetDateTime::UNIX_EPOCH);
         assert_eq!(revoked, vec![Uuid::from_u128(7)]);
         assert_eq!(changes.sessions[0].revoke_reason, Some(RevokeReason::DeviceRevoked));
+    }
+
+    #[test]
+    fn a_device_is_its_first_accounts_until_released() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let refresh = ([1; 32], token(false));
+        let changes = open(session(false), refresh.clone(), None, now).expect("a new device");
+        let bound = changes.device_bindings[0].after.clone().expect("bound");
+        assert_eq!((bound.username.as_str(), changes.sessions.len()), ("exp1", 1));
+
+        let again = open(session(false), refresh.clone(), Some(bound.clone()), now).expect("its own account");
+        assert!(again.device_bindings.is_empty(), "already bound: nothing to write");
+
+        let impostor = Session { username: Username::parse("exp2").expect("id"), ..session(false) };
+        assert_eq!(
+            open(impostor, refresh.clone(), Some(bound.clone()), now),
+            Err(DeviceInUse(bound.device_id.clone()))
+        );
+        let message = DeviceInUse(bound.device_id.clone()).to_string();
+        assert!(!message.contains("exp1"), "whose it is stays unsaid: {message}");
+
+        let (revoked, released) = release_device(Some(bound), vec![session(false)], now);
+        assert_eq!((revoked, released.device_bindings[0].after.clone()), (vec![Uuid::nil()], None));
+        assert_eq!(released.sessions[0].revoke_reason, Some(RevokeReason::DeviceRevoked));
     }
 }

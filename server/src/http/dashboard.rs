@@ -77,6 +77,8 @@ struct DeviceRow {
     queued_since: String,
     /// Queued for longer than `dashboard.stuck_queue_minutes`.
     stuck: bool,
+    /// The account the device id is registered to.
+    registered_to: String,
 }
 
 /// A delivery whose last attempt failed, waiting for the dispatcher.
@@ -128,6 +130,17 @@ struct DashboardPage<'a> {
     stock: Vec<StockRow>,
     devices: Vec<DeviceRow>,
     rejected: Vec<RejectedRow>,
+    rejected_pages: RejectedPages,
+}
+
+/// Where the page of rejected confirmations stands among all listed, and
+/// what each device's bounded list no longer shows.
+struct RejectedPages {
+    total: usize,
+    previous: Option<usize>,
+    next: Option<usize>,
+    /// Per device: rejections dropped from its list (their outcomes are kept).
+    dropped: Vec<(String, u64)>,
 }
 
 #[derive(Template)]
@@ -212,6 +225,7 @@ pub struct DashboardQuery {
     notice: Option<String>,
     receipts_after: Option<ReceiptId>,
     deliveries_after: Option<DeliveryId>,
+    rejected_page: Option<usize>,
 }
 
 /// Only known notices are shown: the query never puts text on the page.
@@ -320,6 +334,13 @@ async fn dispatcher_page(
         .collect();
     let now = time::OffsetDateTime::now_utc();
     let patience = state.settings.dashboard.stuck_queue();
+    let registered: std::collections::HashMap<_, _> = store
+        .device_bindings()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|binding| (binding.device_id, binding.username))
+        .collect();
     let devices = store
         .device_syncs()
         .await
@@ -332,13 +353,23 @@ async fn dispatcher_page(
             queued: d.reported_queued.map_or_else(|| "not reported".to_owned(), |n| n.to_string()),
             queued_since: d.queued_since.and_then(|since| since.format(minute).ok()).unwrap_or_default(),
             stuck: d.is_stuck(now, patience),
+            registered_to: registered.get(&d.device_id).map(ToString::to_string).unwrap_or_default(),
         })
         .collect();
-    let rejected = store
-        .rejected_confirmations(PAGE * 2)
-        .await
-        .map_err(internal)?
+    // Each device's review list is bounded; together they are read whole and
+    // shown a page at a time, newest first.
+    let logs = store.rejection_logs().await.map_err(internal)?;
+    let dropped: Vec<(String, u64)> =
+        logs.iter().filter(|log| log.dropped > 0).map(|log| (log.device_id.to_string(), log.dropped)).collect();
+    // Newest first, also among those one push received at the same instant.
+    let mut listed: Vec<_> = logs.into_iter().flat_map(|log| log.recent.into_iter().rev()).collect();
+    listed.sort_by_key(|seen| std::cmp::Reverse(seen.received_at));
+    let rejected_total = listed.len();
+    let rejected_page = query.rejected_page.unwrap_or(0).min(rejected_total / PAGE);
+    let rejected = listed
         .into_iter()
+        .skip(rejected_page * PAGE)
+        .take(PAGE)
         .map(|seen| {
             let (code, message) = match seen.outcome {
                 crate::domain::confirmations::FirstOutcome::Rejected { code, message } => {
@@ -356,12 +387,19 @@ async fn dispatcher_page(
             }
         })
         .collect();
+    let rejected_pages = RejectedPages {
+        total: rejected_total,
+        previous: rejected_page.checked_sub(1),
+        next: ((rejected_page + 1) * PAGE < rejected_total).then_some(rejected_page + 1),
+        dropped,
+    };
     let csrf = user.csrf()?;
     Ok(html(
         status,
         &DashboardPage {
             devices,
             rejected,
+            rejected_pages,
             username: principal.username.as_str(),
             csrf: &csrf,
             notice,
@@ -458,7 +496,8 @@ pub async fn issue_leg(
     match shipments::issue_leg(state.store.as_ref(), &path).await {
         Ok(_) => Ok(redirect("/dashboard?notice=issued")),
         Err(failure @ ShipmentFailure::Leg(_)) => {
-            let query = DashboardQuery { notice: None, receipts_after: None, deliveries_after: None };
+            let query =
+                DashboardQuery { notice: None, receipts_after: None, deliveries_after: None, rejected_page: None };
             dispatcher_page(&state, &user, &query, None, Some(failure.to_string()), StatusCode::CONFLICT).await
         }
         Err(other) => Err(page_error(other)),
@@ -487,7 +526,12 @@ pub async fn assign(
             match user.principal.role {
                 Role::Seller => seller_page(&state, &user, None, alert, StatusCode::UNPROCESSABLE_ENTITY).await,
                 _ => {
-                    let query = DashboardQuery { notice: None, receipts_after: None, deliveries_after: None };
+                    let query = DashboardQuery {
+                        notice: None,
+                        receipts_after: None,
+                        deliveries_after: None,
+                        rejected_page: None,
+                    };
                     dispatcher_page(&state, &user, &query, None, alert, StatusCode::UNPROCESSABLE_ENTITY).await
                 }
             }
@@ -520,7 +564,12 @@ async fn correct(
             match user.principal.role {
                 Role::Seller => seller_page(state, user, None, alert, StatusCode::CONFLICT).await,
                 _ => {
-                    let query = DashboardQuery { notice: None, receipts_after: None, deliveries_after: None };
+                    let query = DashboardQuery {
+                        notice: None,
+                        receipts_after: None,
+                        deliveries_after: None,
+                        rejected_page: None,
+                    };
                     dispatcher_page(state, user, &query, None, alert, StatusCode::CONFLICT).await
                 }
             }

@@ -89,6 +89,7 @@ impl ApiError {
                 AuthError::Token(TokenError::Expired) => ErrorCode::TokenExpired,
                 AuthError::Token(TokenError::Invalid) => ErrorCode::InvalidToken,
                 AuthError::SessionRevoked => ErrorCode::SessionRevoked,
+                AuthError::DeviceInUse(_) => ErrorCode::DeviceInUse,
                 AuthError::Store(err) => store_code(err),
                 AuthError::Internal(_) => ErrorCode::Internal,
             },

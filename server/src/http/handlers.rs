@@ -77,6 +77,19 @@ pub async fn revoke_device(
     Ok(web::Json(DeviceRevoked { device_id, sessions_revoked }))
 }
 
+/// `POST /api/v1/admin/devices/{device_id}/release`: the device is nobody's
+/// again (handed to another courier), and its sessions are cut off.
+#[tracing::instrument(skip_all, fields(admin = %caller.username, device_id = %path))]
+pub async fn release_device(
+    state: State,
+    caller: Auth<Admin>,
+    path: web::Path<DeviceId>,
+) -> Result<Json<DeviceRevoked>, ApiError> {
+    let device_id = path.into_inner();
+    let sessions_revoked = state.auth.release_device(&device_id).await?;
+    Ok(web::Json(DeviceRevoked { device_id, sessions_revoked }))
+}
+
 pub async fn node_stock(
     state: State,
     caller: Auth<Dispatcher>,

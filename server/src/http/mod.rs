@@ -31,6 +31,7 @@ pub struct AppState {
     /// Plans in the background after each confirmed order.
     pub planner: Planner,
     pub recent_pulls: sync::RecentPulls,
+    pub push_limits: sync::PushLimits,
 }
 
 /// Registers every route and the JSON body limits.
@@ -51,6 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/auth/me").get(handlers::me))
                 .service(web::resource("/admin/network").app_data(network_json).post(handlers::import_network))
                 .service(web::resource("/admin/devices/{device_id}/revoke").post(handlers::revoke_device))
+                .service(web::resource("/admin/devices/{device_id}/release").post(handlers::release_device))
                 .service(
                     web::resource("/nodes/{node_id}/stock").get(handlers::node_stock).post(shipments::goods_receipt),
                 )

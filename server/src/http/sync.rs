@@ -59,6 +59,37 @@ impl RecentPulls {
     }
 }
 
+/// Pushes each device may make per minute: a handheld pushing refusals by
+/// the thousand is held to a pace, and so is what it costs the store.
+pub struct PushLimits(governor::DefaultKeyedRateLimiter<DeviceId>);
+
+impl PushLimits {
+    pub fn per_minute(pushes: u32) -> Self {
+        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(pushes).unwrap_or(std::num::NonZeroU32::MIN));
+        PushLimits(governor::RateLimiter::keyed(quota))
+    }
+
+    /// Refused (with how long to wait) when `device` pushed too often.
+    fn check(&self, device: &DeviceId) -> Result<(), ApiError> {
+        use governor::clock::Clock as _;
+        self.0.check_key(device).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            ApiError::Auth(crate::auth::AuthError::RateLimited { retry_after_secs: wait.as_secs().max(1) })
+        })
+    }
+
+    /// Forgets devices that have recovered, so memory stays bounded.
+    pub fn prune(&self) {
+        self.0.retain_recent();
+    }
+}
+
+impl std::fmt::Debug for PushLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushLimits").finish_non_exhaustive()
+    }
+}
+
 type State = web::Data<AppState>;
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +226,7 @@ pub async fn confirmations(
     caller: Auth<Courier>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
+    state.push_limits.check(&caller.device_id)?;
     let batch = read_batch(body.into_inner())?;
     if batch.device_id != caller.device_id {
         return Err(ApiError::refused(

@@ -53,11 +53,11 @@ use uuid::Uuid;
 
 use crate::domain::{
     access::Principal,
-    confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
+    confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
     corrections::{Corrected, Correction, CorrectionRefusal},
     network::{Customer, Item, KnownNetwork, Node},
     orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
-    sessions::{RefreshToken, Session},
+    sessions::{DeviceBinding, DeviceInUse, RefreshToken, Session},
     shipments::{AssignRefusal, CourierAccount, Delivery, DeliveryCard, LegRefusal},
     stock::{Balance, LedgerEntry},
 };
@@ -162,13 +162,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every stored balance, with the ledger read in the same snapshot, for audits.
     async fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError>;
 
-    /// Opens a session with its first refresh token.
+    /// Applies `domain::sessions::open`: opens a session with its first
+    /// refresh token on a device that is the account's or nobody's (binding
+    /// it), or refuses a device bound to another account, writing nothing.
     async fn open_session(
         &self,
         session: Session,
         refresh_hash: [u8; 32],
         refresh: RefreshToken,
-    ) -> Result<(), StoreError>;
+        now: OffsetDateTime,
+    ) -> Result<Result<(), DeviceInUse>, StoreError>;
+    /// Applies `domain::sessions::release_device`: the device is nobody's
+    /// again and its live sessions are revoked; returns those.
+    async fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
+    /// Every device binding, by device id.
+    async fn device_bindings(&self) -> Result<Vec<DeviceBinding>, StoreError>;
     /// Applies `domain::sessions::refresh` to the presented token.
     async fn rotate_refresh(
         &self,
@@ -248,15 +256,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(Vec<FeedEntry>, u64, bool), StoreError>;
     /// Applies `domain::confirmations::push` to each confirmation of the batch
     /// in order (each sees the ones before it), `push_unreadable` to each
-    /// element that did not read, and records the device's sync with it, at
+    /// element that did not read, `log_rejections` to what the batch
+    /// remembered, and records the device's sync with it, at
     /// `sync.last_sync_at`; returns once all of it is durable.
     async fn push_confirmations(&self, sync: DeviceSync, batch: Vec<Pushed>) -> Result<Vec<PushOutcome>, StoreError>;
     /// Records that a device synced (pull or push).
     async fn record_sync(&self, sync: DeviceSync) -> Result<(), StoreError>;
     /// Every device's last sync, by device id.
     async fn device_syncs(&self) -> Result<Vec<DeviceSync>, StoreError>;
-    /// Rejected confirmations, for the dispatcher to review.
-    async fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError>;
+    /// Every device's review list of rejected confirmations (bounded per
+    /// device, see `domain::confirmations::log_rejections`), by device id.
+    async fn rejection_logs(&self) -> Result<Vec<RejectionLog>, StoreError>;
     /// Applies `domain::shipments::issue_leg`.
     async fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
     /// Applies `domain::corrections::correct`, reading in its transaction what

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use handover_server::{
     domain::{
         access::Principal,
-        confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
+        confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
         network::{Customer, Item, Node, StockCount},
         orders::{CustomerAccount, Draft, RawOrder, RawQuantity, Receipt, DRAFT_TTL},
         shipments::{CourierAccount, Delivery, DeliveryCard},
@@ -265,7 +265,7 @@ pub struct Observed {
     pub balances: Vec<(NodeId, ItemId, Balance)>,
     /// Each courier's whole feed, and its end.
     pub feeds: Vec<(Vec<DeliveryCard>, u64)>,
-    pub rejected: Vec<SeenConfirmation>,
+    pub rejection_logs: Vec<RejectionLog>,
 }
 
 pub async fn observe(store: &dyn Store) -> Observed {
@@ -301,7 +301,7 @@ pub async fn observe(store: &dyn Store) -> Observed {
         ledger,
         balances,
         feeds,
-        rejected: store.rejected_confirmations(ALL).await.expect("rejected confirmations read"),
+        rejection_logs: store.rejection_logs().await.expect("rejection logs read"),
     }
 }
 
@@ -317,7 +317,7 @@ pub async fn assert_unchanged(store: &dyn Store, before: &Observed, why: &str) {
             );
         )+};
     }
-    compare!(nodes, items, customers, accounts, receipts, deliveries, ledger, balances, feeds, rejected);
+    compare!(nodes, items, customers, accounts, receipts, deliveries, ledger, balances, feeds, rejection_logs);
 }
 
 /// The ledger, read with the balances as of one moment, replays exactly to

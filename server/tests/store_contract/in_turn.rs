@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use handover_server::{
     domain::{
         access::Principal,
-        confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
+        confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
         corrections::{Corrected, Correction, CorrectionRefusal},
         network::{Customer, Item, KnownNetwork, Node},
         orders::{CustomerAccount, Draft, Receipt},
-        sessions::{RefreshToken, Session},
+        sessions::{DeviceBinding, DeviceInUse, RefreshToken, Session},
         shipments::{AssignRefusal, CourierAccount, Delivery, LegRefusal},
         stock::{Balance, LedgerEntry},
     },
@@ -69,7 +69,9 @@ in_turn! {
     fn customer(&self, id: &CustomerId) -> Result<Option<Customer>, StoreError>;
     fn node_stock(&self, id: &NodeId) -> Result<Vec<(ItemId, Balance)>, StoreError>;
     fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError>;
-    fn open_session(&self, session: Session, refresh_hash: [u8; 32], refresh: RefreshToken) -> Result<(), StoreError>;
+    fn open_session(&self, session: Session, refresh_hash: [u8; 32], refresh: RefreshToken, now: OffsetDateTime) -> Result<Result<(), DeviceInUse>, StoreError>;
+    fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
+    fn device_bindings(&self) -> Result<Vec<DeviceBinding>, StoreError>;
     fn rotate_refresh(
         &self,
         presented_hash: [u8; 32],
@@ -108,7 +110,7 @@ in_turn! {
     fn push_confirmations(&self, sync: DeviceSync, batch: Vec<Pushed>) -> Result<Vec<PushOutcome>, StoreError>;
     fn record_sync(&self, sync: DeviceSync) -> Result<(), StoreError>;
     fn device_syncs(&self) -> Result<Vec<DeviceSync>, StoreError>;
-    fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError>;
+    fn rejection_logs(&self) -> Result<Vec<RejectionLog>, StoreError>;
     fn issue_leg(&self, leg: &LegId, now: OffsetDateTime) -> Result<Step<Delivery, LegRefusal>, StoreError>;
     fn correct(&self, correction: &Correction, by: &Principal, reason: &str, now: OffsetDateTime) -> Result<Step<Corrected, CorrectionRefusal>, StoreError>;
     fn flush(&self) -> Result<(), StoreError>;

@@ -10,7 +10,10 @@ use crate::store::StoreError;
 
 /// Every migration, in order: (version, name, SQL). Append only: a migration
 /// that has shipped is never edited, a later one changes what it made.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../../../migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("../../../migrations/0001_initial.sql")),
+    (2, "devices", include_str!("../../../migrations/0002_devices.sql")),
+];
 
 /// The advisory lock key that migrations hold (an arbitrary constant of ours).
 const MIGRATION_LOCK: i64 = 0x4841_4e44_0001;

@@ -49,11 +49,11 @@ use super::{
 use crate::domain::{
     access::Principal,
     changes::ChangeSet,
-    confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
+    confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
     corrections::{self as domain_corrections, Corrected, Correction, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
-    sessions::{self, RefreshToken, Session},
+    sessions::{self, DeviceBinding, DeviceInUse, RefreshToken, Session},
     shipments::{self, AssignRefusal, CourierAccount, Delivery, LegRefusal},
     stock::{Balance, LedgerEntry},
 };
@@ -223,6 +223,17 @@ impl PgStore {
 }
 
 /// Writes a change set decided outside any read (a new session, a new draft).
+/// A device's binding, locked to the commit (a first login inserts it).
+async fn device_binding(tx: &Transaction<'_>, device: &DeviceId) -> Result<Option<DeviceBinding>, Failed> {
+    record(
+        tx,
+        "device binding",
+        "SELECT body::text FROM device_bindings WHERE device_id = $1 FOR UPDATE",
+        &[&device.as_str()],
+    )
+    .await
+}
+
 async fn write_alone(tx: &Transaction<'_>, changes: ChangeSet) -> Result<(), Failed> {
     let mut working = Working::new(tx);
     working.apply(changes)?;
@@ -347,13 +358,19 @@ impl Store for PgStore {
         session: Session,
         refresh_hash: [u8; 32],
         refresh: RefreshToken,
-    ) -> Result<(), StoreError> {
-        let changes = ChangeSet {
-            sessions: vec![session],
-            refresh_tokens: vec![(refresh_hash, refresh)],
-            ..ChangeSet::default()
-        };
-        in_transaction!(self, tx => write_alone(&tx, changes.clone())).map_err(Failed::into_store)
+        now: OffsetDateTime,
+    ) -> Result<Result<(), DeviceInUse>, StoreError> {
+        in_transaction!(self, tx => async {
+            let binding = device_binding(&tx, &session.device_id).await?;
+            match sessions::open(session.clone(), (refresh_hash, refresh.clone()), binding, now) {
+                Ok(changes) => {
+                    write_alone(&tx, changes).await?;
+                    Ok::<_, Failed>(Ok(()))
+                }
+                Err(in_use) => Ok(Err(in_use)),
+            }
+        })
+        .map_err(Failed::into_store)
     }
 
     async fn rotate_refresh(
@@ -403,6 +420,29 @@ impl Store for PgStore {
             Ok::<_, Failed>(revoked)
         })
         .map_err(Failed::into_store)
+    }
+
+    async fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
+        in_transaction!(self, tx => async {
+            let held: Vec<Session> = records(
+                &tx,
+                "session",
+                "SELECT body::text FROM sessions WHERE device_id = $1 ORDER BY id FOR UPDATE",
+                &[&device.as_str()],
+            )
+            .await?;
+            let binding = device_binding(&tx, device).await?;
+            let (revoked, changes) = sessions::release_device(binding, held, now);
+            write_alone(&tx, changes).await?;
+            Ok::<_, Failed>(revoked)
+        })
+        .map_err(Failed::into_store)
+    }
+
+    async fn device_bindings(&self) -> Result<Vec<DeviceBinding>, StoreError> {
+        reading!(self, client => async {
+            records(client, "device binding", "SELECT body::text FROM device_bindings ORDER BY device_id", &[]).await
+        })
     }
 
     async fn session(&self, id: &Uuid) -> Result<Option<Session>, StoreError> {
@@ -686,8 +726,10 @@ impl Store for PgStore {
         })
     }
 
-    async fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError> {
-        reading!(self, client => async { reads::rejected_confirmations(client, limit).await })
+    async fn rejection_logs(&self) -> Result<Vec<RejectionLog>, StoreError> {
+        reading!(self, client => async {
+            records(client, "rejection log", "SELECT body::text FROM rejection_logs ORDER BY device_id", &[]).await
+        })
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

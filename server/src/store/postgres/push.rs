@@ -5,10 +5,14 @@
 use deadpool_postgres::Transaction;
 use handover_shared::sync::Confirmation;
 
-use super::{sql::Failed, working::Working};
+use super::{
+    reads::record,
+    sql::{encode, execute, Failed},
+    working::Working,
+};
 use crate::domain::{
     changes::ChangeSet,
-    confirmations::{self, DeviceSync, PushInputs, PushOutcome, PushReads, Pushed, Pusher},
+    confirmations::{self, DeviceSync, FirstOutcome, PushInputs, PushOutcome, PushReads, Pushed, Pusher, RejectionLog},
 };
 
 /// Judges and applies one pushed batch, each confirmation seeing the ones
@@ -49,6 +53,7 @@ pub(super) async fn push_batch(
     working.apply(ChangeSet { device_syncs: vec![synced], ..ChangeSet::default() })?;
     let by = Pusher { uploader: &sync.username, device: &sync.device_id, received_at: sync.last_sync_at };
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut remembered = Vec::new();
     for (index, (element, digest)) in batch.iter().zip(digests).enumerate() {
         if index > 0 {
             handover_shared::failpoint!(
@@ -66,8 +71,30 @@ pub(super) async fn push_batch(
                 confirmations::push_unreadable(unreadable, by, seen.as_ref())
             }
         };
+        remembered.extend(changes.confirmations.iter().cloned());
         working.apply(changes)?;
         outcomes.push(outcome);
+    }
+    if remembered.iter().any(|seen| matches!(seen.outcome, FirstOutcome::Rejected { .. })) {
+        // The row is made first, empty, so that two pushes from one device
+        // queue on its lock, and the second adds to what the first wrote.
+        let empty = RejectionLog { device_id: sync.device_id.clone(), recent: Vec::new(), dropped: 0 };
+        execute(
+            tx,
+            "INSERT INTO rejection_logs (device_id, body) VALUES ($1, $2::text::jsonb) ON CONFLICT DO NOTHING",
+            &[&sync.device_id.as_str(), &encode(&empty)?],
+        )
+        .await?;
+        let log = record(
+            tx,
+            "rejection log",
+            "SELECT body::text FROM rejection_logs WHERE device_id = $1 FOR UPDATE",
+            &[&sync.device_id.as_str()],
+        )
+        .await?;
+        if let Some(log) = confirmations::log_rejections(log, &sync.device_id, &remembered) {
+            working.apply(ChangeSet { rejection_logs: vec![log], ..ChangeSet::default() })?;
+        }
     }
     working.write().await?;
     Ok(outcomes)

@@ -9,7 +9,6 @@ use serde::de::DeserializeOwned;
 use super::sql::{big, count, decode, query, Failed};
 use crate::{
     domain::{
-        confirmations::SeenConfirmation,
         network::{Customer, Item, KnownNetwork, Node},
         orders::{Draft, Receipt},
         shipments::{Delivery, DeliveryCard},
@@ -221,17 +220,4 @@ pub(super) async fn assignment_changes(
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok((entries, last_change, more))
-}
-
-pub(super) async fn rejected_confirmations(
-    client: &impl GenericClient,
-    count: usize,
-) -> Result<Vec<SeenConfirmation>, Failed> {
-    records(
-        client,
-        "confirmation",
-        "SELECT body::text FROM confirmations WHERE rejected ORDER BY received_at DESC LIMIT $1",
-        &[&limit(count)],
-    )
-    .await
 }

@@ -21,7 +21,10 @@ use super::{
     PgStore,
 };
 use crate::{
-    domain::changes::{ChangeSet, Replace},
+    domain::{
+        changes::{ChangeSet, Replace},
+        sessions::BindingChange,
+    },
     store::{
         sled::{Counters, SledExport},
         StoreError,
@@ -48,6 +51,8 @@ pub const RECORD_TABLES: &[&str] = &[
     "confirmations",
     "audit",
     "device_syncs",
+    "device_bindings",
+    "rejection_logs",
 ];
 
 /// The name under which the JWT signing key is kept (`main.rs::open_store`
@@ -193,6 +198,15 @@ async fn write_records(tx: &Transaction<'_>, export: &SledExport) -> Result<(), 
             device_syncs: chunk(&export.device_syncs, part),
             sessions: chunk(&export.sessions, part),
             refresh_tokens: chunk(&export.refresh_tokens, part),
+            device_bindings: chunk(&export.device_bindings, part)
+                .into_iter()
+                .map(|binding| BindingChange {
+                    device_id: binding.device_id.clone(),
+                    before: None,
+                    after: Some(binding),
+                })
+                .collect(),
+            rejection_logs: chunk(&export.rejection_logs, part),
             // Written below with their sled numbers and values, not as the
             // writer would number or add them.
             ledger: Vec::new(),

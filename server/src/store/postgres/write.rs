@@ -19,10 +19,10 @@ use super::sql::{big, count, encode, execute, query, Failed};
 use crate::{
     domain::{
         changes::{ChangeSet, StockLine},
-        confirmations::{AuditEntry, DeviceSync, FirstOutcome, SeenConfirmation},
+        confirmations::{AuditEntry, DeviceSync, FirstOutcome, RejectionLog, SeenConfirmation},
         network::{Account, Customer, Item, Node},
         orders::{CustomerAccount, Draft, Receipt},
-        sessions::{RefreshToken, Session},
+        sessions::{BindingChange, RefreshToken, Session},
         shipments::{Carrier, Delivery},
         stock::Balance,
     },
@@ -50,6 +50,9 @@ pub(super) struct Pending {
     device_syncs: BTreeMap<String, DeviceSync>,
     sessions: BTreeMap<Uuid, Session>,
     refresh_tokens: BTreeMap<[u8; 32], RefreshToken>,
+    /// Each device's binding as first read and as last decided.
+    device_bindings: BTreeMap<String, BindingChange>,
+    rejection_logs: BTreeMap<String, RejectionLog>,
     /// Rows that did not exist when read: inserted, so that a concurrent
     /// writer that also found them missing fails on the key and tries again,
     /// instead of one overwriting the other.
@@ -75,6 +78,8 @@ impl Pending {
             && self.confirmations.is_empty()
             && self.device_syncs.is_empty()
             && self.sessions.is_empty()
+            && self.device_bindings.is_empty()
+            && self.rejection_logs.is_empty()
             && self.refresh_tokens.is_empty()
     }
 
@@ -106,6 +111,8 @@ impl Pending {
             confirmations,
             device_syncs,
             sessions,
+            device_bindings,
+            rejection_logs,
             refresh_tokens,
         } = changes;
         self.nodes.extend(nodes.into_iter().map(|node| (node.id.clone(), node)));
@@ -140,6 +147,15 @@ impl Pending {
         }
         self.device_syncs.extend(device_syncs.into_iter().map(|sync| (sync.device_id.as_str().to_owned(), sync)));
         self.sessions.extend(sessions.into_iter().map(|session| (session.id, session)));
+        self.rejection_logs.extend(rejection_logs.into_iter().map(|log| (log.device_id.as_str().to_owned(), log)));
+        for change in device_bindings {
+            match self.device_bindings.entry(change.device_id.as_str().to_owned()) {
+                std::collections::btree_map::Entry::Occupied(mut kept) => kept.get_mut().after = change.after,
+                std::collections::btree_map::Entry::Vacant(new) => {
+                    new.insert(change);
+                }
+            }
+        }
         self.refresh_tokens.extend(refresh_tokens);
         Ok(())
     }
@@ -367,6 +383,40 @@ impl Pending {
                 "INSERT INTO sessions (id, device_id, body) VALUES ($1, $2, $3::text::jsonb)
                  ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
                 &[id, &session.device_id.as_str(), &encode(session)?],
+            )
+            .await?;
+        }
+        for (device, change) in &self.device_bindings {
+            match (&change.before, &change.after) {
+                // A new binding is inserted: of two accounts racing for an
+                // unbound id, the second fails on the key and is judged again.
+                (None, Some(binding)) => {
+                    execute(
+                        tx,
+                        "INSERT INTO device_bindings (device_id, body) VALUES ($1, $2::text::jsonb)",
+                        &[&device.as_str(), &encode(binding)?],
+                    )
+                    .await?
+                }
+                (Some(_), Some(binding)) => {
+                    execute(
+                        tx,
+                        "UPDATE device_bindings SET body = $2::text::jsonb WHERE device_id = $1",
+                        &[&device.as_str(), &encode(binding)?],
+                    )
+                    .await?
+                }
+                (_, None) => {
+                    execute(tx, "DELETE FROM device_bindings WHERE device_id = $1", &[&device.as_str()]).await?
+                }
+            };
+        }
+        for (device, log) in &self.rejection_logs {
+            execute(
+                tx,
+                "INSERT INTO rejection_logs (device_id, body) VALUES ($1, $2::text::jsonb)
+                 ON CONFLICT (device_id) DO UPDATE SET body = EXCLUDED.body",
+                &[&device.as_str(), &encode(log)?],
             )
             .await?;
         }

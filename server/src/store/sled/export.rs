@@ -18,10 +18,10 @@ use super::{
 };
 use crate::{
     domain::{
-        confirmations::{AuditEntry, DeviceSync, SeenConfirmation},
+        confirmations::{AuditEntry, DeviceSync, RejectionLog, SeenConfirmation},
         network::{Account, Customer, Item, Node},
         orders::{CustomerAccount, Draft, Receipt},
-        sessions::{RefreshToken, Session},
+        sessions::{DeviceBinding, RefreshToken, Session},
         shipments::Delivery,
         stock::{Balance, LedgerEntry},
     },
@@ -55,6 +55,8 @@ pub struct SledExport {
     pub confirmations: Vec<SeenConfirmation>,
     pub audit: Vec<AuditEntry>,
     pub device_syncs: Vec<DeviceSync>,
+    pub device_bindings: Vec<DeviceBinding>,
+    pub rejection_logs: Vec<RejectionLog>,
     pub counters: Counters,
 }
 
@@ -102,6 +104,8 @@ impl SledExport {
             ("confirmations", count(self.confirmations.len())),
             ("audit", count(self.audit.len())),
             ("device_syncs", count(self.device_syncs.len())),
+            ("device_bindings", count(self.device_bindings.len())),
+            ("rejection_logs", count(self.rejection_logs.len())),
         ]
     }
 }
@@ -150,6 +154,8 @@ fn export(trees: &Trees) -> Result<SledExport, StoreError> {
         confirmations: scan(trees.confirmations.iter())?,
         audit: audit(&trees.audit)?,
         device_syncs: scan(trees.device_syncs.iter())?,
+        device_bindings: scan(trees.device_bindings.iter())?,
+        rejection_logs: scan(trees.rejection_logs.iter())?,
         counters,
     })
 }

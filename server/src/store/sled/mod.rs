@@ -48,11 +48,11 @@ use super::{
 use crate::domain::{
     access::Principal,
     changes::ChangeSet,
-    confirmations::{DeviceSync, PushOutcome, Pushed, SeenConfirmation},
+    confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
     corrections::{self, Corrected, Correction, CorrectionInputs, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
-    sessions::{self, RefreshToken, Session},
+    sessions::{self, DeviceBinding, DeviceInUse, RefreshToken, Session},
     shipments::{self, AssignRefusal, CourierAccount, Delivery, LegRefusal},
     stock::{Balance, LedgerEntry},
 };
@@ -333,13 +333,18 @@ impl Store for SledStore {
         session: Session,
         refresh_hash: [u8; 32],
         refresh: RefreshToken,
-    ) -> Result<(), StoreError> {
-        let changes = ChangeSet {
-            sessions: vec![session],
-            refresh_tokens: vec![(refresh_hash, refresh)],
-            ..ChangeSet::default()
-        };
-        self.write(move |inner| inner.apply(|_| Ok(((), changes.clone())))).await
+        now: OffsetDateTime,
+    ) -> Result<Result<(), DeviceInUse>, StoreError> {
+        self.write(move |inner| {
+            inner.apply(|tx| {
+                let binding = tx_get(tx.device_bindings, session.device_id.as_str().as_bytes())?;
+                Ok(match sessions::open(session.clone(), (refresh_hash, refresh.clone()), binding, now) {
+                    Ok(changes) => (Ok(()), changes),
+                    Err(in_use) => (Err(in_use), ChangeSet::default()),
+                })
+            })
+        })
+        .await
     }
 
     async fn rotate_refresh(
@@ -384,6 +389,26 @@ impl Store for SledStore {
             })
         })
         .await
+    }
+
+    async fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
+        let device = device.clone();
+        self.write(move |inner| {
+            let ids = reads::device_session_ids(&inner.trees, &device)?;
+            inner.apply(|tx| {
+                let mut held = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    held.extend(tx_get::<Session>(tx.sessions, id.as_bytes())?);
+                }
+                let binding = tx_get(tx.device_bindings, device.as_str().as_bytes())?;
+                Ok(sessions::release_device(binding, held, now))
+            })
+        })
+        .await
+    }
+
+    async fn device_bindings(&self) -> Result<Vec<DeviceBinding>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.device_bindings.iter())).await
     }
 
     async fn session(&self, id: &Uuid) -> Result<Option<Session>, StoreError> {
@@ -652,8 +677,8 @@ impl Store for SledStore {
         self.blocking(|inner| scan(inner.trees.device_syncs.iter())).await
     }
 
-    async fn rejected_confirmations(&self, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError> {
-        self.blocking(move |inner| reads::rejected_confirmations(&inner.trees, limit)).await
+    async fn rejection_logs(&self) -> Result<Vec<RejectionLog>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.rejection_logs.iter())).await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -151,6 +151,7 @@ fn transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutcome>>
                 received_at: job.sync.last_sync_at,
             };
             let mut outcomes = Vec::with_capacity(job.batch.len());
+            let mut remembered = Vec::new();
             for (index, (element, digest)) in job.batch.iter().zip(&job.digests).enumerate() {
                 if index > 0 {
                     handover_shared::failpoint!("push.between_items", abort(StoreError::Backend("failpoint".into())));
@@ -165,8 +166,14 @@ fn transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutcome>>
                         confirmations::push_unreadable(unreadable, by, seen.as_ref())
                     }
                 };
+                remembered.extend(changes.confirmations.iter().cloned());
                 write_changes(tx, appends, changes)?;
                 outcomes.push(outcome);
+            }
+            let device = &job.sync.device_id;
+            let log = tx_get(tx.rejection_logs, device.as_str().as_bytes())?;
+            if let Some(log) = confirmations::log_rejections(log, device, &remembered) {
+                write_changes(tx, appends, ChangeSet { rejection_logs: vec![log], ..ChangeSet::default() })?;
             }
             answers.push(outcomes);
         }
@@ -270,7 +277,7 @@ mod tests {
             assert_eq!(outcomes.len(), batch.len());
             for (confirmation, outcome) in batch.iter().zip(outcomes) {
                 // No such delivery: refused, and the refusal names the batch's own delivery.
-                let PushOutcome::Rejected { code: RejectCode::Invalid, message } = outcome else {
+                let PushOutcome::Rejected { code: RejectCode::NotAssignee, message } = outcome else {
                     panic!("{outcome:?}");
                 };
                 assert!(message.contains(confirmation.delivery_id.as_str()), "{message}");

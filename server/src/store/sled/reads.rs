@@ -13,7 +13,6 @@ use super::{
 };
 use crate::{
     domain::{
-        confirmations::{FirstOutcome, SeenConfirmation},
         network::{Customer, Item, KnownNetwork, Node},
         orders::{Draft, DraftState, Receipt},
         sessions::{RefreshToken, Session},
@@ -212,19 +211,4 @@ pub(super) fn assignment_changes(
         });
     }
     Ok((entries, last_change, more))
-}
-
-/// Rejected confirmations, newest first.
-pub(super) fn rejected_confirmations(trees: &Trees, limit: usize) -> Result<Vec<SeenConfirmation>, StoreError> {
-    let mut rejected = Vec::new();
-    for entry in trees.confirmations.iter() {
-        let (key, value) = entry.map_err(backend)?;
-        let seen: SeenConfirmation = decode(&key, &value)?;
-        if matches!(seen.outcome, FirstOutcome::Rejected { .. }) {
-            rejected.push(seen);
-        }
-    }
-    rejected.sort_by_key(|seen| std::cmp::Reverse(seen.received_at));
-    rejected.truncate(limit);
-    Ok(rejected)
 }

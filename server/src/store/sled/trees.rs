@@ -83,4 +83,8 @@ declare_trees! {
     audit,
     /// Device id to `DeviceSync`.
     device_syncs,
+    /// Device id to `DeviceBinding`: the account it belongs to.
+    device_bindings,
+    /// Device id to `RejectionLog`: its rejected confirmations to review.
+    rejection_logs,
 }

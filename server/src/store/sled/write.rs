@@ -45,6 +45,8 @@ pub(super) fn write_changes(tx: &Tx<'_>, appends: &Appends, changes: ChangeSet) 
         confirmations,
         device_syncs,
         sessions,
+        device_bindings,
+        rejection_logs,
         refresh_tokens,
     } = changes;
     for node in &nodes {
@@ -88,6 +90,17 @@ pub(super) fn write_changes(tx: &Tx<'_>, appends: &Appends, changes: ChangeSet) 
     appends.audit(audit);
     for seen in &confirmations {
         tx_put(tx.confirmations, seen.confirmation_id.as_bytes(), seen)?;
+    }
+    for change in &device_bindings {
+        match &change.after {
+            Some(binding) => tx_put(tx.device_bindings, change.device_id.as_str().as_bytes(), binding)?,
+            None => {
+                tx.device_bindings.remove(change.device_id.as_str().as_bytes())?;
+            }
+        }
+    }
+    for log in &rejection_logs {
+        tx_put(tx.rejection_logs, log.device_id.as_str().as_bytes(), log)?;
     }
     for sync in &device_syncs {
         tx_put(tx.device_syncs, sync.device_id.as_str().as_bytes(), sync)?;
