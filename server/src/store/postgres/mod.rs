@@ -223,6 +223,17 @@ impl PgStore {
 }
 
 /// Writes a change set decided outside any read (a new session, a new draft).
+/// A device's sessions, locked to the commit.
+async fn device_sessions(tx: &Transaction<'_>, device: &DeviceId) -> Result<Vec<Session>, Failed> {
+    records(
+        tx,
+        "session",
+        "SELECT body::text FROM sessions WHERE device_id = $1 ORDER BY id FOR UPDATE",
+        &[&device.as_str()],
+    )
+    .await
+}
+
 /// A device's binding, locked to the commit (a first login inserts it).
 async fn device_binding(tx: &Transaction<'_>, device: &DeviceId) -> Result<Option<DeviceBinding>, Failed> {
     record(
@@ -408,14 +419,7 @@ impl Store for PgStore {
 
     async fn revoke_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
         in_transaction!(self, tx => async {
-            let held: Vec<Session> = records(
-                &tx,
-                "session",
-                "SELECT body::text FROM sessions WHERE device_id = $1 ORDER BY id FOR UPDATE",
-                &[&device.as_str()],
-            )
-            .await?;
-            let (revoked, changes) = sessions::revoke_device(held, now);
+            let (revoked, changes) = sessions::revoke_device(device_sessions(&tx, device).await?, now);
             write_alone(&tx, changes).await?;
             Ok::<_, Failed>(revoked)
         })
@@ -424,13 +428,7 @@ impl Store for PgStore {
 
     async fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError> {
         in_transaction!(self, tx => async {
-            let held: Vec<Session> = records(
-                &tx,
-                "session",
-                "SELECT body::text FROM sessions WHERE device_id = $1 ORDER BY id FOR UPDATE",
-                &[&device.as_str()],
-            )
-            .await?;
+            let held = device_sessions(&tx, device).await?;
             let binding = device_binding(&tx, device).await?;
             let (revoked, changes) = sessions::release_device(binding, held, now);
             write_alone(&tx, changes).await?;

@@ -202,6 +202,16 @@ impl SledStore {
     }
 }
 
+/// The sessions of these ids, read in the transaction (a device's, found
+/// through its index beforehand).
+fn tx_sessions(tx: &Tx<'_>, ids: &[Uuid]) -> TxResult<Vec<Session>> {
+    let mut held = Vec::with_capacity(ids.len());
+    for id in ids {
+        held.extend(tx_get::<Session>(tx.sessions, id.as_bytes())?);
+    }
+    Ok(held)
+}
+
 /// Reads what `corrections::correct` judges a correction against.
 fn tx_correction_inputs(tx: &Tx<'_>, correction: &Correction) -> TxResult<CorrectionInputs> {
     let delivery_at = |id: &DeliveryId| -> TxResult<Option<Delivery>> {
@@ -380,13 +390,7 @@ impl Store for SledStore {
         let device = device.clone();
         self.write(move |inner| {
             let ids = reads::device_session_ids(&inner.trees, &device)?;
-            inner.apply(|tx| {
-                let mut held = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    held.extend(tx_get::<Session>(tx.sessions, id.as_bytes())?);
-                }
-                Ok(sessions::revoke_device(held, now))
-            })
+            inner.apply(|tx| Ok(sessions::revoke_device(tx_sessions(tx, &ids)?, now)))
         })
         .await
     }
@@ -396,12 +400,8 @@ impl Store for SledStore {
         self.write(move |inner| {
             let ids = reads::device_session_ids(&inner.trees, &device)?;
             inner.apply(|tx| {
-                let mut held = Vec::with_capacity(ids.len());
-                for id in &ids {
-                    held.extend(tx_get::<Session>(tx.sessions, id.as_bytes())?);
-                }
                 let binding = tx_get(tx.device_bindings, device.as_str().as_bytes())?;
-                Ok(sessions::release_device(binding, held, now))
+                Ok(sessions::release_device(binding, tx_sessions(tx, &ids)?, now))
             })
         })
         .await
