@@ -23,6 +23,22 @@ async fn browsers_are_told_to_come_back_over_tls_only_when_tls_is_on() {
 }
 
 #[tokio::test]
+async fn pages_carry_their_content_security_policy_and_no_sniffing() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let client = server.page_client(&sandbox);
+    let answer = client.get(format!("{}/login", server.url)).send().await.expect("the login page");
+    let header =
+        |name: header::HeaderName| answer.headers().get(name).map(|v| v.to_str().unwrap_or_default().to_owned());
+    let csp = header(header::CONTENT_SECURITY_POLICY).unwrap_or_default();
+    for directive in ["default-src 'none'", "form-action 'self'", "frame-ancestors 'none'"] {
+        assert!(csp.contains(directive), "{directive} in {csp:?}");
+    }
+    assert_eq!(header(header::X_CONTENT_TYPE_OPTIONS).as_deref(), Some("nosniff"));
+    assert_eq!(header(header::CACHE_CONTROL).as_deref(), Some("no-store"));
+}
+
+#[tokio::test]
 async fn nothing_a_client_sends_can_start_a_log_line_of_its_own() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
