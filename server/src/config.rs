@@ -96,7 +96,7 @@ pub struct AuthSettings {
     /// Login attempts allowed per minute from one client address (refused beyond).
     pub login_attempts_per_minute_per_address: u32,
     /// Wrong passwords per minute for one account, from anywhere, before
-    /// further wrong ones are answered slowly (the right one never is).
+    /// attempts from addresses new to it are paced (see `auth::throttle`).
     pub login_failures_per_minute_per_username: u32,
 }
 

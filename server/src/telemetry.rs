@@ -53,7 +53,7 @@ fn escape_event(event: &[u8]) -> Vec<u8> {
             '\n' => escaped.push_str("\\n"),
             '\r' => escaped.push_str("\\r"),
             '\t' => escaped.push_str("\\t"),
-            c if c.is_control() => escaped.push_str(&c.escape_unicode().to_string()),
+            c if c.is_control() || reorders_text(c) => escaped.push_str(&c.escape_unicode().to_string()),
             c => escaped.push(c),
         }
     }
@@ -80,17 +80,24 @@ impl tracing_actix_web::RootSpanBuilder for RequestSpan {
     }
 }
 
+/// Marks that change the direction of the text around them: written out
+/// raw, they can make a line read otherwise than it was logged.
+fn reorders_text(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn nothing_inside_an_event_can_start_a_line_or_paint_the_terminal() {
-        let forged = "INFO login username=cust3\n2026-01-01T00:00:00Z INFO login as admin\r\u{1b}[2J\tend\n";
+        let forged =
+            "INFO login username=cust3\n2026-01-01T00:00:00Z INFO login as admin\r\u{1b}[2J\tend\u{202e}nimda\n";
         let written = String::from_utf8(escape_event(forged.as_bytes())).expect("text");
         assert_eq!(written.lines().count(), 1, "{written}");
         assert!(written.ends_with('\n') && !written[..written.len() - 1].chars().any(char::is_control), "{written:?}");
-        assert!(written.contains("cust3\\n2026") && written.contains("\\u{1b}[2J\\tend"), "{written}");
+        assert!(written.contains("cust3\\n2026") && written.contains("\\u{1b}[2J\\tend\\u{202e}nimda"), "{written}");
     }
 
     #[test]

@@ -130,6 +130,10 @@ id_type!(
 /// first delivery, up to 2^40 receipts.
 const ROUND_SHIFT: u32 = 40;
 
+/// The last round a delivery number holds: the key stays below 2^63 (a
+/// PostgreSQL bigint).
+const MAX_ROUND: u32 = 1 << (63 - ROUND_SHIFT);
+
 impl DeliveryId {
     /// The delivery of the `seq`-th receipt.
     pub fn from_seq(seq: u64) -> Self {
@@ -140,7 +144,10 @@ impl DeliveryId {
     pub fn parts(&self) -> Option<(u64, u32)> {
         let rest = self.0.strip_prefix("D-")?;
         let (digits, round) = match rest.split_once('-') {
-            Some((digits, round)) => (digits, round.parse::<u32>().ok().filter(|round| *round >= 2)?),
+            // A round's number must fit the storage key beside the receipt's.
+            Some((digits, round)) => {
+                (digits, round.parse::<u32>().ok().filter(|round| (2..=MAX_ROUND).contains(round))?)
+            }
             None => (rest, 1),
         };
         let seq: u64 = digits.parse().ok().filter(|seq| *seq < 1 << ROUND_SHIFT)?;
@@ -245,7 +252,9 @@ mod tests {
         assert_eq!(follow_up.receipt_seq(), Some(7));
         assert_eq!(follow_up.number(), Some(7 + (1 << 40)), "after every first delivery");
         assert_eq!(follow_up.leg(0).split(), Some((follow_up, 0)));
-        for odd in ["D-000007-1", "D-000007-02", "D-7-2", "D-000007-", "D-000007-2-3"] {
+        for odd in
+            ["D-000007-1", "D-000007-02", "D-7-2", "D-000007-", "D-000007-2-3", "D-000007-16777217", "D-000007-8388609"]
+        {
             assert_eq!(DeliveryId::parse(odd).ok().and_then(|id| id.parts()), None, "{odd}");
         }
         for odd in ["D-000007-L0", "D-000007-L03", "D-7-L1", "X-000007-L1", "D-000007"] {

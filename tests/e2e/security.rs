@@ -122,8 +122,8 @@ async fn a_stranger_guessing_a_password_cannot_lock_its_owner_out() {
     assert_eq!(api_login(&server, &owner, "cust3", DEMO_PASSWORD).await, StatusCode::OK);
     let owner_pages = server.client_from(&sandbox, from_owner, true);
     assert_eq!(page_login(&server, &owner_pages, "cust3", DEMO_PASSWORD).await, StatusCode::SEE_OTHER);
-    // A wrong password from there is still only wrong (answered slowly while
-    // the account is guessed at), never a lockout.
+    // A typo from there is only wrong, and the account, now past its budget of
+    // failures, is paced for strangers but not for an address it logged in from.
     assert_eq!(api_login(&server, &owner, "cust3", "a typo").await, StatusCode::UNAUTHORIZED);
     assert_eq!(api_login(&server, &owner, "cust3", DEMO_PASSWORD).await, StatusCode::OK);
 }

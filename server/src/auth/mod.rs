@@ -153,7 +153,10 @@ impl AuthService {
         request: LoginRequest,
         address: Option<IpAddr>,
     ) -> Result<(LoginResponse, Principal), AuthError> {
-        self.throttle.before(&request.username, address)?;
+        let wait = self.throttle.before(&request.username, address, std::time::Instant::now())?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let account = match Username::parse(request.username.as_str()) {
             Ok(username) if request.password.len() <= MAX_PASSWORD_LEN => self.store.account(&username).await?,
             _ => None,
@@ -170,11 +173,10 @@ impl AuthService {
         .await
         .map_err(|err| AuthError::Internal(format!("password check failed: {err}")))?;
         let Some(account) = verified else {
-            if let Some(slowdown) = self.throttle.after_failure(&request.username) {
-                tokio::time::sleep(slowdown).await;
-            }
+            self.throttle.failed(&request.username, std::time::Instant::now());
             return Err(AuthError::InvalidCredentials);
         };
+        self.throttle.succeeded(&request.username, address);
 
         let now = OffsetDateTime::now_utc();
         let device_id = match request.device_id {

@@ -11,10 +11,12 @@ use super::{
     access::{Guarded as _, Principal},
     changes::{ChangeSet, Inconsistent, Step, StockBook},
     orders::{CustomerAccount, Receipt},
-    shipments::{Assignment, Carrier, Delivery, DeliveryState, DeliveryStatus, Intervention, LegStatus, Reversal},
+    shipments::{
+        Assignment, Attempt, Carrier, Delivery, DeliveryState, DeliveryStatus, Intervention, LegStatus, Reversal,
+        StockEffect,
+    },
     stock::Movement,
 };
-use crate::domain::shipments::StockEffect;
 
 /// The longest reason kept with a correction.
 pub const MAX_REASON_LEN: usize = 500;
@@ -80,7 +82,7 @@ pub enum CorrectionRefusal {
     NotDelivered(DeliveryId, DeliveryStatus),
     #[error("receipt {0} is on its way (goods issued or delivery attempted); ask the dispatcher to cancel it")]
     TooLate(ReceiptId),
-    #[error("delivery {1}, which carries on from {0}, has moved on since; correct {1} first")]
+    #[error("delivery {1}, which carries on from {0}, was delivered or carried on since; reverse {1} first")]
     FollowUpMoved(DeliveryId, DeliveryId),
 }
 
@@ -155,9 +157,12 @@ pub fn correct(
                     "cancelled: nothing on it can be reversed",
                 )));
             }
+            // An open follow-up (attempted or not) holds nothing handed over:
+            // it goes with the reversal. One delivered has its own hand-over
+            // to correct first.
             let follow_up = match latest {
                 None => None,
-                Some(latest) if latest.follow_up_of.as_ref() == Some(&delivery.delivery_id) && !latest.under_way() => {
+                Some(latest) if latest.follow_up_of.as_ref() == Some(&delivery.delivery_id) && latest.is_open() => {
                     Some(latest)
                 }
                 Some(latest) => {
@@ -318,6 +323,7 @@ fn reverse(
         .standing_hand_over()
         .filter(|attempt| attempt.outcome == Outcome::Delivered)
         .cloned()
+        .or_else(|| recorded_before_attempts(&delivery, on.receipt))
         .ok_or_else(|| Inconsistent(format!("delivered {} has no hand-over to reverse", delivery.delivery_id)))?;
     let mut after = delivery.clone();
     let node = delivery.delivering_node().clone();
@@ -370,6 +376,25 @@ fn reverse(
     *on.account = on.account.with_empties_owed(handed.empties_collected);
     on.changes.put_delivery(Some(delivery), after.clone());
     Ok(after)
+}
+
+/// The hand-over of a delivery delivered before deliveries kept their
+/// attempts: read back from its receipt's proof.
+fn recorded_before_attempts(delivery: &Delivery, receipt: &Receipt) -> Option<Attempt> {
+    let proof = receipt.proof.as_ref().filter(|_| delivery.attempts.is_empty())?;
+    Some(Attempt {
+        confirmation_id: proof.confirmation_id.clone(),
+        outcome: Outcome::Delivered,
+        reason: None,
+        note: None,
+        quantity: proof.quantity,
+        empties_collected: proof.empties_collected,
+        by: proof.delivered_by.clone(),
+        device_id: proof.device_id.clone(),
+        version: delivery.version,
+        captured_at: proof.captured_at,
+        received_at: proof.received_at,
+    })
 }
 
 #[cfg(test)]

@@ -388,3 +388,33 @@ fn reversing_a_short_hand_over_takes_back_its_untouched_follow_up() {
     let moved = refusal(scene.correct(&correction, &dispatcher(), "too late"));
     assert!(matches!(moved, CorrectionRefusal::FollowUpMoved(..)), "{moved:?}");
 }
+
+#[test]
+fn a_short_hand_over_whose_follow_up_failed_can_still_be_reversed() {
+    let mut scene = Scene::planned(5, &[("B1", 10)]);
+    scene.deliver("D-000001", 3, 0);
+    let follow_up = scene.delivery("D-000001-2");
+    let mut failed = Confirmation::delivered(follow_up.delivery_id, follow_up.version, 0, "");
+    (failed.outcome, failed.reason, failed.recipient) = (Outcome::Failed, Some(FailureReason::CustomerAbsent), None);
+    assert_eq!(scene.push(&failed, None).0, PushOutcome::Accepted);
+    let correction = Correction::Reverse(scene.delivery("D-000001").delivery_id);
+    let Step::Done(corrected) = scene.correct(&correction, &dispatcher(), "wrong house") else { panic!() };
+    assert_eq!(corrected.delivery.map(|d| (d.quantity, d.state)), Some((5, DeliveryState::Open)));
+    assert_eq!(scene.delivery("D-000001-2").state, DeliveryState::Cancelled);
+    assert_eq!((scene.balance("B1"), scene.receipt.delivered_quantity), ((10, 5), 0));
+}
+
+#[test]
+fn a_delivery_delivered_before_attempts_were_kept_is_reversed_from_its_proof() {
+    let mut scene = Scene::planned(2, &[("B1", 10)]);
+    scene.deliver("D-000001", 2, 2);
+    // As stored by the first release: no attempts, no count on the receipt.
+    let number = scene.delivery("D-000001").delivery_id.number().expect("numbered");
+    scene.deliveries.get_mut(&number).expect("kept").attempts.clear();
+    scene.receipt.delivered_quantity = 0;
+    assert_eq!(scene.receipt.delivered_units(), 2, "shown from its proof");
+    let correction = Correction::Reverse(scene.delivery("D-000001").delivery_id);
+    let Step::Done(corrected) = scene.correct(&correction, &dispatcher(), "wrong house") else { panic!() };
+    assert_eq!(corrected.delivery.map(|d| d.state), Some(DeliveryState::Open));
+    assert_eq!((scene.balance("B1"), scene.account.empties_expected), ((10, 2), 2));
+}

@@ -517,7 +517,18 @@ impl Receipt {
         let rounds =
             self.deliveries.iter().chain(&self.delivery_id).filter_map(|id| id.parts().map(|(_, round)| round));
         let round = rounds.max().unwrap_or(1).checked_add(1)?;
-        Some(handover_shared::DeliveryId::of_round(self.seq, round))
+        Some(handover_shared::DeliveryId::of_round(self.seq, round)).filter(|id| id.parts().is_some())
+    }
+
+    /// Units handed over, as a client is shown them: a receipt delivered
+    /// before they were counted says so through its proof (or, lacking one,
+    /// its flag).
+    pub fn delivered_units(&self) -> u32 {
+        match (&self.proof, self.delivered && self.delivered_quantity == 0) {
+            (Some(proof), true) => proof.quantity,
+            (None, true) => self.quantity,
+            _ => self.delivered_quantity,
+        }
     }
 
     /// Ordered units not handed over (yet).

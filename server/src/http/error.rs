@@ -58,6 +58,8 @@ pub enum ApiError {
     Import(#[from] ImportFailure),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("this handheld pushed too often; try again in {retry_after_secs} s")]
+    TooManyPushes { retry_after_secs: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -136,6 +138,7 @@ impl ApiError {
                 ImportFailure::Internal(_) => ErrorCode::Internal,
             },
             ApiError::Store(err) => store_code(err),
+            ApiError::TooManyPushes { .. } => ErrorCode::RateLimited,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -210,7 +213,9 @@ impl ResponseError for ApiError {
             tracing::error!(error = %self, cause = ?std::error::Error::source(self), "request failed");
         }
         let mut response = HttpResponse::build(status);
-        if let ApiError::Auth(AuthError::RateLimited { retry_after_secs }) = self {
+        if let ApiError::Auth(AuthError::RateLimited { retry_after_secs })
+        | ApiError::TooManyPushes { retry_after_secs } = self
+        {
             response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         if code == ErrorCode::StoreUnavailable {

@@ -126,7 +126,7 @@ pub fn receipt_view(receipt: &Receipt) -> ReceiptView {
         delivered_at: receipt.delivered_at,
         delivery_id: receipt.delivery_id.clone(),
         proof: receipt.proof.clone(),
-        delivered_quantity: receipt.delivered_quantity,
+        delivered_quantity: receipt.delivered_units(),
         deliveries: receipt.deliveries.clone(),
         cancelled: receipt.cancellation.is_some(),
         cancellation: receipt.cancellation.as_ref().map(intervention_view),

@@ -74,7 +74,7 @@ impl PushLimits {
         use governor::clock::Clock as _;
         self.0.check_key(device).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            ApiError::Auth(crate::auth::AuthError::RateLimited { retry_after_secs: wait.as_secs().max(1) })
+            ApiError::TooManyPushes { retry_after_secs: wait.as_secs().max(1) }
         })
     }
 
