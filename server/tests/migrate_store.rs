@@ -152,7 +152,7 @@ async fn sled_with_history(dir: &Path) -> History {
         let first = if sessions.is_empty() { retired_token } else { token_hash() };
         let token = RefreshToken { session_id: session.id, expires_at: now() + Duration::days(30), retired_at: None };
         sessions.push(session.id);
-        store.open_session(session, first, token, now()).await.expect("a session opens").expect("a free device");
+        store.open_session(session, first, token, true, now()).await.expect("a session opens").expect("a free device");
     }
     let rotated = store.rotate_refresh(retired_token, live_token, now() + Duration::days(30), now()).await;
     assert!(matches!(rotated, Ok(RefreshOutcome::Rotated(_))), "{rotated:?}");

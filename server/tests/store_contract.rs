@@ -705,7 +705,7 @@ async fn of_two_accounts_logging_in_on_a_new_device_at_once_one_gets_it(backend:
             let expires_at = now() + time::Duration::hours(1);
             let refresh = RefreshToken { session_id: session.id, expires_at, retired_at: None };
             let hash = [u8::try_from(i).expect("small"); 32];
-            store.open_session(session, hash, refresh, now()).await.expect("stored")
+            store.open_session(session, hash, refresh, true, now()).await.expect("stored")
         }
     })
     .await;

@@ -132,6 +132,8 @@ async fn a_stranger_guessing_a_password_cannot_lock_its_owner_out() {
 async fn a_courier_cannot_log_in_under_a_colleagues_handheld_until_an_admin_releases_it() {
     let sandbox = Sandbox::new();
     let server = sandbox.start_demo();
+    // Someone else naming the handheld first claims nothing: only a courier's login binds it.
+    server.login("cust1", DEMO_PASSWORD, Some("hh-exp1")).await;
     let first = server.login("exp1", DEMO_PASSWORD, Some("hh-exp1")).await;
     let again = server.login("exp1", DEMO_PASSWORD, Some("hh-exp1")).await;
     assert_eq!(again.device_id.as_str(), "hh-exp1", "its own account may log in on it again");
@@ -156,7 +158,7 @@ async fn a_courier_cannot_log_in_under_a_colleagues_handheld_until_an_admin_rele
     // Handed over to exp2: an admin releases it, exp1's sessions on it end.
     let admin = server.token("admin").await;
     let (status, released) = server.post("/api/v1/admin/devices/hh-exp1/release", &json!({}), Some(&admin)).await;
-    assert_eq!((status, &released["sessions_revoked"]), (StatusCode::OK, &json!(2)), "{released}");
+    assert_eq!((status, &released["sessions_revoked"]), (StatusCode::OK, &json!(3)), "{released}");
     let (status, _) = server.get("/api/v1/auth/me", Some(&first.access_token)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = server.post("/api/v1/auth/login", &body, None).await;

@@ -16,7 +16,7 @@ use std::{
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use handover_shared::{
     api::{LoginRequest, LoginResponse},
-    DeviceId, Username,
+    DeviceId, Role, Username,
 };
 use rand::RngCore;
 use secrecy::ExposeSecret;
@@ -194,7 +194,9 @@ impl AuthService {
         };
         let (refresh_token, refresh_hash) = new_refresh_token();
         let refresh = RefreshToken { session_id: session.id, expires_at: now + self.refresh_ttl, retired_at: None };
-        self.store.open_session(session.clone(), refresh_hash, refresh, now).await??;
+        // Only couriers' handhelds are bound to their accounts (see `sessions::open`).
+        let handheld = matches!(account.membership.role(), Role::Expediter | Role::Serviceman);
+        self.store.open_session(session.clone(), refresh_hash, refresh, handheld, now).await??;
         tracing::info!(username = %account.username, device_id = %session.device_id, session_id = %session.id, "login");
         let principal = principal_of(&account, &session);
         Ok((self.token_pair(&account, &session, refresh_token, now)?, principal))

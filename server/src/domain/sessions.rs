@@ -185,16 +185,20 @@ pub struct BindingChange {
 #[error("device {0} is registered to another account; use your own handheld's id, or ask an admin to release it")]
 pub struct DeviceInUse(pub DeviceId);
 
-/// Opens a session with its first refresh token, on a device that is the
-/// account's or nobody's: the first login binds it.
+/// Opens a session with its first refresh token. A courier's handheld must
+/// be the account's or nobody's, and its first login binds it; other
+/// accounts (a browser, an integration) neither bind nor are checked, so that
+/// nobody but a courier can claim a handheld's id ahead of it.
 pub fn open(
     session: Session,
     refresh: ([u8; 32], RefreshToken),
+    handheld: bool,
     binding: Option<DeviceBinding>,
     now: OffsetDateTime,
 ) -> Result<ChangeSet, DeviceInUse> {
     let mut changes = ChangeSet::default();
     match binding {
+        _ if !handheld => {}
         Some(bound) if bound.username != session.username => return Err(DeviceInUse(session.device_id)),
         Some(_) => {}
         None => changes.device_bindings.push(BindingChange {
@@ -360,18 +364,20 @@ mod change_tests {
     fn a_device_is_its_first_accounts_until_released() {
         let now = OffsetDateTime::UNIX_EPOCH;
         let refresh = ([1; 32], token(false));
-        let changes = open(session(false), refresh.clone(), None, now).expect("a new device");
+        let changes = open(session(false), refresh.clone(), true, None, now).expect("a new device");
         let bound = changes.device_bindings[0].after.clone().expect("bound");
         assert_eq!((bound.username.as_str(), changes.sessions.len()), ("exp1", 1));
 
-        let again = open(session(false), refresh.clone(), Some(bound.clone()), now).expect("its own account");
+        let again = open(session(false), refresh.clone(), true, Some(bound.clone()), now).expect("its own account");
         assert!(again.device_bindings.is_empty(), "already bound: nothing to write");
 
         let impostor = Session { username: Username::parse("exp2").expect("id"), ..session(false) };
         assert_eq!(
-            open(impostor, refresh.clone(), Some(bound.clone()), now),
+            open(impostor.clone(), refresh.clone(), true, Some(bound.clone()), now),
             Err(DeviceInUse(bound.device_id.clone()))
         );
+        let browser = open(impostor, refresh.clone(), false, Some(bound.clone()), now).expect("not a handheld");
+        assert!(browser.device_bindings.is_empty(), "a browser neither binds nor is checked");
         let message = DeviceInUse(bound.device_id.clone()).to_string();
         assert!(!message.contains("exp1"), "whose it is stays unsaid: {message}");
 

@@ -163,13 +163,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError>;
 
     /// Applies `domain::sessions::open`: opens a session with its first
-    /// refresh token on a device that is the account's or nobody's (binding
-    /// it), or refuses a device bound to another account, writing nothing.
+    /// refresh token; a courier's `handheld` must be the account's or
+    /// nobody's (its first login binds it), and one bound to another account
+    /// is refused, writing nothing.
     async fn open_session(
         &self,
         session: Session,
         refresh_hash: [u8; 32],
         refresh: RefreshToken,
+        handheld: bool,
         now: OffsetDateTime,
     ) -> Result<Result<(), DeviceInUse>, StoreError>;
     /// Applies `domain::sessions::release_device`: the device is nobody's

@@ -69,7 +69,7 @@ in_turn! {
     fn customer(&self, id: &CustomerId) -> Result<Option<Customer>, StoreError>;
     fn node_stock(&self, id: &NodeId) -> Result<Vec<(ItemId, Balance)>, StoreError>;
     fn stock_snapshot(&self) -> Result<(Vec<LedgerEntry>, Vec<(NodeId, ItemId, Balance)>), StoreError>;
-    fn open_session(&self, session: Session, refresh_hash: [u8; 32], refresh: RefreshToken, now: OffsetDateTime) -> Result<Result<(), DeviceInUse>, StoreError>;
+    fn open_session(&self, session: Session, refresh_hash: [u8; 32], refresh: RefreshToken, handheld: bool, now: OffsetDateTime) -> Result<Result<(), DeviceInUse>, StoreError>;
     fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
     fn device_bindings(&self) -> Result<Vec<DeviceBinding>, StoreError>;
     fn rotate_refresh(

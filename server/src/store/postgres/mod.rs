@@ -369,11 +369,12 @@ impl Store for PgStore {
         session: Session,
         refresh_hash: [u8; 32],
         refresh: RefreshToken,
+        handheld: bool,
         now: OffsetDateTime,
     ) -> Result<Result<(), DeviceInUse>, StoreError> {
         in_transaction!(self, tx => async {
             let binding = device_binding(&tx, &session.device_id).await?;
-            match sessions::open(session.clone(), (refresh_hash, refresh.clone()), binding, now) {
+            match sessions::open(session.clone(), (refresh_hash, refresh.clone()), handheld, binding, now) {
                 Ok(changes) => {
                     write_alone(&tx, changes).await?;
                     Ok::<_, Failed>(Ok(()))

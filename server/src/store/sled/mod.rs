@@ -343,12 +343,13 @@ impl Store for SledStore {
         session: Session,
         refresh_hash: [u8; 32],
         refresh: RefreshToken,
+        handheld: bool,
         now: OffsetDateTime,
     ) -> Result<Result<(), DeviceInUse>, StoreError> {
         self.write(move |inner| {
             inner.apply(|tx| {
                 let binding = tx_get(tx.device_bindings, session.device_id.as_str().as_bytes())?;
-                Ok(match sessions::open(session.clone(), (refresh_hash, refresh.clone()), binding, now) {
+                Ok(match sessions::open(session.clone(), (refresh_hash, refresh.clone()), handheld, binding, now) {
                     Ok(changes) => (Ok(()), changes),
                     Err(in_use) => (Err(in_use), ChangeSet::default()),
                 })
