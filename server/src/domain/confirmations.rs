@@ -220,6 +220,16 @@ pub fn digest(confirmation: &Confirmation) -> String {
     Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An id seen before: with the same content, its first outcome; with other
+/// content, why it is a conflicting duplicate.
+fn judge_seen(seen: &SeenConfirmation, digest: &str, id: &str) -> Result<FirstOutcome, String> {
+    if seen.digest == digest {
+        Ok(seen.outcome.clone())
+    } else {
+        Err(format!("confirmation {id} was received before with other content"))
+    }
+}
+
 /// Judges a pushed confirmation. `seen` is what the server remembers of its id,
 /// `delivery` the delivery it names, as of now.
 pub fn judge(
@@ -230,13 +240,9 @@ pub fn judge(
     delivery: Option<&Delivery>,
 ) -> Verdict {
     if let Some(seen) = seen {
-        return if seen.digest == digest {
-            Verdict::Replay(seen.outcome.clone())
-        } else {
-            reject(
-                RejectCode::ConflictingDuplicate,
-                format!("confirmation {} was received before with other content", confirmation.confirmation_id),
-            )
+        return match judge_seen(seen, digest, &confirmation.confirmation_id) {
+            Ok(first) => Verdict::Replay(first),
+            Err(message) => reject(RejectCode::ConflictingDuplicate, message),
         };
     }
     if let Err(message) = confirmation.check() {
@@ -359,12 +365,11 @@ pub fn push_unreadable(
 ) -> (PushOutcome, ChangeSet) {
     let mut changes = ChangeSet::default();
     if let Some(seen) = seen {
-        return if seen.digest == element.digest {
-            (PushOutcome::replay(&seen.outcome), changes)
-        } else {
-            let message = format!("confirmation {} was received before with other content", element.confirmation_id);
-            (PushOutcome::Rejected { code: RejectCode::ConflictingDuplicate, message }, changes)
+        let outcome = match judge_seen(seen, &element.digest, &element.confirmation_id) {
+            Ok(first) => PushOutcome::replay(&first),
+            Err(message) => PushOutcome::Rejected { code: RejectCode::ConflictingDuplicate, message },
         };
+        return (outcome, changes);
     }
     let (code, message) = (RejectCode::Invalid, element.message.clone());
     if uuid::Uuid::parse_str(&element.confirmation_id).is_ok() {

@@ -220,7 +220,7 @@ fn delivery_row(delivery: &Delivery) -> DeliveryRow {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct DashboardQuery {
     notice: Option<String>,
     receipts_after: Option<ReceiptId>,
@@ -496,8 +496,7 @@ pub async fn issue_leg(
     match shipments::issue_leg(state.store.as_ref(), &path).await {
         Ok(_) => Ok(redirect("/dashboard?notice=issued")),
         Err(failure @ ShipmentFailure::Leg(_)) => {
-            let query =
-                DashboardQuery { notice: None, receipts_after: None, deliveries_after: None, rejected_page: None };
+            let query = DashboardQuery::default();
             dispatcher_page(&state, &user, &query, None, Some(failure.to_string()), StatusCode::CONFLICT).await
         }
         Err(other) => Err(page_error(other)),
