@@ -271,3 +271,37 @@ async fn a_courier_confirms_with_a_drawn_signature_while_the_server_is_down_and_
     );
     assert_applied_once(&server, 1, &[]).await;
 }
+
+#[tokio::test]
+async fn a_delivery_on_its_way_shows_where_it_is_headed_and_no_forms_until_its_goods_arrive() {
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let dispatcher = server.token("disp").await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 12).await; // from the master warehouse, through B1
+    server.plan(&dispatcher).await;
+    let login = sandbox.agent_login("exp1", &server.url, "exp1", crate::helpers::DEMO_PASSWORD, Some("hh-on-its-way"));
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    let daemon = sandbox.agent_daemon("exp1", &["--interval", "1", "--max-backoff", "1"]);
+    let client = page_client();
+    wait_for_status(&client, &daemon, "the first sync", |status| !status["last_sync_at"].is_null()).await;
+
+    let (_, list) = page(&client, &daemon, "/").await;
+    assert!(list.contains("on its way to B1"), "{list}");
+    let (status_code, delivery) = page(&client, &daemon, "/deliveries/D-000001").await;
+    assert_eq!(status_code, StatusCode::OK);
+    assert!(delivery.contains("On its way to B1") && !delivery.contains("<form"), "{delivery}");
+
+    // The goods reach B1: the next pull brings it ready, with its forms.
+    let (status_code, _) = server.post("/api/v1/legs/D-000001-L1/issue", &json!({}), Some(&dispatcher)).await;
+    assert_eq!(status_code, StatusCode::OK);
+    let deadline = Instant::now() + LINK_WAIT;
+    loop {
+        let (_, delivery) = page(&client, &daemon, "/deliveries/D-000001").await;
+        if delivery.contains("<form") {
+            assert!(!delivery.contains("On its way"), "{delivery}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still on its way after {LINK_WAIT:?}: {delivery}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
