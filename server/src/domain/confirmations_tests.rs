@@ -273,27 +273,8 @@ fn records_that_do_not_fit_together_are_an_error_and_change_nothing() {
     let without_receipt = PushInputs { delivery: Some(planned.clone()), ..PushInputs::default() };
     let err = push(&c, &digest(&c), by(&exp2, &device), without_receipt).expect_err("inconsistent");
     assert_eq!(err.0, "the receipt of D-000001 was not read");
-    let receipt = crate::domain::orders::Receipt {
-        receipt_id: ReceiptId::from_seq(1),
-        seq: 1,
-        order_id: handover_shared::OrderId::parse("o1").expect("id"),
-        customer_id: planned.customer_id.clone(),
-        item_id: planned.item_id.clone(),
-        quantity: 3,
-        empties_expected: 0,
-        ordered_by: exp2.clone(),
-        created_at: OffsetDateTime::UNIX_EPOCH,
-        planned: true,
-        backordered: false,
-        delivered: false,
-        delivered_at: None,
-        delivery_id: Some(planned.delivery_id.clone()),
-        proof: None,
-        delivered_quantity: 0,
-        deliveries: Vec::new(),
-        cancellation: None,
-        reversals: Vec::new(),
-    };
+    let mut receipt = crate::domain::fixtures::receipt(1, "C1", "TC-100", 3, false);
+    (receipt.planned, receipt.delivery_id) = (true, Some(planned.delivery_id.clone()));
     let without_stock = PushInputs { delivery: Some(planned), receipt: Some(receipt), ..PushInputs::default() };
     let err = push(&c, &digest(&c), by(&exp2, &device), without_stock).expect_err("inconsistent");
     assert_eq!(err.0, "the stock of TC-100 at B1 was not read");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use handover_shared::{
     sync::{Confirmation, FailureReason, Outcome},
-    CustomerId, DeviceId, ItemId, NodeId, ReceiptId, Username,
+    DeviceId, ItemId, NodeId, ReceiptId, Username,
 };
 
 use super::*;
@@ -53,27 +53,7 @@ impl Scene {
     /// An order of `quantity` (collectable) with `stock` on hand, planned.
     fn planned(quantity: u32, stock: &[(&str, u64)]) -> Scene {
         let now = OffsetDateTime::UNIX_EPOCH;
-        let mut receipt = Receipt {
-            receipt_id: ReceiptId::from_seq(1),
-            seq: 1,
-            order_id: handover_shared::OrderId::parse("o1").expect("an order id"),
-            customer_id: CustomerId::parse("C1").expect("an id"),
-            item_id: toner(),
-            quantity,
-            empties_expected: quantity,
-            ordered_by: exp1(),
-            created_at: now,
-            planned: false,
-            backordered: false,
-            delivered: false,
-            delivered_at: None,
-            delivery_id: None,
-            proof: None,
-            delivered_quantity: 0,
-            deliveries: Vec::new(),
-            cancellation: None,
-            reversals: Vec::new(),
-        };
+        let mut receipt = crate::domain::fixtures::receipt(1, "C1", "TC", quantity, true);
         let mut scene = Scene {
             stock: stock.iter().map(|(n, on_hand)| (node(n), Balance { on_hand: *on_hand, reserved: 0 })).collect(),
             account: CustomerAccount { empties_expected: u64::from(quantity), orders: 1 },

@@ -1,9 +1,14 @@
 //! Test fixtures shared by the domain's unit tests.
 
-use handover_shared::{CustomerId, DeviceId, NodeId, Role, Username};
+use handover_shared::{CustomerId, DeviceId, ItemId, NodeId, OrderId, Role, Username};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{access::Principal, network::Customer};
+use super::{
+    access::Principal,
+    network::{Customer, Item},
+    orders::{Draft, Receipt, ValidOrder, DRAFT_TTL},
+};
 
 /// An account named `someone` with `role`, acting for `customer` when given.
 pub fn principal(role: Role, customer: Option<&str>) -> Principal {
@@ -27,4 +32,21 @@ pub fn customer(id: &str) -> Customer {
         branch_2: node("B2"),
         seller_id: node("S1"),
     }
+}
+
+/// Receipt number `seq`, not planned yet: `quantity` units of `item` for
+/// `customer`, confirmed at the epoch; a collectable item expects its empties.
+pub fn receipt(seq: u64, customer: &str, item: &str, quantity: u32, collectable: bool) -> Receipt {
+    let item = Item {
+        id: ItemId::parse(item).expect("id"),
+        name: item.into(),
+        collectable,
+        max_per_order: 100,
+        discontinued: false,
+    };
+    let order = ValidOrder { customer_id: CustomerId::parse(customer).expect("id"), item, quantity };
+    let order_id = OrderId::parse(format!("o{seq}")).expect("id");
+    let at = OffsetDateTime::UNIX_EPOCH;
+    let draft = Draft::new(order, order_id, &principal(Role::Dispatcher, None), at, DRAFT_TTL);
+    Receipt::from_draft(&draft, seq, at)
 }

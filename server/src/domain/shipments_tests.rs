@@ -1262,27 +1262,7 @@ proptest! {
 
 /// A receipt of customer `customer`, not planned yet.
 fn unplanned_receipt(customer: &str) -> Receipt {
-    Receipt {
-        receipt_id: ReceiptId::from_seq(7),
-        seq: 7,
-        order_id: handover_shared::OrderId::parse("order-7").expect("an order id"),
-        customer_id: customer_id(customer),
-        item_id: item("TC"),
-        quantity: 1,
-        empties_expected: 0,
-        ordered_by: username("disp"),
-        created_at: OffsetDateTime::UNIX_EPOCH,
-        planned: false,
-        backordered: false,
-        delivered: false,
-        delivered_at: None,
-        delivery_id: None,
-        proof: None,
-        delivered_quantity: 0,
-        deliveries: Vec::new(),
-        cancellation: None,
-        reversals: Vec::new(),
-    }
+    crate::domain::fixtures::receipt(7, customer, "TC", 1, false)
 }
 
 #[test]
