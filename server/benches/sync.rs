@@ -95,7 +95,7 @@ use common::{
     network_stock, place_orders, raw_sled_inserts, report_problems, seconds, Setup, DISPATCHER, PASSWORD,
 };
 use handover_server::{
-    config::{AuthSettings, Settings},
+    config::{AuthSettings, LimitSettings, Settings},
     domain::orders::{RawOrder, RawQuantity, Receipt},
     startup,
     store::{sled::SledStore, PlanResult, Store},
@@ -494,12 +494,15 @@ impl Served {
 }
 
 /// The real server's settings for the benchmark: development certificates
-/// made in `certs_dir`, and login limits raised (129 handhelds log in from one address).
+/// made in `certs_dir`, login limits raised (129 handhelds log in from one
+/// address), and the per-device push limit lifted (each courier pushes its
+/// batches back to back, far above a handheld's pace).
 fn server_settings(data_dir: &Path, certs_dir: &Path) -> Settings {
     Settings {
         data_dir: data_dir.to_owned(),
         certs_dir: certs_dir.to_owned(),
         auth: AuthSettings { login_attempts_per_minute_per_address: 10_000, ..AuthSettings::default() },
+        limits: LimitSettings { pushes_per_minute_per_device: u32::MAX, ..LimitSettings::default() },
         ..Settings::default()
     }
 }
