@@ -4,7 +4,7 @@
 //! mistake. Each is written as compensating records: the ledger gains lines,
 //! the records gain who, when and why; nothing already recorded is edited away.
 
-use handover_shared::{sync::Outcome, DeliveryId, ReceiptId, Role};
+use handover_shared::{sync::Outcome, DeliveryId, ItemId, NodeId, ReceiptId, Role};
 use time::OffsetDateTime;
 
 use super::{
@@ -58,6 +58,44 @@ pub struct CorrectionInputs {
     pub latest: Option<Delivery>,
     pub stock: StockBook,
     pub account: Option<CustomerAccount>,
+}
+
+impl CorrectionInputs {
+    /// The receipt a correction reads: the one it names, or its named
+    /// delivery's (read first, so that a delivery is locked before its receipt
+    /// as pushes do). `None`: nothing to correct.
+    pub fn receipt_to_read(correction: &Correction, named: Option<&Delivery>) -> Option<ReceiptId> {
+        match (correction, named) {
+            (Correction::CancelReceipt(id), _) => Some(id.clone()),
+            (_, Some(delivery)) => Some(delivery.receipt_id.clone()),
+            (_, None) => None,
+        }
+    }
+
+    /// The receipt's latest delivery, to read unless it is the one named.
+    pub fn latest_to_read(named: Option<&Delivery>, receipt: &Receipt) -> Option<DeliveryId> {
+        receipt.delivery_id.clone().filter(|latest| named.is_none_or(|named| named.delivery_id != *latest))
+    }
+
+    /// The records read, sorted: a receipt correction works on the receipt's
+    /// latest delivery; one naming a delivery keeps the latest beside it.
+    /// Stock and account are read next ([`Self::stock_to_read`]).
+    pub fn of(correction: &Correction, named: Option<Delivery>, receipt: Receipt, latest: Option<Delivery>) -> Self {
+        let (delivery, latest) = match correction {
+            Correction::CancelReceipt(_) => (latest, None),
+            Correction::CancelDelivery(_) | Correction::Reverse(_) => (named, latest),
+        };
+        CorrectionInputs { receipt: Some(receipt), delivery, latest, ..CorrectionInputs::default() }
+    }
+
+    /// The balances the correction may move: its deliveries' item at their nodes.
+    pub fn stock_to_read(&self) -> Vec<(NodeId, ItemId)> {
+        self.delivery
+            .iter()
+            .chain(&self.latest)
+            .flat_map(|d| d.stock_nodes().map(|node| (node.clone(), d.item_id.clone())))
+            .collect()
+    }
 }
 
 /// The receipt and the delivery after a correction.

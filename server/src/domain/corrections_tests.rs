@@ -150,22 +150,11 @@ impl Scene {
     fn correct(&mut self, correction: &Correction, by: &Principal, reason: &str) -> Step<Corrected, CorrectionRefusal> {
         let find = |id: &handover_shared::DeliveryId| self.deliveries.values().find(|d| d.delivery_id == *id).cloned();
         let named = correction.delivery().and_then(find);
-        let latest = self.receipt.delivery_id.as_ref().and_then(find);
-        let (delivery, latest) = match named {
-            Some(named) => {
-                let latest = latest.filter(|latest| latest.delivery_id != named.delivery_id);
-                (Some(named), latest)
-            }
-            None => (latest, None),
-        };
-        let nodes: Vec<NodeId> = delivery.iter().chain(&latest).flat_map(|d| d.stock_nodes().cloned()).collect();
-        let inputs = CorrectionInputs {
-            receipt: Some(self.receipt.clone()),
-            stock: self.book(&nodes),
-            account: Some(self.account.clone()),
-            delivery,
-            latest,
-        };
+        let latest = CorrectionInputs::latest_to_read(named.as_ref(), &self.receipt).and_then(|id| find(&id));
+        let mut inputs = CorrectionInputs::of(correction, named, self.receipt.clone(), latest);
+        let nodes: Vec<NodeId> = inputs.stock_to_read().into_iter().map(|(node, _)| node).collect();
+        inputs.stock = self.book(&nodes);
+        inputs.account = Some(self.account.clone());
         match correct(correction, by, reason, inputs, self.now).expect("sound") {
             Step::Done((corrected, changes)) => {
                 self.apply(changes);

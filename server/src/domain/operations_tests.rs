@@ -462,29 +462,22 @@ fn correct(
     by: &Principal,
     now: OffsetDateTime,
 ) -> Result<(), TestCaseError> {
+    // Read as a backend does, by the domain's plan.
     let delivery_of = |id: &handover_shared::DeliveryId| id.number().and_then(|n| books.deliveries.get(&n)).cloned();
     let named = correction.delivery().and_then(delivery_of);
-    let receipt_seq = match correction {
-        Correction::CancelReceipt(id) => id.seq(),
-        _ => named.as_ref().and_then(|d| d.receipt_id.seq()),
-    };
-    let receipt = receipt_seq.and_then(|seq| books.receipts.get(&seq)).cloned();
-    let latest_id = receipt.as_ref().and_then(|r| r.delivery_id.clone());
-    let (delivery, latest) = match &named {
-        Some(named) => {
-            (Some(named.clone()), latest_id.filter(|id| *id != named.delivery_id).and_then(|id| delivery_of(&id)))
-        }
-        None => (latest_id.and_then(|id| delivery_of(&id)), None),
-    };
-    let stock = books.stock(
-        delivery
-            .iter()
-            .chain(&latest)
-            .flat_map(|d| d.stock_nodes().map(|n| (n.clone(), d.item_id.clone())))
-            .collect::<Vec<_>>(),
-    );
-    let account = receipt.as_ref().and_then(|r| books.accounts.get(&r.customer_id)).cloned();
-    let inputs = CorrectionInputs { receipt, delivery, latest, stock, account };
+    if correction.delivery().is_some() && named.is_none() {
+        return Ok(());
+    }
+    let receipt = CorrectionInputs::receipt_to_read(correction, named.as_ref())
+        .and_then(|id| id.seq())
+        .and_then(|seq| books.receipts.get(&seq))
+        .cloned();
+    let Some(receipt) = receipt else { return Ok(()) };
+    let latest = CorrectionInputs::latest_to_read(named.as_ref(), &receipt).and_then(|id| delivery_of(&id));
+    let account = books.accounts.get(&receipt.customer_id).cloned();
+    let mut inputs = CorrectionInputs::of(correction, named, receipt, latest);
+    inputs.stock = books.stock(inputs.stock_to_read());
+    inputs.account = account;
     match corrections::correct(correction, by, "a test", inputs, now).map_err(|e| TestCaseError::fail(e.0))? {
         Step::Done((_, changes)) => books.apply(changes),
         Step::Refused(_) | Step::NotFound => Ok(()),

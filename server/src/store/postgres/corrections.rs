@@ -22,29 +22,20 @@ pub(super) async fn correction_inputs(
         },
         None => None,
     };
-    let receipt_id = match (correction, &named) {
-        (Correction::CancelReceipt(id), _) => id.clone(),
-        (_, Some(delivery)) => delivery.receipt_id.clone(),
-        (_, None) => return Ok(CorrectionInputs::default()),
-    };
-    let receipt = match receipt_id.seq() {
+    let receipt = match CorrectionInputs::receipt_to_read(correction, named.as_ref()).and_then(|id| id.seq()) {
         Some(seq) => working.receipt(seq).await?,
         None => None,
     };
     let Some(receipt) = receipt else { return Ok(CorrectionInputs::default()) };
-    let latest = match &receipt.delivery_id {
-        Some(id) if named.as_ref().is_none_or(|named| named.delivery_id != *id) => delivery(working, id).await?,
-        _ => None,
+    let latest = match CorrectionInputs::latest_to_read(named.as_ref(), &receipt) {
+        Some(id) => delivery(working, &id).await?,
+        None => None,
     };
-    let (delivery, latest) = if named.is_some() { (named, latest) } else { (latest, None) };
-    let keys: Vec<_> = delivery
-        .iter()
-        .chain(&latest)
-        .flat_map(|d| d.stock_nodes().map(|node| (node.clone(), d.item_id.clone())))
-        .collect();
-    let stock = working.stock(keys).await?;
     let account = working.customer_account(&receipt.customer_id).await?;
-    Ok(CorrectionInputs { receipt: Some(receipt), delivery, latest, stock, account })
+    let mut inputs = CorrectionInputs::of(correction, named, receipt, latest);
+    inputs.stock = working.stock(inputs.stock_to_read()).await?;
+    inputs.account = account;
+    Ok(inputs)
 }
 
 async fn delivery(working: &mut Working<'_, '_>, id: &DeliveryId) -> Result<Option<Delivery>, Failed> {

@@ -369,13 +369,7 @@ impl Pending {
     /// Device syncs, sessions and refresh tokens: few per transaction.
     async fn write_small_records(&self, tx: &Transaction<'_>) -> Result<(), Failed> {
         for (device, sync) in &self.device_syncs {
-            execute(
-                tx,
-                "INSERT INTO device_syncs (device_id, body) VALUES ($1, $2::text::jsonb)
-                 ON CONFLICT (device_id) DO UPDATE SET body = EXCLUDED.body",
-                &[&device.as_str(), &encode(sync)?],
-            )
-            .await?;
+            put_by_device(tx, "device_syncs", device, encode(sync)?).await?;
         }
         for (id, session) in &self.sessions {
             execute(
@@ -412,13 +406,7 @@ impl Pending {
             };
         }
         for (device, log) in &self.rejection_logs {
-            execute(
-                tx,
-                "INSERT INTO rejection_logs (device_id, body) VALUES ($1, $2::text::jsonb)
-                 ON CONFLICT (device_id) DO UPDATE SET body = EXCLUDED.body",
-                &[&device.as_str(), &encode(log)?],
-            )
-            .await?;
+            put_by_device(tx, "rejection_logs", device, encode(log)?).await?;
         }
         for (hash, token) in &self.refresh_tokens {
             execute(
@@ -431,6 +419,17 @@ impl Pending {
         }
         Ok(())
     }
+}
+
+/// A record kept whole under its device id in `table` (one of ours), the
+/// last write replacing it.
+async fn put_by_device(tx: &Transaction<'_>, table: &str, device: &str, body: String) -> Result<(), Failed> {
+    let sql = format!(
+        "INSERT INTO {table} (device_id, body) VALUES ($1, $2::text::jsonb)
+         ON CONFLICT (device_id) DO UPDATE SET body = EXCLUDED.body"
+    );
+    execute(tx, &sql, &[&device, &body]).await?;
+    Ok(())
 }
 
 #[derive(Default)]

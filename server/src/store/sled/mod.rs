@@ -13,6 +13,7 @@
 
 mod codec;
 pub mod commit;
+mod corrections_reads;
 mod export;
 mod planning;
 mod push;
@@ -49,7 +50,7 @@ use crate::domain::{
     access::Principal,
     changes::ChangeSet,
     confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
-    corrections::{self, Corrected, Correction, CorrectionInputs, CorrectionRefusal},
+    corrections::{self, Corrected, Correction, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
     orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
     sessions::{self, DeviceBinding, DeviceInUse, RefreshToken, Session},
@@ -210,42 +211,6 @@ fn tx_sessions(tx: &Tx<'_>, ids: &[Uuid]) -> TxResult<Vec<Session>> {
         held.extend(tx_get::<Session>(tx.sessions, id.as_bytes())?);
     }
     Ok(held)
-}
-
-/// Reads what `corrections::correct` judges a correction against.
-fn tx_correction_inputs(tx: &Tx<'_>, correction: &Correction) -> TxResult<CorrectionInputs> {
-    let delivery_at = |id: &DeliveryId| -> TxResult<Option<Delivery>> {
-        match id.number() {
-            Some(number) => tx_get(tx.deliveries, &number.to_be_bytes()),
-            None => Ok(None),
-        }
-    };
-    let named = match correction.delivery() {
-        Some(id) => match delivery_at(id)? {
-            Some(delivery) => Some(delivery),
-            None => return Ok(CorrectionInputs::default()),
-        },
-        None => None,
-    };
-    let receipt_id = match (correction, &named) {
-        (Correction::CancelReceipt(id), _) => id.clone(),
-        (_, Some(delivery)) => delivery.receipt_id.clone(),
-        (_, None) => return Ok(CorrectionInputs::default()),
-    };
-    let Some(receipt) =
-        receipt_id.seq().map(|seq| tx_get::<Receipt>(tx.receipts, &seq.to_be_bytes())).transpose()?.flatten()
-    else {
-        return Ok(CorrectionInputs::default());
-    };
-    let latest = match &receipt.delivery_id {
-        Some(id) if named.as_ref().is_none_or(|named| named.delivery_id != *id) => delivery_at(id)?,
-        _ => None,
-    };
-    let (delivery, latest) = if named.is_some() { (named, latest) } else { (latest, None) };
-    let stock =
-        tx_stock(tx, delivery.iter().chain(&latest).flat_map(|d| d.stock_nodes().map(move |node| (node, &d.item_id))))?;
-    let account = tx_get(tx.customer_accounts, receipt.customer_id.as_str().as_bytes())?;
-    Ok(CorrectionInputs { receipt: Some(receipt), delivery, latest, stock, account })
 }
 
 fn check_format(db: &sled::Db) -> Result<(), StoreError> {
@@ -629,7 +594,7 @@ impl Store for SledStore {
         self.write(move |inner| {
             let _moving_stock = inner.moving_stock();
             inner.apply(|tx| {
-                let inputs = tx_correction_inputs(tx, &correction)?;
+                let inputs = corrections_reads::tx_correction_inputs(tx, &correction)?;
                 Ok(
                     match corrections::correct(&correction, &by, &reason, inputs, now)
                         .map_err(|err| abort(err.into()))?
