@@ -18,11 +18,15 @@ use std::{
 
 use anyhow::Context as _;
 use handover_shared::{
-    api::{ErrorBody, LoginRequest, LoginResponse, RefreshRequest},
+    api::{ErrorBody, LoginRequest, LoginResponse, PhotoUpload, RefreshRequest},
     sync::{AssignmentChanges, ConfirmationBatch, ConfirmationResults},
-    ErrorCode,
+    DeliveryId, ErrorCode,
 };
-use reqwest::{blocking, StatusCode};
+use reqwest::{
+    blocking,
+    header::{CONTENT_RANGE, CONTENT_TYPE},
+    StatusCode,
+};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Why a call did not get its answer.
@@ -151,4 +155,38 @@ impl Client {
     pub fn push(&self, token: &str, batch: &ConfirmationBatch) -> Result<ConfirmationResults, CallError> {
         self.post("/api/v1/sync/confirmations", batch, Some(token))
     }
+
+    /// How far the upload of `digest` for `delivery` has come (`received` 0
+    /// when nothing arrived yet).
+    pub fn photo_upload(&self, token: &str, delivery: &DeliveryId, digest: &str) -> Result<PhotoUpload, CallError> {
+        self.call(|base| self.http.get(photo_url(base, delivery, digest)).bearer_auth(token))
+    }
+
+    /// Sends `chunk`, the bytes of the photo from `start` on (of `total` in
+    /// all); the server takes it only if `start` is where the upload stands.
+    pub fn put_photo_chunk(
+        &self,
+        token: &str,
+        delivery: &DeliveryId,
+        digest: &str,
+        start: u64,
+        chunk: &[u8],
+        total: u64,
+    ) -> Result<PhotoUpload, CallError> {
+        // `Content-Range` names the last byte, inclusive.
+        let end = start + (chunk.len() as u64).max(1) - 1;
+        let range = format!("bytes {start}-{end}/{total}");
+        self.call(|base| {
+            self.http
+                .put(photo_url(base, delivery, digest))
+                .bearer_auth(token)
+                .header(CONTENT_RANGE, &range)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .body(chunk.to_vec())
+        })
+    }
+}
+
+fn photo_url(base: &str, delivery: &DeliveryId, digest: &str) -> String {
+    format!("{base}/api/v1/deliveries/{delivery}/photos/{digest}")
 }

@@ -11,7 +11,7 @@ use rand::Rng as _;
 use serde::Serialize;
 
 use crate::{
-    store::LocalStore,
+    store::{LocalStore, SignatureRefused},
     sync::{self, SyncError, SyncOptions},
 };
 
@@ -49,9 +49,12 @@ pub struct Syncer {
 impl Syncer {
     pub fn new(store: LocalStore) -> Self {
         let last_sync_at = store.last_sync_at().ok().flatten();
+        // A signature the server refused at an earlier sync shows from the
+        // start, not only after this daemon's first sync.
+        let problem = store.signature_refused().ok().flatten().map(|refused| signature_problem(&refused));
         Self {
             store,
-            link: Mutex::new(LinkState { last_sync_at, ..LinkState::default() }),
+            link: Mutex::new(LinkState { last_sync_at, problem, ..LinkState::default() }),
             nudged: Mutex::new(false),
             wake: Condvar::new(),
         }
@@ -101,9 +104,9 @@ impl Syncer {
     fn record(&self, outcome: Result<sync::SyncReport, SyncError>) {
         let mut link = self.link.lock().unwrap_or_else(PoisonError::into_inner);
         match outcome {
-            Ok(_) => {
+            Ok(report) => {
                 link.online = Some(true);
-                link.problem = None;
+                link.problem = report.signature_refused.as_ref().map(signature_problem);
                 link.last_sync_at = self.store.last_sync_at().ok().flatten();
             }
             Err(SyncError::Offline { message, .. }) => {
@@ -121,6 +124,11 @@ impl Syncer {
     }
 }
 
+/// What the page says while the server refuses this handheld's signature.
+fn signature_problem(refused: &SignatureRefused) -> String {
+    format!("{refused}: stop the daemon, log in, start it again")
+}
+
 /// The wait after the `failures`-th failed sync in a row: doubling from one
 /// second, capped, with up to a quarter of jitter so that handhelds coming back
 /// together do not knock together.
@@ -133,7 +141,30 @@ fn backoff(failures: u32, cap: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use handover_shared::DeviceId;
+
     use super::*;
+
+    #[test]
+    fn a_refused_signature_is_the_page_s_problem_from_the_start_and_after_each_sync_that_meets_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path()).expect("open");
+        let refused = SignatureRefused {
+            device_id: DeviceId::parse("hh-1").expect("id"),
+            confirmation_id: "c-1".into(),
+            message: "device hh-1 registered no key: log in again to register one".into(),
+        };
+        store.note_signature_refused(&refused).expect("noted");
+
+        let syncer = Syncer::new(store);
+        let problem = syncer.link().problem.expect("shown before the first sync");
+        assert!(problem.starts_with("the server refused this handheld's signature: log in again"), "{problem}");
+
+        syncer.record(Ok(sync::SyncReport { signature_refused: Some(refused), ..sync::SyncReport::default() }));
+        assert_eq!((syncer.link().online, syncer.link().problem), (Some(true), Some(problem)));
+        syncer.record(Ok(sync::SyncReport::default()));
+        assert_eq!(syncer.link().problem, None, "a sync that meets none clears it");
+    }
 
     #[test]
     fn the_backoff_doubles_from_one_second_and_stays_under_its_cap() {

@@ -12,7 +12,7 @@
 use std::{io::Write as _, path::Path, time::Duration};
 
 use anyhow::Context as _;
-use handover_shared::sync::FailureReason;
+use handover_shared::sync::{FailureReason, Position};
 use serde::{Deserialize, Serialize};
 
 const FILE: &str = "daemon.json";
@@ -29,12 +29,36 @@ pub struct Door {
     pub token: String,
 }
 
-/// A capture handed to the daemon: what `confirm` or `fail` was given.
+/// A capture handed to the daemon: what `confirm` or `fail` was given. The
+/// fields added with proof of delivery are left out when empty, so that a
+/// plain capture still reads at a daemon started from an older build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Capture {
-    Delivered { delivery_id: String, recipient: String, quantity: Option<u32>, empties: u32, note: Option<String> },
-    Failed { delivery_id: String, reason: FailureReason, note: Option<String> },
+    Delivered {
+        delivery_id: String,
+        recipient: String,
+        quantity: Option<u32>,
+        empties: u32,
+        note: Option<String>,
+        /// The photo's bytes, base64: the daemon checks them as the page's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        photo: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
+        /// The customer's handover code as entered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
+    Failed {
+        delivery_id: String,
+        reason: FailureReason,
+        note: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        photo: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<Position>,
+    },
 }
 
 /// The daemon's answer: the saved confirmation's id, or why nothing was saved.
@@ -42,6 +66,13 @@ pub enum Capture {
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
     Saved(String),
+    /// Saved, with something the courier must hear at once (how the handover
+    /// code compared). Its own variant, so that an older command reading a
+    /// plain save is not surprised.
+    SavedWithNotice {
+        confirmation_id: String,
+        notice: String,
+    },
     Refused(String),
 }
 
@@ -101,9 +132,16 @@ mod tests {
 
     #[test]
     fn a_capture_reads_back_as_sent_and_unknown_fields_are_refused() {
-        let sent = Capture::Failed { delivery_id: "D-000001".into(), reason: FailureReason::Refused, note: None };
+        let sent = Capture::Failed {
+            delivery_id: "D-000001".into(),
+            reason: FailureReason::Refused,
+            note: None,
+            photo: None,
+            position: None,
+        };
         let wire = serde_json::to_string(&sent).expect("encodes");
         assert!(wire.contains(r#""outcome":"failed""#), "{wire}");
+        assert!(!wire.contains("photo") && !wire.contains("position"), "empty evidence is left out: {wire}");
         assert!(matches!(serde_json::from_str(&wire), Ok(Capture::Failed { reason: FailureReason::Refused, .. })));
         let extra = r#"{"outcome":"delivered","delivery_id":"D-000001","recipient":"A","quantity":null,"empties":0,"note":null,"x":1}"#;
         assert!(serde_json::from_str::<Capture>(extra).is_err());
@@ -114,7 +152,13 @@ mod tests {
     fn the_door_is_readable_by_its_owner_only_and_a_missing_one_means_no_daemon() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("a temporary dir");
-        let capture = Capture::Failed { delivery_id: "D-000001".into(), reason: FailureReason::Refused, note: None };
+        let capture = Capture::Failed {
+            delivery_id: "D-000001".into(),
+            reason: FailureReason::Refused,
+            note: None,
+            photo: None,
+            position: None,
+        };
         assert!(send(dir.path(), &capture, Duration::from_secs(1)).expect("no error").is_none());
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         let page = format!("http://{}", closed.local_addr().expect("an address"));

@@ -4,12 +4,15 @@
 //! server; it speaks the wire types of `handover-shared` over HTTPS.
 
 mod capture;
+mod chain;
 mod client;
 mod daemon;
 mod handoff;
+mod login;
 mod page;
 mod store;
 mod sync;
+mod verify;
 
 use std::{
     io::{IsTerminal as _, Read as _},
@@ -20,15 +23,18 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
-use handover_shared::{api::LoginRequest, sync::FailureReason, DeliveryId, DeviceId};
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use clap::{Args, Parser, Subcommand};
+use handover_shared::{
+    sync::{FailureReason, Position},
+    DeliveryId, DeviceId,
+};
 use serde_json::json;
 
 use crate::{
-    capture::{Delivered, Failed},
-    client::Client,
+    capture::{Delivered, Evidence, Failed, Saved},
     daemon::{Schedule, Syncer},
-    store::{LocalStore, Session, StoreInUse},
+    store::{LocalStore, Photo, StoreInUse},
     sync::SyncOptions,
 };
 
@@ -86,6 +92,12 @@ enum Command {
         empties: u32,
         #[arg(long)]
         note: Option<String>,
+        /// The customer's handover code, as given at the door: checked at once
+        /// on this handheld, and saved even when it does not match.
+        #[arg(long)]
+        code: Option<String>,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
     },
     /// Record a failed delivery attempt (works offline).
     Fail {
@@ -95,8 +107,16 @@ enum Command {
         reason: String,
         #[arg(long)]
         note: Option<String>,
+        #[command(flatten)]
+        evidence: EvidenceArgs,
     },
-    /// Push the outbox, then pull.
+    /// Check a proof of delivery offline: the JSON of
+    /// `GET /api/v1/receipts/{id}/proof`, or one signed proof from it.
+    Verify {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Push the outbox, pull, then upload the photos waiting.
     Sync {
         #[arg(long)]
         json: bool,
@@ -129,6 +149,61 @@ enum Command {
     },
 }
 
+/// What backs a capture up, as given on the command line.
+#[derive(Debug, Clone, Args)]
+struct EvidenceArgs {
+    /// A photo (JPEG, PNG or WebP, at most 4 MiB), kept on the handheld and
+    /// uploaded after the confirmation.
+    #[arg(long, value_name = "FILE")]
+    photo: Option<PathBuf>,
+    /// Where it happened: latitude in degrees (with --lon).
+    #[arg(long, value_name = "DEG", requires = "lon", allow_negative_numbers = true)]
+    lat: Option<f64>,
+    /// Longitude in degrees (with --lat).
+    #[arg(long, value_name = "DEG", requires = "lat", allow_negative_numbers = true)]
+    lon: Option<f64>,
+    /// How far off the position may be, in metres.
+    #[arg(long, value_name = "METRES", requires = "lat")]
+    accuracy: Option<f64>,
+}
+
+impl EvidenceArgs {
+    /// The photo read and checked (by its bytes), and the position.
+    fn read(&self) -> anyhow::Result<Evidence> {
+        let photo = match &self.photo {
+            Some(path) => {
+                let bytes = read_photo(path)?;
+                Some(Photo::new(bytes).map_err(|why| anyhow::anyhow!("--photo {}: {why}", path.display()))?)
+            }
+            None => None,
+        };
+        let position = match (self.lat, self.lon) {
+            (Some(lat), Some(lon)) => Some(Position { lat, lon, accuracy_m: self.accuracy }),
+            _ => None,
+        };
+        Ok(Evidence { photo, position })
+    }
+}
+
+/// A photo file's bytes, read no further than the size limit allows.
+fn read_photo(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let file = std::fs::File::open(path).with_context(|| format!("--photo {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(handover_shared::proof::MAX_PHOTO_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("--photo {}", path.display()))?;
+    Ok(bytes)
+}
+
+/// Tells the courier how the capture went: its id on standard output (what
+/// scripts read), and what the handover code said on standard error.
+fn report_saved(saved: &Saved) {
+    println!("{}", saved.confirmation_id);
+    if let Some(message) = saved.code_check.message() {
+        eprintln!("{message}");
+    }
+}
+
 fn main() -> ExitCode {
     // The local store holds the courier's tokens: the owner's only.
     handover_shared::private::owner_only_from_now_on();
@@ -145,6 +220,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Offline and storeless: it checks a file, whoever runs it.
+    if let Command::Verify { file } = &cli.command {
+        return verify::run(file);
+    }
     let store = match LocalStore::open(&cli.data_dir) {
         Ok(store) => store,
         Err(err) if err.is::<StoreInUse>() => return hand_to_daemon(&cli, err),
@@ -160,27 +239,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 rpassword::prompt_password("password: ").context("reading the password")?
             };
-            let device_id = match device_id {
-                Some(raw) => DeviceId::parse(raw).context("invalid --device-id")?,
-                None => match store.session() {
-                    Ok(previous) => previous.device_id,
-                    Err(_) => DeviceId::parse(format!("hh-{}", uuid::Uuid::new_v4().simple()))?,
-                },
-            };
-            let client = Client::new(&servers, ca.as_deref(), options.timeout)?;
-            let answer = client
-                .login(&LoginRequest { username, password, device_id: Some(device_id) })
-                .map_err(|err| anyhow::anyhow!("login failed: {err}"))?;
-            let ca = ca.map(|path| std::fs::canonicalize(&path).unwrap_or(path).display().to_string());
-            store.save_session(&Session {
-                servers,
-                ca,
-                username: answer.username.clone(),
-                device_id: answer.device_id.clone(),
-                access_token: answer.access_token,
-                refresh_token: answer.refresh_token,
-            })?;
-            println!("logged in as {} ({}) on device {}", answer.username, answer.role, answer.device_id);
+            let device_id = device_id.map(|raw| DeviceId::parse(raw).context("invalid --device-id")).transpose()?;
+            let credentials = login::Credentials { servers, ca, username, password, device_id };
+            let logged_in = login::login(&store, credentials, options.timeout)?;
+            println!("logged in as {} ({}) on device {}", logged_in.username, logged_in.role, logged_in.device_id);
+            if logged_in.signed > 0 {
+                println!(
+                    "{} queued confirmation(s) saved before the server registered this handheld's signing key are \
+                     signed now",
+                    logged_in.signed
+                );
+            }
             Ok(())
         }
         Command::Pull => {
@@ -189,19 +258,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::List { json } => list(&store, json),
-        Command::Confirm { delivery_id, recipient, quantity, empties, note } => {
+        Command::Confirm { delivery_id, recipient, quantity, empties, note, code, evidence } => {
             let id = DeliveryId::parse(delivery_id).context("invalid delivery id")?;
             check_recipient(&recipient)?;
-            let report = Delivered { recipient, quantity, empties, note, signature: None };
-            println!("{}", capture::deliver(&store, &id, report, None)?);
+            let evidence = evidence.read()?;
+            let report = Delivered { recipient, quantity, empties, note, signature: None, evidence, code };
+            report_saved(&capture::deliver(&store, &id, report, None)?);
             Ok(())
         }
-        Command::Fail { delivery_id, reason, note } => {
+        Command::Fail { delivery_id, reason, note, evidence } => {
             let id = DeliveryId::parse(delivery_id).context("invalid delivery id")?;
             let reason = failure_reason(&reason, note.as_deref())?;
-            println!("{}", capture::fail(&store, &id, Failed { reason, note }, None)?);
+            let evidence = evidence.read()?;
+            report_saved(&capture::fail(&store, &id, Failed { reason, note, evidence }, None)?);
             Ok(())
         }
+        Command::Verify { file } => verify::run(&file),
         Command::Sync { json, batch_size } => {
             let progress = !json && std::io::stdout().is_terminal();
             let report = sync::sync(&store, &SyncOptions { batch_size: batch_size.into(), progress, ..options })?;
@@ -209,14 +281,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
                 println!(
-                    "pushed: {} accepted, {} duplicate, {} rejected; pulled: {} change(s); queued: {}",
-                    report.accepted, report.duplicate, report.rejected, report.pulled, report.queued
+                    "pushed: {} accepted, {} duplicate, {} rejected; pulled: {} change(s); queued: {}; photos: {} \
+                     uploaded, {} dropped, {} waiting",
+                    report.accepted,
+                    report.duplicate,
+                    report.rejected,
+                    report.pulled,
+                    report.queued,
+                    report.photos_uploaded,
+                    report.photos_dropped,
+                    report.photos_waiting
                 );
+                for problem in &report.photo_problems {
+                    eprintln!("{problem}");
+                }
             }
-            Ok(())
+            match &report.signature_refused {
+                // The report is out; the exit status says the push stopped.
+                Some(refused) => bail!("{refused}"),
+                None => Ok(()),
+            }
         }
         Command::Status { json } => {
             let session = store.session().ok();
+            let (waiting, dropped) = (store.photos_waiting()?, store.dropped_photos()?);
+            let signature_refused = store.signature_refused()?;
+            let device_key = match (store.signing()?, store.device_key()?) {
+                (true, _) => Some("registered"),
+                (false, Some(_)) => Some("pending"),
+                (false, None) => None,
+            };
             let status = json!({
                 "queued": store.queued(),
                 "rejected": store.rejected()?.len(),
@@ -225,16 +319,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "device_id": session.as_ref().map(|s| s.device_id.to_string()),
                 "server": session.as_ref().and_then(|s| s.servers.first().cloned()),
                 "servers": session.as_ref().map(|s| s.servers.clone()),
+                "signing": device_key == Some("registered"),
+                "device_key": device_key,
+                "signature_refused": signature_refused,
+                "photos_waiting": waiting.len(),
+                "photos": waiting,
+                "photos_dropped": dropped,
             });
             if json {
                 println!("{status}");
             } else {
                 println!(
-                    "queued: {}, rejected: {}, last sync: {}",
+                    "queued: {}, rejected: {}, photos waiting to upload: {}, last sync: {}",
                     status["queued"],
                     status["rejected"],
+                    waiting.len(),
                     status["last_sync_at"].as_str().unwrap_or("never")
                 );
+                if let Some(refused) = &signature_refused {
+                    println!("{refused}");
+                }
+                for photo in &waiting {
+                    let problem = match (&photo.problem, photo.waits_for_confirmation) {
+                        (Some(why), _) => format!(" ({why})"),
+                        (None, true) => " (after its confirmation is sent)".to_owned(),
+                        (None, false) => String::new(),
+                    };
+                    println!("photo waiting  {}  {}  {} bytes{problem}", photo.delivery_id, photo.digest, photo.size);
+                }
+                for photo in &dropped {
+                    println!(
+                        "photo dropped  {}  {}  {}: {}",
+                        photo.delivery_id, photo.digest, photo.code, photo.message
+                    );
+                }
             }
             Ok(())
         }
@@ -286,27 +404,42 @@ fn failure_reason(raw: &str, note: Option<&str>) -> anyhow::Result<FailureReason
 /// The store is in use: `confirm` and `fail` go to the running daemon, which
 /// saves them as its page would; anything else says the store is in use.
 fn hand_to_daemon(cli: &Cli, in_use: anyhow::Error) -> anyhow::Result<()> {
+    // The photo is read and checked here, so that a wrong file is named by
+    // this command; the daemon checks the bytes again as it would the page's.
+    let handed = |evidence: &EvidenceArgs| -> anyhow::Result<(Option<String>, Option<Position>)> {
+        let Evidence { photo, position } = evidence.read()?;
+        Ok((photo.map(|photo| STANDARD.encode(photo.bytes())), position))
+    };
     let capture = match &cli.command {
-        Command::Confirm { delivery_id, recipient, quantity, empties, note } => {
+        Command::Confirm { delivery_id, recipient, quantity, empties, note, code, evidence } => {
             check_recipient(recipient)?;
+            let (photo, position) = handed(evidence)?;
             handoff::Capture::Delivered {
                 delivery_id: delivery_id.clone(),
                 recipient: recipient.clone(),
                 quantity: *quantity,
                 empties: *empties,
                 note: note.clone(),
+                photo,
+                position,
+                code: code.clone(),
             }
         }
-        Command::Fail { delivery_id, reason, note } => handoff::Capture::Failed {
-            delivery_id: delivery_id.clone(),
-            reason: failure_reason(reason, note.as_deref())?,
-            note: note.clone(),
-        },
+        Command::Fail { delivery_id, reason, note, evidence } => {
+            let reason = failure_reason(reason, note.as_deref())?;
+            let (photo, position) = handed(evidence)?;
+            handoff::Capture::Failed { delivery_id: delivery_id.clone(), reason, note: note.clone(), photo, position }
+        }
         _ => return Err(in_use),
     };
     match handoff::send(&cli.data_dir, &capture, Duration::from_secs(cli.timeout))? {
         Some(handoff::Answer::Saved(id)) => {
             println!("{id}");
+            Ok(())
+        }
+        Some(handoff::Answer::SavedWithNotice { confirmation_id, notice }) => {
+            println!("{confirmation_id}");
+            eprintln!("{notice}");
             Ok(())
         }
         Some(handoff::Answer::Refused(message)) => bail!("{message}"),

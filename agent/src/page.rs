@@ -8,12 +8,21 @@
 //! (no DNS rebinding), every form carries a token made at start-up (no
 //! cross-site posts), and the content security policy allows only this page's
 //! own script.
+//!
+//! The photo is downscaled in the browser (by that same script) before it is
+//! sent, as a `data:` URL in a hidden field: the form stays a plain form that
+//! works without script, minus the signature, the photo and the position.
 
-use std::{io::Read as _, sync::Arc};
+use std::{
+    collections::HashMap,
+    io::Read as _,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use askama::Template;
+use base64::{engine::general_purpose::STANDARD, Engine as _};
 use handover_shared::{
-    sync::{Assignment, AssignmentStatus, FailureReason, Outcome},
+    sync::{Assignment, AssignmentStatus, FailureReason, Outcome, Position},
     DeliveryId, NodeId,
 };
 use serde::Deserialize;
@@ -22,15 +31,18 @@ use subtle::ConstantTimeEq as _;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::{
-    capture::{self, CaptureError, Delivered, Failed},
+    capture::{self, CaptureError, CodeCheck, Delivered, Evidence, Failed, Saved},
     daemon::{LinkState, Syncer},
     handoff,
-    store::LocalStore,
+    store::{LocalStore, Photo},
 };
 
-/// Forms are small; a drawn signature is the biggest part (its data URL is
-/// escaped once more in the form body).
-const MAX_FORM_BYTES: usize = 1024 * 1024;
+/// Room for the largest photo a capture may carry (4 MiB, a third more as
+/// base64, a little more again escaped in a form body) and a drawn signature.
+/// The page sends far less (it downscales to 1600 px); a command handing a
+/// capture over sends the photo as it is, so the limit is set by the largest
+/// photo rather than by the page's.
+const MAX_FORM_BYTES: usize = 6 * 1024 * 1024;
 
 const SCRIPT: &str = include_str!("../templates/handheld.js");
 
@@ -46,6 +58,10 @@ pub struct Page {
     form_token: String,
     /// What `confirm` and `fail` show to hand a capture over (see `handoff`).
     handoff_token: String,
+    /// How the handover code compared at each delivery's last save, shown
+    /// once the form redirects to the list. Kept here rather than in the
+    /// redirect's URL, so that no link can make the page claim a code matched.
+    code_checks: Mutex<HashMap<String, CodeCheck>>,
 }
 
 struct Reply {
@@ -108,9 +124,13 @@ struct IndexPage {
     banner: Banner,
     who: String,
     notice: Option<String>,
+    /// How the handover code compared: the notice's class (good news or
+    /// not) and its words.
+    code_notice: Option<(&'static str, &'static str)>,
     open: Vec<Row>,
     done: Vec<Row>,
     queued: usize,
+    photos_waiting: usize,
     rejected: Vec<crate::store::Rejected>,
     form_token: String,
 }
@@ -154,6 +174,13 @@ struct ConfirmForm {
     empties: String,
     note: String,
     signature: String,
+    /// The photo downscaled by the page, as a `data:image/jpeg;base64,` URL.
+    photo: String,
+    lat: String,
+    lon: String,
+    accuracy: String,
+    /// The customer's handover code as entered.
+    code: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +196,10 @@ struct FailForm {
     confirmation_id: String,
     reason: String,
     note: String,
+    photo: String,
+    lat: String,
+    lon: String,
+    accuracy: String,
 }
 
 const REASONS: [(&str, &str); 5] = [
@@ -202,12 +233,46 @@ fn new_confirmation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The photo as the page sends it: a `data:image/...;base64,` URL (empty:
+/// none), checked by its bytes as the command line's is.
+fn photo_from_page(url: &str) -> Result<Option<Photo>, String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let encoded = url
+        .strip_prefix("data:image/")
+        .and_then(|rest| rest.split_once(";base64,"))
+        .map(|(_, encoded)| encoded)
+        .ok_or_else(|| "the photo did not arrive as an image; take it again".to_owned())?;
+    let bytes = STANDARD.decode(encoded).map_err(|_| "the photo arrived damaged; take it again".to_owned())?;
+    Photo::new(bytes).map(Some)
+}
+
+/// The position the page asked the browser for (empty: none).
+fn position_from_page(lat: &str, lon: &str, accuracy: &str) -> Result<Option<Position>, String> {
+    let (lat, lon, accuracy) = (lat.trim(), lon.trim(), accuracy.trim());
+    if lat.is_empty() && lon.is_empty() {
+        return Ok(None);
+    }
+    let degrees = |text: &str| text.parse::<f64>().map_err(|_| "the position arrived damaged; record it again");
+    let accuracy_m = match accuracy {
+        "" => None,
+        metres => Some(degrees(metres)?),
+    };
+    Ok(Some(Position { lat: degrees(lat)?, lon: degrees(lon)?, accuracy_m }))
+}
+
+fn evidence_from_page(photo: &str, lat: &str, lon: &str, accuracy: &str) -> Result<Evidence, String> {
+    Ok(Evidence { photo: photo_from_page(photo)?, position: position_from_page(lat, lon, accuracy)? })
+}
+
 impl Page {
     pub fn new(store: LocalStore, syncer: Arc<Syncer>, port: u16) -> Self {
         let form_token = uuid::Uuid::new_v4().simple().to_string();
         let handoff_token = uuid::Uuid::new_v4().simple().to_string();
         let hosts = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
-        Self { store, syncer, hosts, form_token, handoff_token }
+        Self { store, syncer, hosts, form_token, handoff_token, code_checks: Mutex::default() }
     }
 
     /// The secret that commands run beside this daemon present with a capture.
@@ -318,23 +383,40 @@ impl Page {
         };
         // The capture path applies the confirmation rules (a recipient, a note
         // for `other`): nothing to check twice here.
+        let handed_photo = |photo: Option<String>| -> Result<Option<Photo>, String> {
+            let Some(encoded) = photo else { return Ok(None) };
+            let bytes = STANDARD.decode(encoded).map_err(|_| "the photo is not base64".to_owned())?;
+            Photo::new(bytes).map(Some)
+        };
         let saved = match capture {
-            handoff::Capture::Delivered { delivery_id, recipient, quantity, empties, note } => {
+            handoff::Capture::Delivered { delivery_id, recipient, quantity, empties, note, photo, position, code } => {
                 DeliveryId::parse(delivery_id).map_err(|err| format!("invalid delivery id: {err}")).and_then(|id| {
-                    let report = Delivered { recipient, quantity, empties, note, signature: None };
+                    let evidence = Evidence { photo: handed_photo(photo)?, position };
+                    let report = Delivered { recipient, quantity, empties, note, signature: None, evidence, code };
                     capture::deliver(&self.store, &id, report, None).map_err(|err| describe(&err))
                 })
             }
-            handoff::Capture::Failed { delivery_id, reason, note } => {
+            handoff::Capture::Failed { delivery_id, reason, note, photo, position } => {
                 DeliveryId::parse(delivery_id).map_err(|err| format!("invalid delivery id: {err}")).and_then(|id| {
-                    capture::fail(&self.store, &id, Failed { reason, note }, None).map_err(|err| describe(&err))
+                    let evidence = Evidence { photo: handed_photo(photo)?, position };
+                    capture::fail(&self.store, &id, Failed { reason, note, evidence }, None)
+                        .map_err(|err| describe(&err))
                 })
             }
         };
         match saved {
-            Ok(id) => {
+            Ok(saved) => {
                 self.syncer.nudge();
-                answer(200, handoff::Answer::Saved(id))
+                let notice = saved.code_check.message().map(str::to_owned);
+                answer(
+                    200,
+                    match notice {
+                        Some(notice) => {
+                            handoff::Answer::SavedWithNotice { confirmation_id: saved.confirmation_id, notice }
+                        }
+                        None => handoff::Answer::Saved(saved.confirmation_id),
+                    },
+                )
             }
             Err(message) => answer(422, handoff::Answer::Refused(message)),
         }
@@ -354,9 +436,11 @@ impl Page {
         let queued = self.store.queued();
         let (class, text) = banner(&link, queued);
         let rejected = self.store.rejected().map(|r| r.len()).unwrap_or_default();
+        let photos_waiting = self.store.photos_waiting().map(|p| p.len()).unwrap_or_default();
         Reply::json(&json!({
             "queued": queued,
             "rejected": rejected,
+            "photos_waiting": photos_waiting,
             "online": link.online,
             "problem": link.problem,
             "last_sync_at": link.last_sync_at,
@@ -403,14 +487,21 @@ impl Page {
                 .into_iter()
                 .find(|(key, _)| key == "saved")
                 .and_then(|(_, id)| DeliveryId::parse(id).ok());
+            let code_notice = saved.as_ref().and_then(|id| {
+                let checks = self.code_checks.lock().unwrap_or_else(PoisonError::into_inner);
+                let check = checks.get(id.as_str()).copied()?;
+                Some((if check.is_good() { "notice" } else { "alert" }, check.message()?))
+            });
             Ok(IndexPage {
                 banner: self.banner(),
                 who: self.store.session().map(|s| s.username.to_string()).unwrap_or_else(|_| "not logged in".into()),
                 notice: saved
                     .map(|id| format!("{id} saved on this handheld. It goes to the server as soon as it can.")),
+                code_notice,
                 open,
                 done,
                 queued: self.store.queued(),
+                photos_waiting: self.store.photos_waiting()?.len(),
                 rejected: self.store.rejected()?,
                 form_token: self.form_token.clone(),
             })
@@ -492,6 +583,8 @@ impl Page {
                 },
                 note: Some(form.note.clone()),
                 signature: Some(form.signature.clone()),
+                evidence: evidence_from_page(&form.photo, &form.lat, &form.lon, &form.accuracy)?,
+                code: Some(form.code.clone()),
             })
         })();
         let saved = match report {
@@ -512,13 +605,15 @@ impl Page {
             Ok(FailureReason::Other) if form.note.trim().is_empty() => {
                 Err("say in the note what happened (reason: other)".to_owned())
             }
-            Ok(reason) => capture::fail(
-                &self.store,
-                &id,
-                Failed { reason, note: Some(form.note.clone()) },
-                Some(form.confirmation_id.clone()),
-            )
-            .map_err(|err| describe(&err)),
+            Ok(reason) => evidence_from_page(&form.photo, &form.lat, &form.lon, &form.accuracy).and_then(|evidence| {
+                capture::fail(
+                    &self.store,
+                    &id,
+                    Failed { reason, note: Some(form.note.clone()), evidence },
+                    Some(form.confirmation_id.clone()),
+                )
+                .map_err(|err| describe(&err))
+            }),
         };
         self.after_capture(raw_id, saved, None, Some(form))
     }
@@ -526,13 +621,17 @@ impl Page {
     fn after_capture(
         &self,
         raw_id: &str,
-        saved: Result<String, String>,
+        saved: Result<Saved, String>,
         form: Option<ConfirmForm>,
         fail_form: Option<FailForm>,
     ) -> Reply {
         match saved {
-            Ok(_) => {
+            Ok(saved) => {
                 self.syncer.nudge();
+                self.code_checks
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(raw_id.to_owned(), saved.code_check);
                 Reply::see_other(format!("/?saved={raw_id}"))
             }
             Err(message) => self.delivery(raw_id, Some(message), form, fail_form),
@@ -643,7 +742,7 @@ mod tests {
                 token: page.form_token.clone(),
                 confirmation_id: new_confirmation_id(),
                 reason: "customer_absent".into(),
-                note: String::new(),
+                ..FailForm::default()
             },
         );
 
@@ -683,5 +782,177 @@ mod tests {
         let list = page.index("saved=D-000001-2");
         assert!(list.body.contains("D-000001-2 saved on this handheld"), "{}", list.body);
         assert!(list.body.contains(r#"href="/deliveries/D-000001-2""#), "{}", list.body);
+    }
+
+    fn coded(id: &str) -> Assignment {
+        let hash = handover_shared::proof::hash_code("042517", &[3; 16]).expect("a hash");
+        Assignment { handover_code_hash: Some(hash), ..pulled(id, 1, AssignmentStatus::Ready) }
+    }
+
+    fn data_url(photo: &Photo) -> String {
+        format!("data:image/jpeg;base64,{}", STANDARD.encode(photo.bytes()))
+    }
+
+    #[test]
+    fn the_code_field_shows_only_for_a_receipt_with_a_code_and_both_forms_take_a_photo() {
+        let (_dir, page) = page_holding(&[coded("D-000001"), pulled("D-000002", 1, AssignmentStatus::Ready)]);
+
+        let with_code = page.delivery("D-000001", None, None, None).body;
+        let without = page.delivery("D-000002", None, None, None).body;
+
+        assert!(with_code.contains(r#"name="code""#) && !with_code.contains("no-code"), "{with_code}");
+        assert!(!without.contains(r#"name="code""#) && without.contains("This receipt has no handover code"));
+        assert_eq!(with_code.matches(r#"capture="environment""#).count(), 2, "the confirm and the fail form");
+        assert_eq!(with_code.matches(r#"name="photo""#).count(), 2);
+        assert!(with_code.contains(r#"accept="image/*""#) && with_code.contains(r#"name="lat""#));
+        assert!(!with_code.contains("<script>"), "no inline script: the policy allows only /handheld.js");
+    }
+
+    #[test]
+    fn a_photo_a_position_and_a_code_are_saved_and_the_list_says_how_the_code_compared() {
+        let (_dir, page) = page_holding(&[coded("D-000001"), coded("D-000002")]);
+        let photo = crate::store::tests::jpeg(4);
+        let form = |code: &str| ConfirmForm {
+            photo: data_url(&photo),
+            lat: "52.5200066".into(),
+            lon: "13.404954".into(),
+            accuracy: "11.5".into(),
+            code: code.into(),
+            ..filled_in(&page)
+        };
+
+        assert_eq!(page.confirm("D-000001", form("042517")).status, 303);
+        assert_eq!(page.confirm("D-000002", form("999999")).status, 303);
+
+        let matched = page.index("saved=D-000001").body;
+        assert!(
+            matched.contains(r#"<p class="notice" id="code-check" role="status">handover code matches</p>"#),
+            "{matched}"
+        );
+        let wrong = page.index("saved=D-000002").body;
+        assert!(wrong.contains(r#"class="alert" id="code-check""#) && wrong.contains("recorded as not verified"));
+        assert!(!page.index("").body.contains("code-check"), "said after a save only");
+        let kept = page.store.outbox().expect("outbox").remove(0);
+        assert_eq!(kept.photo_digest.as_deref(), Some(photo.digest()));
+        assert_eq!(kept.position, Some(Position { lat: 52.5200066, lon: 13.404954, accuracy_m: Some(11.5) }));
+        assert_eq!(page.store.photos_waiting().expect("read").len(), 2, "one photo, filed under both deliveries");
+    }
+
+    #[test]
+    fn a_photo_that_is_not_an_image_sends_the_form_back_with_what_was_typed() {
+        let (_dir, page) = page_holding(&[pulled("D-000001", 1, AssignmentStatus::Ready)]);
+        for (photo, why) in [
+            ("data:text/html;base64,PGgxPg==".to_owned(), "did not arrive as an image"),
+            (format!("data:image/gif;base64,{}", STANDARD.encode(b"GIF89a....")), "JPEG, PNG or WebP"),
+            ("data:image/jpeg;base64,@@@".to_owned(), "arrived damaged"),
+        ] {
+            let form = ConfirmForm { photo, note: "left at the desk".into(), ..filled_in(&page) };
+
+            let refused = page.confirm("D-000001", form);
+
+            assert_eq!(refused.status, 422);
+            assert!(refused.body.contains(why), "{why}: {}", refused.body);
+            assert!(refused.body.contains("left at the desk"), "what was typed comes back");
+        }
+        assert_eq!(page.store.queued(), 0);
+    }
+
+    #[test]
+    fn a_failed_attempt_takes_a_photo_of_the_closed_door() {
+        let (_dir, page) = page_holding(&[pulled("D-000001", 1, AssignmentStatus::Ready)]);
+        let photo = crate::store::tests::jpeg(6);
+        let form = FailForm {
+            token: page.form_token.clone(),
+            confirmation_id: new_confirmation_id(),
+            reason: "customer_absent".into(),
+            photo: data_url(&photo),
+            ..FailForm::default()
+        };
+
+        assert_eq!(page.fail("D-000001", form).status, 303);
+
+        let kept = page.store.outbox().expect("outbox").remove(0);
+        assert_eq!((kept.outcome, kept.photo_digest.as_deref()), (Outcome::Failed, Some(photo.digest())));
+    }
+
+    #[test]
+    fn the_largest_photo_handed_over_by_a_command_fits_the_body_limit() {
+        let largest = vec![0u8; handover_shared::proof::MAX_PHOTO_BYTES as usize];
+        let capture = handoff::Capture::Failed {
+            delivery_id: "D-000001".into(),
+            reason: FailureReason::CustomerAbsent,
+            note: Some("n".repeat(1000)),
+            photo: Some(STANDARD.encode(&largest)),
+            position: Some(Position { lat: 1.0, lon: 2.0, accuracy_m: Some(3.0) }),
+        };
+        let body = serde_json::to_vec(&capture).expect("json");
+        assert!(body.len() <= MAX_FORM_BYTES, "{} bytes", body.len());
+    }
+
+    /// The page served over HTTP, as the daemon serves it, until dropped.
+    struct Served {
+        url: String,
+        server: Arc<Server>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            self.server.unblock();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn serve(store: LocalStore) -> (Served, String) {
+        let server = Arc::new(Server::http("127.0.0.1:0").expect("a port"));
+        let port = server.server_addr().to_ip().expect("an IP address").port();
+        let page = Page::new(store.clone(), Arc::new(Syncer::new(store)), port);
+        let token = page.form_token.clone();
+        let serving = Arc::clone(&server);
+        let thread = std::thread::spawn(move || page.serve(&serving));
+        (Served { url: format!("http://127.0.0.1:{port}"), server, thread: Some(thread) }, token)
+    }
+
+    #[test]
+    fn a_form_carrying_a_downscaled_photo_is_taken_and_a_body_over_the_limit_is_not() {
+        let (_dir, page) = page_holding(&[pulled("D-000001", 1, AssignmentStatus::Ready)]);
+        let store = page.store.clone();
+        drop(page);
+        let (served, token) = serve(store.clone());
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("a client");
+        // About what a 1600 px JPEG at 0.85 weighs, and a little more.
+        let photo = Photo::new([&[0xFF, 0xD8, 0xFF, 0xE0][..], &vec![0xAB; 1_500_000]].concat()).expect("a JPEG");
+        let form = |photo: String| {
+            serde_urlencoded::to_string([
+                ("token", token.as_str()),
+                ("confirmation_id", &new_confirmation_id()),
+                ("recipient", "Front desk"),
+                ("quantity", "2"),
+                ("photo", &photo),
+            ])
+            .expect("a form")
+        };
+        let post = |body: String| {
+            client
+                .post(format!("{}/deliveries/D-000001/confirm", served.url))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .map(|answer| answer.status().as_u16())
+        };
+
+        // The page stops reading at the limit: the sender may see the
+        // connection closed before it reads the 413.
+        let oversized = post(form("x".repeat(MAX_FORM_BYTES)));
+        assert!(oversized.as_ref().map_or(true, |status| *status == 413), "{oversized:?}");
+        assert_eq!(store.queued(), 0);
+        assert_eq!(post(form(data_url(&photo))).expect("an answer"), 303);
+        assert_eq!(store.photo(photo.digest()).expect("read").map(|bytes| bytes.len()), Some(1_500_004));
     }
 }

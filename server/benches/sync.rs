@@ -559,8 +559,12 @@ async fn log_in(url: &str, ca_pem: &[u8], usernames: &[String]) -> Vec<Courier> 
             let (client, url, username) = (tls_client(ca_pem), format!("{url}/api/v1/auth/login"), username.clone());
             tokio::spawn(async move {
                 let device_id = DeviceId::parse(format!("bench-{username}")).expect("a well-formed device id");
-                let request =
-                    LoginRequest { username: username.clone(), password: PASSWORD.into(), device_id: Some(device_id) };
+                let request = LoginRequest {
+                    username: username.clone(),
+                    password: PASSWORD.into(),
+                    device_id: Some(device_id),
+                    device_key: None,
+                };
                 let response = client.post(&url).json(&request).send().await.expect("the server answers a login");
                 let status = response.status();
                 let body = response.text().await.expect("the login answer arrives");

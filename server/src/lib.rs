@@ -16,6 +16,7 @@ pub mod http;
 pub mod import;
 pub mod migrate_store;
 pub mod orders;
+pub mod proof;
 pub mod shipments;
 pub mod startup;
 pub mod store;

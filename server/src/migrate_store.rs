@@ -106,6 +106,13 @@ pub async fn migrate_store(data_dir: &Path, target: &PgOptions) -> Result<Report
     let export = sled.export().await.map_err(MigrateStoreError::Sled)?;
     postgres.restore(&export, signing_key.as_ref().map(|key| key.bytes.as_slice())).await?;
     drop(export);
+    // Proof images (photos, signatures): files beside the sled store, rows
+    // in PostgreSQL. One at a time, so that memory holds one image.
+    for digest in sled.images().digests().await.map_err(MigrateStoreError::Sled)? {
+        if let Some(bytes) = sled.images().get(&digest).await.map_err(MigrateStoreError::Sled)? {
+            postgres.images().put(&digest, bytes).await.map_err(MigrateStoreError::Target)?;
+        }
+    }
     let report = verify(&sled, &postgres, signing_key.as_ref()).await?;
     if report.mismatches.is_empty() {
         Ok(report)
@@ -181,6 +188,17 @@ async fn verify(
     }
     for (table, _) in copied.iter().filter(|(table, _)| !kinds.iter().any(|(kind, _)| kind == table)) {
         mismatches.push(format!("{table}: not counted in sled"));
+    }
+    let (sled_images, postgres_images) = (
+        sled.images().digests().await.map_err(MigrateStoreError::Sled)?,
+        postgres.images().digests().await.map_err(MigrateStoreError::Target)?,
+    );
+    if sled_images != postgres_images {
+        mismatches.push(format!(
+            "images: {} in sled, {} in PostgreSQL, not the same",
+            sled_images.len(),
+            postgres_images.len()
+        ));
     }
     let postgres_counters = postgres.counters().await.map_err(MigrateStoreError::Target)?;
     if postgres_counters != export.counters {

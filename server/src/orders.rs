@@ -9,7 +9,9 @@ use uuid::Uuid;
 use crate::domain::{
     access::{Forbidden, Hidden, Principal},
     network::Customer,
-    orders::{judge, CustomerAccount, Draft, DraftRefusal, OrderLookups, OrderProblem, RawOrder, Receipt},
+    orders::{
+        judge, CustomerAccount, Draft, DraftRefusal, HandoverCode, OrderLookups, OrderProblem, RawOrder, Receipt,
+    },
 };
 use crate::store::{DraftStep, ReceiptQuery, Store, StoreError};
 
@@ -74,7 +76,8 @@ pub async fn open_drafts(store: &dyn Store, principal: &Principal) -> Result<Vec
 pub async fn confirm(store: &dyn Store, principal: &Principal, id: &OrderId) -> Result<(Receipt, bool), OrderFailure> {
     // Whose draft it is never changes, so checking before the step is race-free.
     draft(store, principal, id).await?;
-    match store.confirm_draft(id, OffsetDateTime::now_utc()).await? {
+    let code = fresh_handover_code().await?;
+    match store.confirm_draft(id, code, OffsetDateTime::now_utc()).await? {
         DraftStep::Done((receipt, created)) => {
             if created {
                 tracing::info!(order_id = %id, receipt_id = %receipt.receipt_id, "order confirmed");
@@ -84,6 +87,27 @@ pub async fn confirm(store: &dyn Store, principal: &Principal, id: &OrderId) -> 
         DraftStep::Refused(refusal) => Err(refusal.into()),
         DraftStep::NotFound => Err(OrderFailure::NotFound(format!("no order {id}"))),
     }
+}
+
+/// A fresh handover code for a receipt about to be made, with the slow hash
+/// its courier's handheld will check it against. Hashing takes tens of
+/// milliseconds of CPU, so it runs off the request threads; a repeated
+/// confirm makes one for nothing, which is cheaper than asking first.
+pub async fn fresh_handover_code() -> Result<HandoverCode, StoreError> {
+    // At most one hash per core at a time: each takes 19 MiB, and a burst of
+    // confirms must queue here rather than on the blocking pool.
+    static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+    });
+    let _turn = HASHING.acquire().await.map_err(|err| StoreError::Task(err.to_string()))?;
+    tokio::task::spawn_blocking(|| {
+        let code = format!("{:06}", rand::random_range(0..1_000_000u32));
+        let hash = handover_shared::proof::hash_code(&code, &rand::random())
+            .map_err(|err| StoreError::Backend(format!("hashing a handover code: {err}")))?;
+        Ok(HandoverCode { code, hash })
+    })
+    .await
+    .map_err(|err| StoreError::Task(err.to_string()))?
 }
 
 /// Discards a draft.

@@ -92,7 +92,10 @@ fn every_reject_code() -> Vec<RejectCode> {
             RejectCode::AlreadyDelivered => Some(RejectCode::ConflictingDuplicate),
             RejectCode::ConflictingDuplicate => Some(RejectCode::Superseded),
             RejectCode::Superseded => Some(RejectCode::Invalid),
-            RejectCode::Invalid => None,
+            RejectCode::Invalid => Some(RejectCode::BadSignature),
+            RejectCode::BadSignature => Some(RejectCode::SequenceReused),
+            RejectCode::SequenceReused => Some(RejectCode::ChainBroken),
+            RejectCode::ChainBroken => None,
         };
     }
     all

@@ -137,6 +137,11 @@ async fn sled_with_history(dir: &Path) -> History {
         .record_sync(DeviceSync { device_id: device("hh-pull-only"), ..fixture::sync_of(EXP2) })
         .await
         .expect("a sync is recorded");
+    let key = handover_shared::proof::DeviceKey::from_secret([4; 32]).public_key();
+    let registered = store.register_device_key(&device("hh-signing"), &key, &name(EXP2), now()).await;
+    assert!(matches!(registered, Ok(Ok(()))), "a device key is registered: {registered:?}");
+    let photo = vec![0xFF, 0xD8, 0xFF, 0xE0, 7, 7, 7];
+    store.images().put(&handover_shared::proof::sha256_hex(&photo), photo).await.expect("an image is stored");
 
     let mut sessions = Vec::new();
     let (retired_token, live_token) = (token_hash(), token_hash());
@@ -249,6 +254,7 @@ async fn observe(store: &dyn Store, history: &History) -> Observed {
     read("balances".into(), &store.all_balances().await.expect("reads"));
     read("device syncs".into(), &store.device_syncs().await.expect("reads"));
     read("rejection logs".into(), &store.rejection_logs().await.expect("reads"));
+    read("device chains".into(), &store.device_chains().await.expect("reads"));
     read("open drafts".into(), &store.open_drafts(None).await.expect("reads"));
     for id in &history.drafts {
         read(format!("draft {id}"), &store.draft(id).await.expect("reads"));
@@ -299,6 +305,8 @@ async fn both_stores_answer_every_read_the_same_and_postgres_numbers_on_where_sl
     let report = migrated(dir.path(), &database).await;
 
     assert!(report.mismatches.is_empty(), "{report}");
+    let copied = PgStore::open(&options(&database)).await.expect("the copy opens");
+    assert_eq!(copied.images().digests().await.expect("listed").len(), 1, "the proof images are copied");
     let kinds: Vec<&str> = report.counts.iter().map(|(kind, _, _)| *kind).collect();
     assert_eq!(kinds, RECORD_TABLES, "every kind of record is counted");
     for (kind, in_sled, in_postgres) in &report.counts {

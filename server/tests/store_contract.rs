@@ -23,7 +23,7 @@ use fixture::*;
 use handover_server::domain::sessions::{RefreshToken, Session};
 use handover_server::{
     domain::{
-        confirmations::{PushOutcome, RejectCode},
+        confirmations::{PushOutcome, Pushed, RejectCode},
         corrections::{Correction, CorrectionRefusal},
         network::{Customer, Item, Node},
         orders::{DraftRefusal, DraftState},
@@ -154,6 +154,8 @@ macro_rules! store_contract {
                 a_cancelled_receipt_is_never_planned,
                 of_two_accounts_logging_in_on_a_new_device_at_once_one_gets_it,
                 a_devices_rejections_are_listed_to_a_bound_and_the_rest_counted,
+                of_two_keys_registered_for_one_device_at_once_one_stands,
+                signed_pushes_extend_their_devices_chain_and_a_gap_stays_visible,
             );
         }
     };
@@ -509,7 +511,7 @@ async fn a_purge_forgets_stale_drafts_and_keeps_confirmed_ones(backend: impl Bac
         (draft(&*store, 0, 1).await.order_id, draft(&*store, 1, 1).await.order_id, draft(&*store, 2, 1).await.order_id);
     let placed = now();
     assert!(matches!(store.cancel_draft(&cancelled, placed).await.expect("a cancel"), Step::Done(_)));
-    assert!(matches!(store.confirm_draft(&confirmed, placed).await.expect("a confirm"), Step::Done(_)));
+    assert!(matches!(store.confirm_draft(&confirmed, code(), placed).await.expect("a confirm"), Step::Done(_)));
 
     // Before any of them went stale: nothing goes.
     assert_eq!(store.purge_drafts(placed - time::Duration::hours(1)).await.expect("a purge"), 0);
@@ -536,7 +538,7 @@ async fn cancelling_a_draft_twice_is_harmless(backend: impl Backend) {
     assert!(matches!(stored.state, DraftState::Cancelled { .. }), "{stored:?}");
     assert!(answers.iter().all(|a| *a == Step::Done(stored.clone())), "both cancels answer the one cancellation");
     assert_eq!(store.cancel_draft(&id, now()).await.expect("a cancel"), Step::Done(stored), "a third one too");
-    let confirm = store.confirm_draft(&id, now()).await.expect("a confirm");
+    let confirm = store.confirm_draft(&id, code(), now()).await.expect("a confirm");
     assert!(matches!(confirm, Step::Refused(DraftRefusal::Cancelled)), "{confirm:?}");
     assert_unchanged(&*store, &before, "cancelling again, and confirming a cancelled draft").await;
 }
@@ -743,4 +745,73 @@ async fn a_devices_rejections_are_listed_to_a_bound_and_the_rest_counted(backend
     let again = push(&*store, EXP2, vec![batches[0][0].clone()]).await;
     assert!(matches!(&again[0], PushOutcome::Rejected { code: RejectCode::NotAssignee, .. }), "{again:?}");
     assert_unchanged(&*store, &before, "a dropped rejection sent again").await;
+}
+
+/// A receipt's handover code (its hash is a stand-in: no handheld checks it here).
+fn code() -> handover_server::domain::orders::HandoverCode {
+    handover_server::domain::orders::HandoverCode { code: "042517".into(), hash: "$argon2id$stand-in".into() }
+}
+
+async fn of_two_keys_registered_for_one_device_at_once_one_stands(backend: impl Backend) {
+    let store = opened(&backend, 0, 0).await;
+    let device = DeviceId::parse("dev-exp-1").expect("a device id");
+    let keys: Vec<String> =
+        [1u8, 2].iter().map(|&seed| handover_shared::proof::DeviceKey::from_secret([seed; 32]).public_key()).collect();
+    let answers = at_once(&store, 2, |store, i| {
+        let (device, key) = (device.clone(), keys[i].clone());
+        async move { store.register_device_key(&device, &key, &name(EXP1), now()).await.expect("stored") }
+    })
+    .await;
+    assert_eq!(answers.iter().filter(|answer| answer.is_ok()).count(), 1, "{answers:?}");
+    let stored = store.device_chain(&device).await.expect("read").expect("a key registered");
+    let winner = if answers[0].is_ok() { &keys[0] } else { &keys[1] };
+    assert_eq!(&stored.public_key, winner);
+    let again = store.register_device_key(&device, winner, &name(EXP1), now()).await.expect("stored");
+    assert_eq!(again, Ok(()), "the same key again is no change");
+}
+
+/// `confirmation` signed by `key` as number `seq` of `device`, after `prev`;
+/// returns it as pushed (with its check) and its record's hash.
+fn signed(
+    mut confirmation: Confirmation,
+    key: &handover_shared::proof::DeviceKey,
+    device: &DeviceId,
+    seq: u64,
+    prev: &str,
+) -> (Pushed, String) {
+    use handover_server::domain::chain::SignatureCheck;
+    confirmation.device_seq = Some(seq);
+    confirmation.prev_hash = Some(prev.to_owned());
+    let record = handover_shared::proof::SignedRecord::of(&confirmation, device).expect("a record").text();
+    let signature = key.sign(&record);
+    confirmation.device_signature = Some(signature.clone());
+    let hash = handover_shared::proof::sha256_hex(record.as_bytes());
+    (Pushed::Confirmation(confirmation, SignatureCheck::Verified { key: key.public_key(), record, signature }), hash)
+}
+
+async fn signed_pushes_extend_their_devices_chain_and_a_gap_stays_visible(backend: impl Backend) {
+    let store = opened(&backend, 100, 0).await;
+    // Planned in turn between two couriers: exp-1 holds three.
+    planned(&*store, 6, 1).await;
+    let mine = held(&*store, EXP1).await;
+    let device = sync_of(EXP1).device_id;
+    let key = handover_shared::proof::DeviceKey::from_secret([3; 32]);
+    let registered = store.register_device_key(&device, &key.public_key(), &name(EXP1), now()).await;
+    assert_eq!(registered.expect("stored"), Ok(()));
+    let (first, first_hash) = signed(delivered(&mine[0]), &key, &device, 1, handover_shared::proof::CHAIN_START);
+    let (third, _) = signed(delivered(&mine[1]), &key, &device, 3, &"ab".repeat(32));
+    let outcomes = store.push_confirmations(sync_of(EXP1), vec![first, third]).await.expect("stored");
+    assert_eq!(outcomes, [PushOutcome::Accepted, PushOutcome::Accepted]);
+    // An unsigned push from a device with a key is refused, and remembers nothing.
+    let unsigned = push(&*store, EXP1, vec![delivered(&mine[2])]).await;
+    assert!(matches!(unsigned[0], PushOutcome::Rejected { code: RejectCode::BadSignature, .. }), "{unsigned:?}");
+
+    let chain = store.device_chain(&device).await.expect("read").expect("a chain");
+    assert_eq!((chain.missing(), chain.highest()), (vec![(2, 2)], Some(3)), "number 2 never arrived");
+    let delivery = store.delivery(&mine[0].delivery_id).await.expect("read").expect("stored");
+    let kept = delivery.attempts[0].signed.as_ref().expect("the signed record is kept");
+    assert_eq!(handover_shared::proof::sha256_hex(kept.record.as_bytes()), first_hash, "as it arrived");
+    let (second, _) = signed(delivered(&mine[2]), &key, &device, 2, &first_hash);
+    let broken = store.push_confirmations(sync_of(EXP1), vec![second]).await.expect("stored");
+    assert!(matches!(broken[0], PushOutcome::Rejected { code: RejectCode::ChainBroken, .. }), "3 does not follow it");
 }

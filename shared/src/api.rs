@@ -71,6 +71,11 @@ pub struct LoginRequest {
     /// the client keeps it for later logins from the same device.
     #[serde(default)]
     pub device_id: Option<DeviceId>,
+    /// The handheld's Ed25519 public key (base64), registered with its device
+    /// on the first login that brings one: from then on the device's
+    /// confirmations must be signed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_key: Option<String>,
 }
 
 impl std::fmt::Debug for LoginRequest {
@@ -79,6 +84,7 @@ impl std::fmt::Debug for LoginRequest {
             .field("username", &self.username)
             .field("password", &"[redacted]")
             .field("device_id", &self.device_id)
+            .field("device_key", &self.device_key)
             .finish()
     }
 }
@@ -325,6 +331,10 @@ pub struct ReceiptView {
     #[serde(default)]
     pub backordered: bool,
     pub delivered: bool,
+    /// The code the customer gives the courier at the door; shown to the
+    /// customer only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_code: Option<String>,
     /// Server time of the accepted confirmation.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub delivered_at: Option<OffsetDateTime>,
@@ -403,6 +413,56 @@ pub struct DeliveryProof {
     pub signed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub photo_digest: Option<String>,
+    /// SHA-256 (hex) of the drawn signature's PNG, served at
+    /// `/api/v1/receipts/{id}/images/{digest}` like the photo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_digest: Option<String>,
+    /// Whether the photo has reached the server (it uploads after the
+    /// confirmation). Filled in when shown; not stored.
+    #[serde(default)]
+    pub photo_received: bool,
+    /// Whether the handover code entered at the door was the customer's;
+    /// `None` when none was entered (or the receipt has no code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_verified: Option<bool>,
+    /// Whether the confirmation came signed by its device's registered key.
+    #[serde(default)]
+    pub device_signature: DeviceSignature,
+    /// Its place in the device's chain, when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_seq: Option<u64>,
+}
+
+/// How a confirmation's origin stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSignature {
+    /// Signed by its device's registered key, verified on arrival; the record
+    /// is at `GET /api/v1/receipts/{id}/proof`.
+    Verified,
+    /// From a device that registered no key (an integration pushing through
+    /// the raw API, or a confirmation from before device keys).
+    #[default]
+    Unsigned,
+}
+
+/// `GET /api/v1/receipts/{id}/proof`: every signed confirmation of the
+/// receipt's deliveries, oldest first, each checkable offline
+/// (`handover-agent verify FILE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptProof {
+    pub receipt_id: ReceiptId,
+    pub records: Vec<crate::proof::SignedProof>,
+}
+
+/// `GET` and `PUT /api/v1/deliveries/{id}/photos/{digest}`: how far an
+/// upload has come. The next chunk starts at `received`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoUpload {
+    pub digest: String,
+    pub received: u64,
+    /// The photo is stored, checked against its digest: the handheld may drop it.
+    pub complete: bool,
 }
 
 /// `GET /api/v1/receipts`: one page, oldest first.
@@ -583,7 +643,8 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        let login = LoginRequest { username: "u".into(), password: "hunter22".into(), device_id: None };
+        let login =
+            LoginRequest { username: "u".into(), password: "hunter22".into(), device_id: None, device_key: None };
         assert!(!format!("{login:?}").contains("hunter22"));
     }
 

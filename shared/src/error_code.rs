@@ -135,6 +135,18 @@ error_codes! {
     RateLimited = ("rate_limited", 429),
     /// Login: the device id is registered to another account (an admin can release it).
     DeviceInUse = ("device_in_use", 409),
+    /// Login: the device registered another public key, and a device's key never changes: log in under a new device id.
+    DeviceKeyMismatch = ("device_key_mismatch", 409),
+    /// Login: `device_key` is not an Ed25519 public key in base64.
+    InvalidDeviceKey = ("invalid_device_key", 422),
+    /// Photo upload: the chunk does not start where the upload stands (`received`); ask and resume from there.
+    UploadOffset = ("upload_offset", 409),
+    /// Photo upload: `Content-Range` is missing or malformed, or disagrees with the body or an earlier chunk.
+    InvalidContentRange = ("invalid_content_range", 400),
+    /// Photo upload: the bytes received do not hash to the digest in the URL; the upload starts again from 0.
+    PhotoDigestMismatch = ("photo_digest_mismatch", 422),
+    /// Photo upload: not a JPEG, PNG or WebP image, or larger than the limit.
+    InvalidPhoto = ("invalid_photo", 422),
     /// Refresh or logout: the refresh token is unknown, expired or revoked.
     InvalidRefreshToken = ("invalid_refresh_token", 401),
     /// Refresh: the refresh token was already used; the session is revoked.

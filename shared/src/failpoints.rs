@@ -14,7 +14,9 @@
 //! The points: `push.between_items`, `push.after_write` (the store wrote, before
 //! the flush) and `push.after_flush` (durable, before the answer) in the server;
 //! `agent.after_upload` (the server answered, before the outbox is updated) and
-//! `agent.mid_pull` (the pull's answer is in, before it is kept) in the agent.
+//! `agent.mid_pull` (the pull's answer is in, before it is kept) and
+//! `agent.mid_photo_upload` (a chunk of a photo was sent, before the next) in
+//! the agent.
 
 /// The exit status of a `return(exit)` failpoint.
 pub const EXIT_STATUS: i32 = 86;

@@ -11,6 +11,7 @@ pub mod failpoints;
 pub mod ids;
 pub mod kinds;
 pub mod private;
+pub mod proof;
 pub mod sync;
 
 pub use error_code::ErrorCode;

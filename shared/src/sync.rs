@@ -83,9 +83,24 @@ pub struct Confirmation {
     /// A drawn signature, as a `data:image/png;base64,...` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
-    /// SHA-256 (hex) of a photo kept on the handheld.
+    /// SHA-256 (hex) of a photo kept on the handheld; the photo itself is
+    /// uploaded on its own (`PUT /api/v1/deliveries/{id}/photos/{digest}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub photo_digest: Option<String>,
+    /// The customer's handover code as entered at the door; the server checks
+    /// it and records whether it matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_code: Option<String>,
+    /// This confirmation's place in its device's chain: 1, 2, 3... Signed
+    /// confirmations only (see [`crate::proof::SignedRecord`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_seq: Option<u64>,
+    /// SHA-256 (hex) of the device's previous signed record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    /// Ed25519 (base64) of the signed record, by the device's registered key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_signature: Option<String>,
 }
 
 pub const MAX_RECIPIENT_LEN: usize = 200;
@@ -93,6 +108,9 @@ pub const MAX_NOTE_LEN: usize = 1000;
 /// A drawn signature as a PNG data URL stays well under this.
 pub const MAX_SIGNATURE_BYTES: usize = 256 * 1024;
 pub const MAX_EMPTIES: u32 = 10_000;
+/// Far beyond any handheld's life (a million confirmations a day for a
+/// thousand years), and far from overflowing the server's chain arithmetic.
+pub const MAX_DEVICE_SEQ: u64 = 1 << 40;
 
 impl Confirmation {
     /// A `delivered` confirmation captured now under a fresh id, with nothing
@@ -112,7 +130,16 @@ impl Confirmation {
             position: None,
             signature: None,
             photo_digest: None,
+            handover_code: None,
+            device_seq: None,
+            prev_hash: None,
+            device_signature: None,
         }
+    }
+
+    /// Whether it carries a device signature (with its place in the chain).
+    pub fn is_signed(&self) -> bool {
+        self.device_signature.is_some()
     }
 
     /// Checks what a confirmation says on its own, before anyone looks at the
@@ -136,18 +163,37 @@ impl Confirmation {
             return Err(format!("empties_collected must be at most {MAX_EMPTIES}"));
         }
         if let Some(signature) = &self.signature {
-            if signature.len() > MAX_SIGNATURE_BYTES || !signature.starts_with("data:image/png;base64,") {
+            if signature.len() > MAX_SIGNATURE_BYTES || crate::proof::signature_png(signature).is_err() {
                 return Err(format!("signature must be a PNG data URL of at most {MAX_SIGNATURE_BYTES} bytes"));
             }
         }
         if let Some(digest) = &self.photo_digest {
-            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err("photo_digest must be a SHA-256 in hex (64 characters)".into());
+            if !crate::proof::is_sha256_hex(digest) {
+                return Err("photo_digest must be a SHA-256 in lowercase hex (64 characters)".into());
+            }
+        }
+        if let Some(code) = &self.handover_code {
+            if code.chars().count() > 32 || code.chars().any(char::is_control) {
+                return Err("handover_code must be at most 32 characters, without control characters".into());
+            }
+        }
+        match (self.device_seq, &self.prev_hash, &self.device_signature) {
+            (None, None, None) => {}
+            (Some(seq), Some(prev), Some(_))
+                if (1..=MAX_DEVICE_SEQ).contains(&seq) && crate::proof::is_sha256_hex(prev) => {}
+            _ => {
+                return Err(format!(
+                    "a signed confirmation carries device_seq (1 to {MAX_DEVICE_SEQ}), prev_hash (SHA-256 in hex) \
+                     and device_signature together"
+                ))
             }
         }
         if let Some(position) = &self.position {
             if !(-90.0..=90.0).contains(&position.lat) || !(-180.0..=180.0).contains(&position.lon) {
                 return Err("position must have a latitude in -90..90 and a longitude in -180..180".into());
+            }
+            if position.accuracy_m.is_some_and(|metres| !metres.is_finite() || metres < 0.0) {
+                return Err("position.accuracy_m must be a number of metres, 0 or more".into());
             }
         }
         match self.outcome {
@@ -260,6 +306,11 @@ pub struct Assignment {
     pub empties_expected: u32,
     /// Where the courier picks the goods up.
     pub pickup_node: NodeId,
+    /// The customer's handover code as a slow salted hash (a PHC string, see
+    /// [`crate::proof::code_matches`]), never the code; absent for receipts
+    /// made before codes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_code_hash: Option<String>,
 }
 
 /// `GET /api/v1/sync/assignments?since=CURSOR`.

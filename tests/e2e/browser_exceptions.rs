@@ -18,7 +18,7 @@ use crate::{
 
 /// Opens `page` as a stranger, logs in as `username` on the login form it is
 /// sent to, and checks that the login leads back to `page`.
-async fn log_in_at(browser: &Browser, server: &TestServer, page: &str, username: &str) {
+pub(crate) async fn log_in_at(browser: &Browser, server: &TestServer, page: &str, username: &str) {
     browser.goto(&format!("{}{page}", server.url)).await;
     browser.find("form#login-form").await;
     browser.fill("input#username", username).await;

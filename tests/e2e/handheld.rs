@@ -195,23 +195,8 @@ fn uuid_v7_like() -> String {
     "01890a5d-ac96-774b-bcce-b302099a8057".to_owned()
 }
 
-#[tokio::test]
-async fn a_courier_confirms_with_a_drawn_signature_while_the_server_is_down_and_it_syncs_later() {
-    let Some(browser) = Browser::start().await else { return };
-    let sandbox = Sandbox::new();
-    let (server, _) = busy_courier(&sandbox, 1, &[]).await;
-    let daemon = sandbox.agent_daemon("exp1", &["--interval", "2", "--max-backoff", "2"]);
-    let client = page_client();
-    wait_for_status(&client, &daemon, "a first sync", |s| s["online"] == true).await;
-
-    // The server goes away (the van is in a tunnel).
-    let port = server.url.rsplit(':').next().expect("a port").to_owned();
-    assert!(server.stop().success());
-
-    browser.goto(&daemon.url).await;
-    browser.click_and_load("a#open-D-000001").await;
-    browser.fill("input#recipient", "Ms Reception").await;
-    browser.fill("input#empties", "1").await;
+/// Draws a signature on the delivery form's pad with a finger's strokes.
+async fn draw_signature(browser: &Browser) {
     let canvas = browser.find("canvas#signature-pad").await;
     let stroke = MouseActions::new("finger".into())
         .then(PointerAction::MoveToElement { element: canvas.clone(), duration: None, x: -120.0, y: 10.0 })
@@ -236,6 +221,26 @@ async fn a_courier_confirms_with_a_drawn_signature_while_the_server_is_down_and_
         })
         .then(PointerAction::Up { button: MOUSE_BUTTON_LEFT });
     browser.client.perform_actions(stroke).await.expect("the signature is drawn");
+}
+
+#[tokio::test]
+async fn a_courier_confirms_with_a_drawn_signature_while_the_server_is_down_and_it_syncs_later() {
+    let Some(browser) = Browser::start().await else { return };
+    let sandbox = Sandbox::new();
+    let (server, _) = busy_courier(&sandbox, 1, &[]).await;
+    let daemon = sandbox.agent_daemon("exp1", &["--interval", "2", "--max-backoff", "2"]);
+    let client = page_client();
+    wait_for_status(&client, &daemon, "a first sync", |s| s["online"] == true).await;
+
+    // The server goes away (the van is in a tunnel).
+    let port = server.url.rsplit(':').next().expect("a port").to_owned();
+    assert!(server.stop().success());
+
+    browser.goto(&daemon.url).await;
+    browser.click_and_load("a#open-D-000001").await;
+    browser.fill("input#recipient", "Ms Reception").await;
+    browser.fill("input#empties", "1").await;
+    draw_signature(&browser).await;
     let signature = browser.value("input#signature").await;
     assert!(signature.starts_with("data:image/png;base64,") && signature.len() > 200, "{signature:.60}");
     browser.screenshot("handheld-signed").await;
@@ -304,4 +309,66 @@ async fn a_delivery_on_its_way_shows_where_it_is_headed_and_no_forms_until_its_g
         assert!(Instant::now() < deadline, "still on its way after {LINK_WAIT:?}: {delivery}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A 1x1 PNG, as a camera roll would hand the page a file.
+const TINY_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+#[tokio::test]
+async fn a_photo_taken_through_the_page_and_a_drawn_signature_show_on_the_customers_receipt_page() {
+    use base64::Engine as _;
+    let Some(browser) = Browser::start().await else { return };
+    let sandbox = Sandbox::new();
+    let server = sandbox.start_demo();
+    let customer = server.token("cust1").await;
+    let dispatcher = server.token("disp").await;
+    server.confirm_order(&customer, "C1", "TC-100", 1).await;
+    server.plan(&dispatcher).await;
+    let code = server.receipt(&customer, "R-000001").await["handover_code"].as_str().expect("a code").to_owned();
+    let courier = server.delivery(&dispatcher, "D-000001").await["assignee"].as_str().expect("a courier").to_owned();
+    let login = sandbox.agent_login(&courier, &server.url, &courier, crate::helpers::DEMO_PASSWORD, Some("hh-photo"));
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    let daemon = sandbox.agent_daemon(&courier, &["--interval", "1", "--max-backoff", "1"]);
+    let client = page_client();
+    wait_for_status(&client, &daemon, "the first sync", |status| !status["last_sync_at"].is_null()).await;
+
+    let picture = sandbox.path("door.png");
+    std::fs::write(&picture, base64::engine::general_purpose::STANDARD.decode(TINY_PNG).expect("a PNG"))
+        .expect("written");
+    browser.goto(&daemon.url).await;
+    browser.click_and_load("a#open-D-000001").await;
+    browser.fill("input#recipient", "Ms Reception").await;
+    browser.fill("input#code", &code).await;
+    browser.find("input#photo-pick").await.send_keys(picture.to_str().expect("a path")).await.expect("a file chosen");
+    let deadline = Instant::now() + LINK_WAIT;
+    while !browser.value("input.photo").await.starts_with("data:image/jpeg;base64,") {
+        assert!(Instant::now() < deadline, "the page did not prepare the photo");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    draw_signature(&browser).await;
+    browser.screenshot("handheld-photo").await;
+    browser.click_and_load("button#confirm").await;
+    assert!(browser.text("p#notice").await.contains("D-000001 saved on this handheld"));
+    wait_for_status(&client, &daemon, "the photo sent", |status| {
+        status["photos_waiting"] == 0 && status["queued"] == 0
+    })
+    .await;
+
+    crate::browser_exceptions::log_in_at(&browser, &server, "/receipts/R-000001", "cust1").await;
+    assert_eq!(browser.text("dd#proof-recipient").await, "Ms Reception");
+    assert_eq!(browser.text("dd#proof-code").await, "matched");
+    assert!(browser.text("dd#proof-origin").await.contains("verified"), "{}", browser.text("dd#proof-origin").await);
+    for image in ["img#proof-photo", "img#proof-signature"] {
+        let loaded = browser
+            .client
+            .execute(
+                &format!("const i = document.querySelector('{image}'); return i.complete && i.naturalWidth > 0;"),
+                vec![],
+            )
+            .await
+            .expect("a script runs");
+        assert_eq!(loaded, json!(true), "{image} shows");
+    }
+    browser.screenshot("receipt-proof").await;
 }

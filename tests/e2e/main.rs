@@ -16,6 +16,7 @@ mod instances;
 mod migrate_store;
 mod orders;
 mod pages;
+mod proof;
 mod proxy;
 mod security;
 mod shipments;

@@ -154,7 +154,8 @@ fn delivered(id: &str, delivery: &str, version: u64, quantity: u32, empties: u32
     })
 }
 
-async fn push(
+/// Pushes a batch as `token`'s courier from `device`; `(status, code)` of each result.
+pub(crate) async fn push(
     server: &TestServer,
     token: &str,
     device: &str,

@@ -52,6 +52,10 @@ pub enum AuthError {
     SessionRevoked,
     #[error(transparent)]
     DeviceInUse(#[from] crate::domain::sessions::DeviceInUse),
+    #[error("device {} registered another key, and a device's key never changes: log in from a new device id", .0.device_id)]
+    DeviceKeyMismatch(crate::domain::chain::KeyMismatch),
+    #[error("device_key: {0}")]
+    InvalidDeviceKey(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -196,7 +200,24 @@ impl AuthService {
         let refresh = RefreshToken { session_id: session.id, expires_at: now + self.refresh_ttl, retired_at: None };
         // Only couriers' handhelds are bound to their accounts (see `sessions::open`).
         let handheld = matches!(account.membership.role(), Role::Expediter | Role::Serviceman);
+        // A courier's handheld registers its signing key; the key of any
+        // other login is not used, and not kept.
+        let device_key = request.device_key.filter(|_| handheld);
+        if let Some(key) = &device_key {
+            handover_shared::proof::public_key(key).map_err(AuthError::InvalidDeviceKey)?;
+            let registered = self.store.device_chain(&session.device_id).await?;
+            crate::domain::chain::register_key(registered.as_ref(), &session.device_id, key, &account.username, now)
+                .map_err(AuthError::DeviceKeyMismatch)?;
+        }
         self.store.open_session(session.clone(), refresh_hash, refresh, handheld, now).await??;
+        if let Some(key) = &device_key {
+            // Checked above; a login racing with another key is refused
+            // here, before its tokens are handed out.
+            self.store
+                .register_device_key(&session.device_id, key, &account.username, now)
+                .await?
+                .map_err(AuthError::DeviceKeyMismatch)?;
+        }
         tracing::info!(username = %account.username, device_id = %session.device_id, session_id = %session.id, "login");
         let principal = principal_of(&account, &session);
         Ok((self.token_pair(&account, &session, refresh_token, now)?, principal))
@@ -392,8 +413,12 @@ mod tests {
         // Its live answers go stale at once, as they would after a second.
         there.revocations.staleness = std::time::Duration::ZERO;
         let device = DeviceId::parse("laptop-1").expect("a device id");
-        let request =
-            LoginRequest { username: "disp".into(), password: "a-password".into(), device_id: Some(device.clone()) };
+        let request = LoginRequest {
+            username: "disp".into(),
+            password: "a-password".into(),
+            device_id: Some(device.clone()),
+            device_key: None,
+        };
         let login = here.login(request, None).await.expect("logged in");
         let bearer = Some(login.access_token.as_str());
         assert!(here.authenticate(bearer).await.is_ok());

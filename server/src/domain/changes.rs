@@ -13,6 +13,7 @@ use handover_shared::{CustomerId, DeliveryId, ItemId, NodeId, Username};
 use time::OffsetDateTime;
 
 use super::{
+    chain::DeviceChain,
     confirmations::{AuditEntry, DeviceSync, RejectionLog, SeenConfirmation},
     network::{Account, Customer, Item, Node},
     orders::{CustomerAccount, Draft, Receipt},
@@ -86,6 +87,8 @@ pub struct ChangeSet {
     pub device_bindings: Vec<BindingChange>,
     /// Devices' review lists of rejected confirmations, written whole.
     pub rejection_logs: Vec<RejectionLog>,
+    /// Devices' keys and chains, written whole.
+    pub device_chains: Vec<DeviceChain>,
 }
 
 impl ChangeSet {

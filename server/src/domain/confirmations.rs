@@ -5,7 +5,8 @@
 //! device's clock), and a delivery confirmed by someone else refuses the rest.
 
 use handover_shared::{
-    api::DeliveryProof,
+    api::{DeliveryProof, DeviceSignature},
+    proof::{normalise_code, sha256_hex, signature_png},
     sync::{Confirmation, Outcome},
     CustomerId, DeliveryId, DeviceId, ItemId, NodeId, Username,
 };
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::{
+    chain::{self, DeviceChain, SignatureCheck},
     changes::{ChangeSet, Inconsistent, StockBook},
     orders::{CustomerAccount, Receipt},
     shipments::{
@@ -43,6 +45,13 @@ pub enum RejectCode {
     /// delivery's current one: the delivery moved on since, so it changes nothing.
     Superseded,
     Invalid,
+    /// The device signature does not verify under the device's registered
+    /// key, or a device that registered a key pushed an unsigned one.
+    BadSignature,
+    /// The device already sent a confirmation under this sequence number.
+    SequenceReused,
+    /// The record's hash link does not meet its neighbour's in the device's chain.
+    ChainBroken,
 }
 
 impl RejectCode {
@@ -55,6 +64,9 @@ impl RejectCode {
             RejectCode::ConflictingDuplicate => "conflicting_duplicate",
             RejectCode::Superseded => "superseded",
             RejectCode::Invalid => "invalid",
+            RejectCode::BadSignature => "bad_signature",
+            RejectCode::SequenceReused => "sequence_reused",
+            RejectCode::ChainBroken => "chain_broken",
         }
     }
 }
@@ -214,9 +226,12 @@ fn reject(code: RejectCode, message: impl Into<String>) -> Verdict {
     Verdict::Reject { code, message: message.into() }
 }
 
-/// The digest of a confirmation's content (its canonical JSON).
+/// The digest of a confirmation's content (its canonical JSON), without its
+/// place in the device's chain: the same capture signed after it was first
+/// sent (a handheld upgraded with a queue) is a retry, not other content.
 pub fn digest(confirmation: &Confirmation) -> String {
-    let bytes = serde_json::to_vec(confirmation).unwrap_or_default();
+    let content = Confirmation { device_seq: None, prev_hash: None, device_signature: None, ..confirmation.clone() };
+    let bytes = serde_json::to_vec(&content).unwrap_or_default();
     Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -313,8 +328,13 @@ pub fn judge(
 
 /// One element of a pushed batch, as read: each is judged on its own.
 #[derive(Debug, Clone, PartialEq)]
+// Nearly every element is a confirmation, and a batch holds at most 200:
+// boxing them would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
 pub enum Pushed {
-    Confirmation(Confirmation),
+    /// A confirmation, with what the signature check before the
+    /// transaction found of it.
+    Confirmation(Confirmation, SignatureCheck),
     /// Not a confirmation (a wrong type, an unknown field, a bad date).
     Unreadable(Unreadable),
 }
@@ -334,7 +354,7 @@ pub struct Unreadable {
 impl Pushed {
     pub fn confirmation_id(&self) -> &str {
         match self {
-            Pushed::Confirmation(confirmation) => &confirmation.confirmation_id,
+            Pushed::Confirmation(confirmation, _) => &confirmation.confirmation_id,
             Pushed::Unreadable(unreadable) => &unreadable.confirmation_id,
         }
     }
@@ -342,15 +362,16 @@ impl Pushed {
     /// What tells a resend of this element from other content under its id.
     pub fn digest(&self) -> String {
         match self {
-            Pushed::Confirmation(confirmation) => digest(confirmation),
+            Pushed::Confirmation(confirmation, _) => digest(confirmation),
             Pushed::Unreadable(unreadable) => unreadable.digest.clone(),
         }
     }
 }
 
+/// An unsigned confirmation.
 impl From<Confirmation> for Pushed {
     fn from(confirmation: Confirmation) -> Self {
-        Pushed::Confirmation(confirmation)
+        Pushed::Confirmation(confirmation, SignatureCheck::Unsigned)
     }
 }
 
@@ -419,6 +440,8 @@ pub struct PushInputs {
     pub stock: StockBook,
     /// `None` when not read, or when the customer has no account record yet.
     pub account: Option<CustomerAccount>,
+    /// The pushing device's key and chain; `None` when it registered no key.
+    pub chain: Option<DeviceChain>,
 }
 
 /// Who pushed, from which device, and when the server received it.
@@ -441,6 +464,7 @@ pub struct Pusher<'a> {
 pub fn push(
     confirmation: &Confirmation,
     digest: &str,
+    origin: &SignatureCheck,
     by: Pusher<'_>,
     inputs: PushInputs,
 ) -> Result<(PushOutcome, ChangeSet), Inconsistent> {
@@ -455,6 +479,26 @@ pub fn push(
         received_at: by.received_at,
         outcome,
     };
+    // A retry answers as the first time, whoever signed it; a new id must
+    // come from its device as the device's key says.
+    let signed = match inputs.seen {
+        Some(_) => None,
+        None => match chain::judge_origin(origin, inputs.chain.as_ref(), c, by.device) {
+            Ok(signed) => signed,
+            Err(refusal) => {
+                let (code, message) = (refusal.code, refusal.message);
+                if refusal.remember && uuid::Uuid::parse_str(&c.confirmation_id).is_ok() {
+                    changes.confirmations.push(remember(FirstOutcome::Rejected { code, message: message.clone() }));
+                }
+                return Ok((PushOutcome::Rejected { code, message }, changes));
+            }
+        },
+    };
+    let signed = signed.map(|accepted| {
+        // The record arrived, whatever becomes of the confirmation.
+        changes.device_chains.push(accepted.chain);
+        accepted.signed
+    });
     match judge(c, digest, by.uploader, inputs.seen.as_ref(), inputs.delivery.as_ref()) {
         Verdict::Replay(first) => return Ok((PushOutcome::replay(&first), changes)),
         Verdict::Reject { code, message } => {
@@ -484,6 +528,8 @@ pub fn push(
         version: c.version,
         captured_at: c.captured_at,
         received_at: now,
+        photo_digest: c.photo_digest.clone(),
+        signed: signed.clone(),
     });
     let detail = match c.outcome {
         Outcome::Delivered => {
@@ -504,6 +550,21 @@ pub fn push(
                 position: c.position,
                 signed: c.signature.is_some(),
                 photo_digest: c.photo_digest.clone(),
+                signature_digest: c
+                    .signature
+                    .as_deref()
+                    .and_then(|url| signature_png(url).ok())
+                    .map(|png| sha256_hex(&png)),
+                photo_received: false,
+                code_verified: code_verified(
+                    receipt.handover_code.as_ref().map(|code| code.code.as_str()),
+                    c.handover_code.as_deref(),
+                ),
+                device_signature: match &signed {
+                    Some(_) => DeviceSignature::Verified,
+                    None => DeviceSignature::Unsigned,
+                },
+                device_seq: signed.as_ref().map(|signed| signed.device_seq),
             });
             let rest = delivery.quantity - c.quantity;
             if rest > 0 {
@@ -557,6 +618,16 @@ pub fn push(
     changes.put_delivery(Some(before), delivery);
     changes.confirmations.push(remember(FirstOutcome::Accepted));
     Ok((PushOutcome::Accepted, changes))
+}
+
+/// Whether the code entered at the door is the customer's: `None` when
+/// none was entered or the receipt has none (made before codes existed).
+pub fn code_verified(receipt_code: Option<&str>, entered: Option<&str>) -> Option<bool> {
+    let (code, entered) = (receipt_code?, entered?);
+    Some(
+        normalise_code(entered)
+            .is_some_and(|entered| subtle::ConstantTimeEq::ct_eq(code.as_bytes(), entered.as_bytes()).into()),
+    )
 }
 
 /// The goods reach the customer: `quantity` units leave the delivering node
@@ -638,6 +709,7 @@ fn follow_up(
         cancellation: None,
         reversals: Vec::new(),
         follow_up_of: Some(short.delivery_id.clone()),
+        handover_code_hash: short.handover_code_hash.clone(),
     })
 }
 

@@ -7,6 +7,7 @@ use handover_shared::{
 use rstest::rstest;
 
 use super::*;
+use crate::domain::chain::SignatureCheck;
 use crate::domain::shipments::{Assignment, Carrier, Delivery, DeliveryState, Source};
 
 fn name(raw: &str) -> Username {
@@ -38,6 +39,7 @@ fn delivery() -> Delivery {
         cancellation: None,
         reversals: Vec::new(),
         follow_up_of: None,
+        handover_code_hash: None,
     }
 }
 
@@ -57,6 +59,10 @@ fn delivered(version: u64) -> Confirmation {
         position: None,
         signature: Some("data:image/png;base64,iVBORw0KGgo=".into()),
         photo_digest: None,
+        handover_code: None,
+        device_seq: None,
+        prev_hash: None,
+        device_signature: None,
     }
 }
 
@@ -208,8 +214,9 @@ fn a_stale_failed_attempt_is_superseded_and_changes_nothing() {
     // attempt, captured before, must not take the delivery back from exp2.
     let (exp1, device) = (name("exp1"), DeviceId::parse("hh-1").expect("id"));
     let stale = Confirmation { version: 1, ..failed(FailureReason::CustomerAbsent, None) };
-    let inputs = PushInputs { delivery: Some(delivery()), ..PushInputs::default() };
-    let (outcome, changes) = push(&stale, &digest(&stale), by(&exp1, &device), inputs).expect("judged");
+    let inputs = PushInputs { chain: None, delivery: Some(delivery()), ..PushInputs::default() };
+    let (outcome, changes) =
+        push(&stale, &digest(&stale), &SignatureCheck::Unsigned, by(&exp1, &device), inputs).expect("judged");
     let PushOutcome::Rejected { code: RejectCode::Superseded, message } = outcome else {
         panic!("{outcome:?}");
     };
@@ -222,8 +229,9 @@ fn a_stale_failed_attempt_is_superseded_and_changes_nothing() {
 fn a_failed_attempt_under_the_current_version_puts_the_delivery_back_to_the_dispatcher() {
     let (exp2, device) = (name("exp2"), DeviceId::parse("hh-2").expect("id"));
     let attempt = failed(FailureReason::Refused, None);
-    let inputs = PushInputs { delivery: Some(delivery()), ..PushInputs::default() };
-    let (outcome, changes) = push(&attempt, &digest(&attempt), by(&exp2, &device), inputs).expect("judged");
+    let inputs = PushInputs { chain: None, delivery: Some(delivery()), ..PushInputs::default() };
+    let (outcome, changes) =
+        push(&attempt, &digest(&attempt), &SignatureCheck::Unsigned, by(&exp2, &device), inputs).expect("judged");
     assert_eq!(outcome, PushOutcome::Accepted);
     let after = &changes.deliveries[0].after;
     assert_eq!((after.assignee.as_ref(), after.version), (None, 3));
@@ -247,13 +255,16 @@ fn a_conflicting_duplicate_is_refused_without_touching_the_first_outcome() {
     };
     let other = Confirmation { recipient: Some("Someone else".into()), ..first.clone() };
     let intruder = name("exp1");
-    let inputs = PushInputs { seen: Some(seen.clone()), delivery: Some(delivery()), ..PushInputs::default() };
-    let (outcome, changes) = push(&other, &digest(&other), by(&intruder, &device), inputs).expect("judged");
+    let inputs =
+        PushInputs { chain: None, seen: Some(seen.clone()), delivery: Some(delivery()), ..PushInputs::default() };
+    let (outcome, changes) =
+        push(&other, &digest(&other), &SignatureCheck::Unsigned, by(&intruder, &device), inputs).expect("judged");
     assert!(matches!(outcome, PushOutcome::Rejected { code: RejectCode::ConflictingDuplicate, .. }), "{outcome:?}");
     assert!(changes.is_empty(), "the first outcome stays as it was: {changes:?}");
     // The first sender's retry still gets the first outcome.
-    let inputs = PushInputs { seen: Some(seen), delivery: Some(delivery()), ..PushInputs::default() };
-    let (retry, changes) = push(&first, &digest(&first), by(&exp2, &device), inputs).expect("judged");
+    let inputs = PushInputs { chain: None, seen: Some(seen), delivery: Some(delivery()), ..PushInputs::default() };
+    let (retry, changes) =
+        push(&first, &digest(&first), &SignatureCheck::Unsigned, by(&exp2, &device), inputs).expect("judged");
     assert_eq!((retry, changes.is_empty()), (PushOutcome::Duplicate, true));
 }
 
@@ -271,12 +282,14 @@ fn records_that_do_not_fit_together_are_an_error_and_change_nothing() {
         &planned.customer_id,
     );
     let without_receipt = PushInputs { delivery: Some(planned.clone()), ..PushInputs::default() };
-    let err = push(&c, &digest(&c), by(&exp2, &device), without_receipt).expect_err("inconsistent");
+    let err = push(&c, &digest(&c), &SignatureCheck::Unsigned, by(&exp2, &device), without_receipt)
+        .expect_err("inconsistent");
     assert_eq!(err.0, "the receipt of D-000001 was not read");
     let mut receipt = crate::domain::fixtures::receipt(1, "C1", "TC-100", 3, false);
     (receipt.planned, receipt.delivery_id) = (true, Some(planned.delivery_id.clone()));
     let without_stock = PushInputs { delivery: Some(planned), receipt: Some(receipt), ..PushInputs::default() };
-    let err = push(&c, &digest(&c), by(&exp2, &device), without_stock).expect_err("inconsistent");
+    let err =
+        push(&c, &digest(&c), &SignatureCheck::Unsigned, by(&exp2, &device), without_stock).expect_err("inconsistent");
     assert_eq!(err.0, "the stock of TC-100 at B1 was not read");
 }
 

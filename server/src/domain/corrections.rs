@@ -432,6 +432,8 @@ fn recorded_before_attempts(delivery: &Delivery, receipt: &Receipt) -> Option<At
         version: delivery.version,
         captured_at: proof.captured_at,
         received_at: proof.received_at,
+        photo_digest: proof.photo_digest.clone(),
+        signed: None,
     })
 }
 

@@ -10,6 +10,7 @@ use handover_shared::{
 };
 
 use super::*;
+use crate::domain::chain::SignatureCheck;
 use crate::domain::{
     confirmations::{self, PushInputs, PushOutcome, PushReads, Pusher, RejectCode},
     fixtures::customer,
@@ -124,6 +125,7 @@ impl Scene {
         let delivery = self.deliveries.values().find(|d| d.delivery_id == confirmation.delivery_id).cloned();
         let reads = PushReads::of(confirmation, delivery.as_ref());
         let inputs = PushInputs {
+            chain: None,
             seen,
             receipt: reads.receipt.then(|| self.receipt.clone()),
             stock: self.book(reads.stock.iter().map(|(n, _)| n)),
@@ -132,8 +134,14 @@ impl Scene {
         };
         let (device, uploader) = (DeviceId::parse("hh-1").expect("an id"), exp1());
         let by = Pusher { uploader: &uploader, device: &device, received_at: self.now };
-        let (outcome, changes) =
-            confirmations::push(confirmation, &confirmations::digest(confirmation), by, inputs).expect("sound");
+        let (outcome, changes) = confirmations::push(
+            confirmation,
+            &confirmations::digest(confirmation),
+            &SignatureCheck::Unsigned,
+            by,
+            inputs,
+        )
+        .expect("sound");
         self.apply(changes.clone());
         (outcome, changes)
     }

@@ -3,6 +3,7 @@
 //! directly.
 
 pub mod access;
+pub mod chain;
 pub mod changes;
 pub mod confirmations;
 pub mod corrections;
@@ -12,6 +13,7 @@ pub mod network;
 #[cfg(test)]
 mod operations_tests;
 pub mod orders;
+pub mod photos;
 pub mod sessions;
 pub mod shipments;
 pub mod stock;

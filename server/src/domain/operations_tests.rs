@@ -310,8 +310,8 @@ fn run(world: &World) -> Result<(), TestCaseError> {
         let order_id = handover_shared::OrderId::parse(format!("o{seq}")).expect("an order id");
         let draft = Draft::new(order, order_id, &dispatcher(), now, DRAFT_TTL);
         let account = books.accounts.get(&customer.id).cloned().unwrap_or_default();
-        let (confirmed, changes) =
-            orders::confirm(&draft, seq, account, now).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let (confirmed, changes) = orders::confirm(&draft, seq, account, super::fixtures::handover_code(), now)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert!(matches!(confirmed, Confirmed::New(_)));
         books.apply(changes)?;
     }
@@ -405,6 +405,7 @@ fn run(world: &World) -> Result<(), TestCaseError> {
                 let target = confirmation.delivery_id.number().and_then(|seq| books.deliveries.get(&seq)).cloned();
                 let reads = PushReads::of(&confirmation, target.as_ref());
                 let inputs = PushInputs {
+                    chain: None,
                     receipt: target
                         .as_ref()
                         .and_then(|d| d.receipt_id.seq())
@@ -418,7 +419,8 @@ fn run(world: &World) -> Result<(), TestCaseError> {
                 let digest = confirmations::digest(&confirmation);
                 let by = Pusher { uploader: &uploader, device: &device, received_at: now };
                 let (outcome, changes) =
-                    confirmations::push(&confirmation, &digest, by, inputs).map_err(|e| TestCaseError::fail(e.0))?;
+                    confirmations::push(&confirmation, &digest, &super::chain::SignatureCheck::Unsigned, by, inputs)
+                        .map_err(|e| TestCaseError::fail(e.0))?;
                 if let Some(first) = &seen {
                     // Whoever sends it again, with whatever content: the first outcome, or a refusal that changes nothing.
                     prop_assert!(changes.is_empty(), "a seen id changed something: {changes:?}");

@@ -406,6 +406,7 @@ pub fn confirm(
     draft: &Draft,
     next_seq: u64,
     account: CustomerAccount,
+    code: HandoverCode,
     now: OffsetDateTime,
 ) -> Result<(Confirmed, ChangeSet), DraftRefusal> {
     let mut changes = ChangeSet::default();
@@ -413,7 +414,7 @@ pub fn confirm(
         ConfirmDecision::Refuse(refusal) => Err(refusal),
         ConfirmDecision::Replay(receipt_id) => Ok((Confirmed::Replay(receipt_id), changes)),
         ConfirmDecision::Confirm => {
-            let receipt = Receipt::from_draft(draft, next_seq, now);
+            let receipt = Receipt { handover_code: Some(code), ..Receipt::from_draft(draft, next_seq, now) };
             let mut confirmed = draft.clone();
             confirmed.state = DraftState::Confirmed { receipt_id: receipt.receipt_id.clone() };
             changes.drafts.push(confirmed);
@@ -478,6 +479,24 @@ pub struct Receipt {
     pub cancellation: Option<super::shipments::Intervention>,
     #[serde(default)]
     pub reversals: Vec<super::shipments::Reversal>,
+    /// What the customer gives the courier at the door; `None` for receipts
+    /// made before codes existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_code: Option<HandoverCode>,
+}
+
+/// A receipt's handover code, and the slow salted hash of it that its
+/// courier's handheld receives instead (see `handover_shared::proof`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverCode {
+    pub code: String,
+    pub hash: String,
+}
+
+impl std::fmt::Debug for HandoverCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandoverCode([redacted])")
+    }
 }
 
 impl Receipt {
@@ -503,6 +522,7 @@ impl Receipt {
             deliveries: Vec::new(),
             cancellation: None,
             reversals: Vec::new(),
+            handover_code: None,
         }
     }
 

@@ -226,6 +226,12 @@ pub struct Attempt {
     pub captured_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    /// SHA-256 (hex) of the photo taken at the door, uploaded on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo_digest: Option<String>,
+    /// The device's signed record, as it arrived; `None` when unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<super::chain::SignedAttempt>,
 }
 
 /// Who stepped in, when and why: kept on every record it changed.
@@ -277,6 +283,10 @@ pub struct Delivery {
     /// The delivery whose short hand-over this one carries the rest of.
     #[serde(default)]
     pub follow_up_of: Option<DeliveryId>,
+    /// The slow hash of the receipt's handover code, which the courier's
+    /// handheld checks the code against offline; copied from the receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover_code_hash: Option<String>,
 }
 
 /// The part of a stored [`Delivery`] that a courier's pull shows, read from the
@@ -295,6 +305,8 @@ pub struct DeliveryCard {
     pub assignee: Option<Username>,
     pub version: u64,
     pub state: DeliveryState,
+    #[serde(default)]
+    pub handover_code_hash: Option<String>,
 }
 
 /// What a pull needs of a leg: where it starts and whether it was issued.
@@ -736,6 +748,7 @@ pub fn plan_receipt(inputs: PlanInputs<'_>, now: OffsetDateTime) -> Result<(Plan
         cancellation: None,
         reversals: Vec::new(),
         follow_up_of: None,
+        handover_code_hash: receipt.handover_code.as_ref().map(|code| code.hash.clone()),
     };
     let mut after = receipt.clone();
     after.planned = true;

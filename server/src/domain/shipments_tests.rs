@@ -261,6 +261,7 @@ fn delivery(source: Source) -> Delivery {
         cancellation: None,
         reversals: Vec::new(),
         follow_up_of: None,
+        handover_code_hash: None,
     }
 }
 
@@ -1112,6 +1113,7 @@ impl OnItsWay {
             cancellation: None,
             reversals: Vec::new(),
             follow_up_of: None,
+            handover_code_hash: None,
         };
         OnItsWay { delivery, done: 0 }
     }

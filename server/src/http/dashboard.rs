@@ -79,6 +79,25 @@ struct DeviceRow {
     stuck: bool,
     /// The account the device id is registered to.
     registered_to: String,
+    /// Its signed chain: "unsigned", or the last record number received.
+    chain: String,
+    /// Record numbers that never arrived ("4, 7–9"), empty when none.
+    missing: String,
+}
+
+/// A device's chain as the dashboard says it.
+fn chain_cells(chain: Option<&crate::domain::chain::DeviceChain>) -> (String, String) {
+    let Some(chain) = chain else { return ("unsigned".to_owned(), String::new()) };
+    let head = chain
+        .highest()
+        .map_or_else(|| "key registered, nothing signed yet".to_owned(), |n| format!("signed, up to {n}"));
+    let missing = chain
+        .missing()
+        .iter()
+        .map(|&(first, last)| if first == last { first.to_string() } else { format!("{first}–{last}") })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (head, missing)
 }
 
 /// A delivery whose last attempt failed, waiting for the dispatcher.
@@ -341,6 +360,13 @@ async fn dispatcher_page(
         .into_iter()
         .map(|binding| (binding.device_id, binding.username))
         .collect();
+    let chains: std::collections::HashMap<_, _> = store
+        .device_chains()
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|chain| (chain.device_id.clone(), chain))
+        .collect();
     let devices = store
         .device_syncs()
         .await
@@ -354,6 +380,8 @@ async fn dispatcher_page(
             queued_since: d.queued_since.and_then(|since| since.format(minute).ok()).unwrap_or_default(),
             stuck: d.is_stuck(now, patience),
             registered_to: registered.get(&d.device_id).map(ToString::to_string).unwrap_or_default(),
+            chain: chain_cells(chains.get(&d.device_id)).0,
+            missing: chain_cells(chains.get(&d.device_id)).1,
         })
         .collect();
     // Each device's review list is bounded; together they are read whole and

@@ -64,6 +64,22 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::proof::ProofFailure> for ApiError {
+    fn from(failure: crate::proof::ProofFailure) -> Self {
+        use crate::{domain::photos::PhotoRefusal, proof::ProofFailure};
+        let message = failure.to_string();
+        let code = match failure {
+            ProofFailure::NotFound(message) => return ApiError::NotFound(message),
+            ProofFailure::Store(err) => return ApiError::Store(err),
+            ProofFailure::Misplaced { .. } => ErrorCode::UploadOffset,
+            ProofFailure::Refused(PhotoRefusal::InvalidRange(_)) => ErrorCode::InvalidContentRange,
+            ProofFailure::Refused(PhotoRefusal::DigestMismatch { .. }) => ErrorCode::PhotoDigestMismatch,
+            ProofFailure::Refused(PhotoRefusal::InvalidPhoto(_)) => ErrorCode::InvalidPhoto,
+        };
+        ApiError::refused(code, message)
+    }
+}
+
 impl From<Hidden> for ApiError {
     fn from(hidden: Hidden) -> Self {
         ApiError::NotFound(hidden.to_string())
@@ -92,6 +108,8 @@ impl ApiError {
                 AuthError::Token(TokenError::Invalid) => ErrorCode::InvalidToken,
                 AuthError::SessionRevoked => ErrorCode::SessionRevoked,
                 AuthError::DeviceInUse(_) => ErrorCode::DeviceInUse,
+                AuthError::DeviceKeyMismatch(_) => ErrorCode::DeviceKeyMismatch,
+                AuthError::InvalidDeviceKey(_) => ErrorCode::InvalidDeviceKey,
                 AuthError::Store(err) => store_code(err),
                 AuthError::Internal(_) => ErrorCode::Internal,
             },

@@ -9,6 +9,7 @@ mod handlers;
 mod orders;
 pub mod pages;
 mod paging;
+mod proof;
 mod shipments;
 pub mod sync;
 
@@ -33,6 +34,9 @@ pub struct AppState {
     pub recent_pulls: sync::RecentPulls,
     pub push_limits: sync::PushLimits,
 }
+
+/// The largest chunk of a photo upload (handhelds send 256 KiB).
+const PHOTO_CHUNK_LIMIT: usize = 1024 * 1024;
 
 /// Registers every route and the JSON body limits.
 pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSettings) {
@@ -64,6 +68,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/deliveries/{delivery_id}/cancel").post(shipments::cancel))
                 .service(web::resource("/deliveries/{delivery_id}/reverse").post(shipments::reverse))
                 .service(web::resource("/legs/{leg_id}/issue").post(shipments::issue_leg))
+                .service(
+                    web::resource("/deliveries/{delivery_id}/photos/{digest}")
+                        .app_data(web::PayloadConfig::new(PHOTO_CHUNK_LIMIT))
+                        .get(proof::photo_state)
+                        .put(proof::photo_chunk),
+                )
                 .service(web::resource("/sync/assignments").get(sync::assignments))
                 .service(web::resource("/sync/confirmations").app_data(sync_json).post(sync::confirmations))
                 .service(web::resource("/orders").post(orders::create).get(orders::list_drafts))
@@ -73,6 +83,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, limits: &crate::config::LimitSetting
                 .service(web::resource("/receipts").get(orders::list_receipts))
                 .service(web::resource("/receipts/{receipt_id}").get(orders::receipt))
                 .service(web::resource("/receipts/{receipt_id}/cancel").post(orders::cancel_receipt))
+                .service(web::resource("/receipts/{receipt_id}/proof").get(orders::proof))
+                .service(web::resource("/receipts/{receipt_id}/images/{digest}").get(orders::image))
                 .service(web::resource("/customers/{customer_id}").get(orders::customer)),
         );
 }
@@ -102,6 +114,8 @@ pub fn pages(cfg: &mut web::ServiceConfig, cookie_key: &Key, secure_cookies: boo
             .service(web::resource("/order/{order_id}/cancel").post(pages::order_cancel))
             .service(web::resource("/receipts/{receipt_id}").get(pages::receipt))
             .service(web::resource("/receipts/{receipt_id}/cancel").post(pages::receipt_cancel))
+            .service(web::resource("/receipts/{receipt_id}/images/{digest}").get(pages::receipt_image))
+            .service(web::resource("/receipts/{receipt_id}/proof.json").get(pages::receipt_proof))
             .service(web::resource("/dashboard").get(dashboard::dashboard))
             .service(web::resource("/dashboard/run").post(dashboard::run_planning))
             .service(web::resource("/dashboard/legs/{leg_id}/issue").post(dashboard::issue_leg))

@@ -3,8 +3,8 @@
 use actix_web::{web, HttpResponse};
 use handover_shared::{
     api::{
-        CorrectionRequest, CustomerInfo, InterventionView, OrderStatus, OrderView, ReceiptPage, ReceiptView,
-        ReversalView,
+        CorrectionRequest, CustomerInfo, InterventionView, OrderStatus, OrderView, ReceiptPage, ReceiptProof,
+        ReceiptView, ReversalView,
     },
     CustomerId, ErrorCode, OrderId, ReceiptId,
 };
@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     domain::{
+        access::Principal,
         corrections::Correction,
         orders::{Draft, DraftState, OrderField, OrderProblem, OrderProblemCode, RawOrder, RawQuantity, Receipt},
         shipments::{Intervention, Reversal},
@@ -111,6 +112,16 @@ pub fn order_view(draft: &Draft) -> OrderView {
     }
 }
 
+/// A receipt as `viewer` sees it: its customer also sees the handover code.
+pub fn receipt_view_for(receipt: &Receipt, viewer: &Principal) -> ReceiptView {
+    let mut view = receipt_view(receipt);
+    if viewer.customer_id.as_ref() == Some(&receipt.customer_id) {
+        view.handover_code = receipt.handover_code.as_ref().map(|code| code.code.clone());
+    }
+    view
+}
+
+/// A receipt without its handover code.
 pub fn receipt_view(receipt: &Receipt) -> ReceiptView {
     ReceiptView {
         receipt_id: receipt.receipt_id.clone(),
@@ -123,6 +134,7 @@ pub fn receipt_view(receipt: &Receipt) -> ReceiptView {
         planned: receipt.planned,
         backordered: receipt.backordered,
         delivered: receipt.delivered,
+        handover_code: None,
         delivered_at: receipt.delivered_at,
         delivery_id: receipt.delivery_id.clone(),
         proof: receipt.proof.clone(),
@@ -200,7 +212,7 @@ pub async fn confirm(
         state.planner.trigger();
     }
     let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
-    Ok(response.json(receipt_view(&receipt)))
+    Ok(response.json(receipt_view_for(&receipt, &caller)))
 }
 
 pub async fn cancel(
@@ -218,7 +230,36 @@ pub async fn receipt(
     path: web::Path<ReceiptId>,
 ) -> Result<HttpResponse, ApiError> {
     let receipt = orders::receipt(state.store.as_ref(), &caller, &path).await?;
-    Ok(HttpResponse::Ok().json(receipt_view(&receipt)))
+    let mut view = receipt_view_for(&receipt, &caller);
+    if let Some(proof) = view.proof.as_mut() {
+        proof.photo_received = crate::proof::photo_received(state.store.as_ref(), proof).await?;
+    }
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `GET /api/v1/receipts/{id}/proof`: the signed records of the receipt's
+/// confirmations, each with its device's key, to check offline.
+pub async fn proof(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    path: web::Path<ReceiptId>,
+) -> Result<HttpResponse, ApiError> {
+    let receipt = orders::receipt(state.store.as_ref(), &caller, &path).await?;
+    let records = crate::proof::signed_records(state.store.as_ref(), &receipt).await?;
+    Ok(HttpResponse::Ok().json(ReceiptProof { receipt_id: receipt.receipt_id, records }))
+}
+
+/// `GET /api/v1/receipts/{id}/images/{digest}`: a photo or signature of the
+/// receipt's proof, to whom may see the receipt.
+pub async fn image(
+    state: State,
+    caller: Auth<OrderPlacer>,
+    path: web::Path<(ReceiptId, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, digest) = path.into_inner();
+    let receipt = orders::receipt(state.store.as_ref(), &caller, &id).await?;
+    let (kind, bytes) = crate::proof::image(state.store.as_ref(), &receipt, &digest).await?;
+    Ok(super::proof::image_response(kind, bytes))
 }
 
 #[derive(Debug, Deserialize)]

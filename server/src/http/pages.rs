@@ -15,7 +15,10 @@ use actix_web::{
 };
 use askama::Template;
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use handover_shared::{api::LoginRequest, CustomerId, DeviceId, NodeId, OrderId, ReceiptId, Role, Username};
+use handover_shared::{
+    api::{DeviceSignature, LoginRequest},
+    CustomerId, DeviceId, NodeId, OrderId, ReceiptId, Role, Username,
+};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
@@ -130,7 +133,7 @@ pub(super) fn html(status: StatusCode, page: &impl Template) -> HttpResponse {
             .content_type("text/html; charset=utf-8")
             .insert_header((
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ))
             .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
             .insert_header((header::REFERRER_POLICY, "same-origin"))
@@ -324,6 +327,7 @@ pub async fn login_submit(
         username: username.clone(),
         password: form.password.clone().unwrap_or_default(),
         device_id: DeviceId::parse(format!("web-{}", Uuid::new_v4().simple())).ok(),
+        device_key: None,
     };
     let address = req.peer_addr().map(|addr| addr.ip());
     match state.auth.login_principal(request, address).await {
@@ -587,6 +591,71 @@ struct ReceiptPage<'a> {
     cancelled: Option<String>,
     /// Each reversed hand-over, said in words.
     reversals: Vec<String>,
+    /// Shown to the receipt's customer only.
+    handover_code: Option<&'a str>,
+    proof: Option<ProofShown>,
+}
+
+/// The latest hand-over's proof, as the receipt page shows it.
+struct ProofShown {
+    recipient: String,
+    units: u32,
+    empties: u32,
+    by: String,
+    captured: String,
+    received: String,
+    /// "55.7558123, 37.6173000 (±12 m)", and a map link for it.
+    position: Option<(String, String)>,
+    signature_url: Option<String>,
+    photo_url: Option<String>,
+    /// A photo was taken but has not reached the server yet.
+    photo_pending: bool,
+    code: &'static str,
+    origin: String,
+    proof_url: String,
+}
+
+fn proof_shown(
+    receipt: &Receipt,
+    photo_received: bool,
+    when: impl Fn(time::OffsetDateTime) -> String,
+) -> Option<ProofShown> {
+    let proof = receipt.proof.as_ref()?;
+    let id = &receipt.receipt_id;
+    let image = |digest: &String| format!("/receipts/{id}/images/{digest}");
+    Some(ProofShown {
+        recipient: proof.recipient.clone(),
+        units: proof.quantity,
+        empties: proof.empties_collected,
+        by: proof.delivered_by.to_string(),
+        captured: when(proof.captured_at),
+        received: when(proof.received_at),
+        position: proof.position.map(|at| {
+            let accuracy = at.accuracy_m.map(|m| format!(" (±{m:.0} m)")).unwrap_or_default();
+            (
+                format!("{:.7}, {:.7}{accuracy}", at.lat, at.lon),
+                format!(
+                    "https://www.openstreetmap.org/?mlat={:.7}&mlon={:.7}#map=18/{:.7}/{:.7}",
+                    at.lat, at.lon, at.lat, at.lon
+                ),
+            )
+        }),
+        signature_url: proof.signature_digest.as_ref().map(image),
+        photo_url: proof.photo_digest.as_ref().filter(|_| photo_received).map(image),
+        photo_pending: proof.photo_digest.is_some() && !photo_received,
+        code: match proof.code_verified {
+            Some(true) => "matched",
+            Some(false) => "did not match (delivered without it)",
+            None => "not entered",
+        },
+        origin: match (proof.device_signature, proof.device_seq) {
+            (DeviceSignature::Verified, Some(seq)) => {
+                format!("signed by handheld {} (record {seq}), verified", proof.device_id)
+            }
+            _ => format!("unsigned (handheld {} registered no key)", proof.device_id),
+        },
+        proof_url: format!("/receipts/{id}/proof.json"),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -643,9 +712,23 @@ async fn receipt_page(
         })
         .collect();
     let csrf = user.csrf()?;
+    let photo_received = match &receipt.proof {
+        Some(proof) => {
+            crate::proof::photo_received(store, proof).await.map_err(|err| PageError::Internal(err.to_string()))?
+        }
+        None => false,
+    };
+    let proof = proof_shown(&receipt, photo_received, when);
+    let handover_code = receipt
+        .handover_code
+        .as_ref()
+        .filter(|_| user.principal.customer_id.as_ref() == Some(&receipt.customer_id))
+        .map(|code| code.code.as_str());
     Ok(html(
         status,
         &ReceiptPage {
+            handover_code,
+            proof,
             username: user.principal.username.as_str(),
             csrf: &csrf,
             created: when(receipt.created_at),
@@ -661,6 +744,38 @@ async fn receipt_page(
             reversals,
         },
     ))
+}
+
+/// A photo or signature of the receipt's proof, for its page.
+pub async fn receipt_image(
+    state: State,
+    user: PageUser,
+    path: web::Path<(ReceiptId, String)>,
+) -> Result<HttpResponse, PageError> {
+    let (id, digest) = path.into_inner();
+    let store = state.store.as_ref();
+    let receipt = orders::receipt(store, &user.principal, &id).await?;
+    match crate::proof::image(store, &receipt, &digest).await {
+        Ok((kind, bytes)) => Ok(super::proof::image_response(kind, bytes)),
+        Err(crate::proof::ProofFailure::Store(err)) => Err(PageError::Internal(err.to_string())),
+        Err(other) => Err(PageError::NotFound(other.to_string())),
+    }
+}
+
+/// The receipt's signed records, to save and check offline
+/// (`handover-agent verify FILE`); the same document as the API's.
+pub async fn receipt_proof(
+    state: State,
+    user: PageUser,
+    path: web::Path<ReceiptId>,
+) -> Result<HttpResponse, PageError> {
+    let store = state.store.as_ref();
+    let receipt = orders::receipt(store, &user.principal, &path).await?;
+    let records =
+        crate::proof::signed_records(store, &receipt).await.map_err(|err| PageError::Internal(err.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"proof-{}.json\"", receipt.receipt_id)))
+        .json(handover_shared::api::ReceiptProof { receipt_id: receipt.receipt_id, records }))
 }
 
 #[derive(Debug, Deserialize)]

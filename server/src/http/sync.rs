@@ -8,6 +8,7 @@ use std::{
 
 use actix_web::{web, HttpResponse};
 use handover_shared::{
+    proof::SignedRecord,
     sync::{
         Assignment, AssignmentChanges, AssignmentStatus, Confirmation, ConfirmationResult, ConfirmationResults,
         ResultStatus, MAX_BATCH,
@@ -24,6 +25,7 @@ use super::{
 };
 use crate::{
     domain::{
+        chain::SignatureCheck,
         confirmations::{DeviceSync, PushOutcome, Pushed, Unreadable},
         shipments::DeliveryStatus,
     },
@@ -156,6 +158,7 @@ pub async fn assignments(
         }
         assignments.push(Assignment {
             pickup_node: delivery.delivering_node().clone(),
+            handover_code_hash: delivery.handover_code_hash,
             customer_name,
             item_name,
             delivery_id: delivery.delivery_id,
@@ -204,7 +207,7 @@ fn read_pushed(value: serde_json::Value) -> Pushed {
     let digest =
         Sha256::digest(serde_json::to_vec(&value).unwrap_or_default()).iter().map(|b| format!("{b:02x}")).collect();
     match serde_path_to_error::deserialize::<_, Confirmation>(value) {
-        Ok(confirmation) => Pushed::Confirmation(confirmation),
+        Ok(confirmation) => Pushed::Confirmation(confirmation, SignatureCheck::Unsigned),
         Err(err) => {
             let path = err.path().to_string();
             let message = if path == "." {
@@ -241,7 +244,9 @@ pub async fn confirmations(
         ));
     }
     let answered = batch.confirmations.len();
-    let pushed: Vec<Pushed> = batch.confirmations.into_iter().map(read_pushed).collect();
+    let mut pushed: Vec<Pushed> = batch.confirmations.into_iter().map(read_pushed).collect();
+    let key = state.store.device_chain(&caller.device_id).await?.map(|chain| chain.public_key);
+    check_signatures(key, &caller.device_id, &mut pushed).await?;
     let ids: Vec<String> = pushed.iter().map(|element| element.confirmation_id().to_owned()).collect();
     let sync = DeviceSync {
         device_id: caller.device_id.clone(),
@@ -250,7 +255,16 @@ pub async fn confirmations(
         reported_queued: DeviceSync::left_after_push(batch.queued, answered),
         queued_since: None,
     };
+    let signatures = drawn_signatures(&pushed);
     let outcomes = state.store.push_confirmations(sync, pushed).await?;
+    // Kept before the answer: a confirmation the handheld is told it may drop
+    // has its drawn signature on the server (a retry after a crash here
+    // answers `duplicate` and stores it then).
+    for ((digest, png), outcome) in signatures.into_iter().zip(&outcomes) {
+        if let (Some(digest), PushOutcome::Accepted | PushOutcome::Duplicate) = (digest, outcome) {
+            state.store.images().put(&digest, png).await?;
+        }
+    }
     handover_shared::failpoint!(
         "push.after_flush",
         ApiError::from(crate::store::StoreError::Backend("failpoint push.after_flush".into()))
@@ -259,6 +273,92 @@ pub async fn confirmations(
         ids.into_iter().zip(outcomes).map(|(confirmation_id, outcome)| result(confirmation_id, outcome)).collect();
     tracing::info!(username = %caller.username, device_id = %caller.device_id, "confirmations pushed");
     Ok(HttpResponse::Ok().json(ConfirmationResults { results }))
+}
+
+/// Each element's drawn signature as PNG bytes, by digest (`None` for none).
+fn drawn_signatures(pushed: &[Pushed]) -> Vec<(Option<String>, Vec<u8>)> {
+    pushed
+        .iter()
+        .map(|element| match element {
+            Pushed::Confirmation(confirmation, _) => {
+                match confirmation.signature.as_deref().map(handover_shared::proof::signature_png) {
+                    Some(Ok(png)) => (Some(handover_shared::proof::sha256_hex(&png)), png),
+                    _ => (None, Vec::new()),
+                }
+            }
+            Pushed::Unreadable(_) => (None, Vec::new()),
+        })
+        .collect()
+}
+
+/// Signed confirmations verified together: one batch verification per
+/// thread (falling back to one by one to find a bad one).
+const VERIFY_CHUNK: usize = 64;
+
+/// Verifies the device signatures of a batch before it queues for the
+/// store's one-at-a-time transaction: in parallel, off the request threads,
+/// in batches. Each confirmation's check goes with it; the domain decides in
+/// the transaction what an unsigned or badly signed one means for its device.
+async fn check_signatures(key: Option<String>, device: &DeviceId, pushed: &mut [Pushed]) -> Result<(), ApiError> {
+    let mut signed = Vec::new();
+    for (index, element) in pushed.iter_mut().enumerate() {
+        let Pushed::Confirmation(confirmation, check) = element else { continue };
+        *check = match (confirmation.device_signature.as_deref(), &key) {
+            (None, _) => SignatureCheck::Unsigned,
+            (Some(_), None) => SignatureCheck::Bad(format!("device {device} registered no key")),
+            (Some(signature), Some(_)) => match SignedRecord::of(confirmation, device) {
+                Err(why) => SignatureCheck::Bad(why.to_string()),
+                Ok(record) => {
+                    signed.push((index, record.text(), signature.to_owned()));
+                    continue;
+                }
+            },
+        };
+    }
+    let Some(key) = key.filter(|_| !signed.is_empty()) else { return Ok(()) };
+    let verifier = handover_shared::proof::public_key(&key).ok();
+    let mut checks = Vec::new();
+    for chunk in signed.chunks(VERIFY_CHUNK) {
+        let (chunk, verifier, key) = (chunk.to_vec(), verifier, key.clone());
+        checks.push(tokio::task::spawn_blocking(move || verify_chunk(verifier, &key, chunk)));
+    }
+    for check in checks {
+        for (index, verdict) in check.await.map_err(|err| ApiError::Internal(err.to_string()))? {
+            if let Some(Pushed::Confirmation(_, check)) = pushed.get_mut(index) {
+                *check = verdict;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One batch verification for the chunk; when it fails, each signature on
+/// its own, so that only the bad ones are refused.
+fn verify_chunk(
+    verifier: Option<ed25519_dalek::VerifyingKey>,
+    key: &str,
+    chunk: Vec<(usize, String, String)>,
+) -> Vec<(usize, SignatureCheck)> {
+    let verified =
+        |record: String, signature: String| SignatureCheck::Verified { key: key.to_owned(), record, signature };
+    let parsed: Option<Vec<ed25519_dalek::Signature>> =
+        chunk.iter().map(|(_, _, signature)| handover_shared::proof::signature(signature).ok()).collect();
+    if let (Some(verifier), Some(signatures)) = (verifier, parsed) {
+        let messages: Vec<&[u8]> = chunk.iter().map(|(_, record, _)| record.as_bytes()).collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &vec![verifier; chunk.len()]).is_ok() {
+            return chunk.into_iter().map(|(index, record, signature)| (index, verified(record, signature))).collect();
+        }
+    }
+    chunk
+        .into_iter()
+        .map(|(index, record, signature)| {
+            let verdict = match handover_shared::proof::verify(key, &record, &signature) {
+                Ok(()) => verified(record, signature),
+                Err(why) => SignatureCheck::Bad(why),
+            };
+            (index, verdict)
+        })
+        .collect()
 }
 
 fn result(confirmation_id: String, outcome: PushOutcome) -> ConfirmationResult {

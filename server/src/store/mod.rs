@@ -40,6 +40,7 @@
 //!   [`Store::import_network`] each run one at a time per store, across every
 //!   process that shares it, and never at the same time as each other.
 
+pub mod images;
 pub mod postgres;
 pub mod sled;
 
@@ -53,10 +54,11 @@ use uuid::Uuid;
 
 use crate::domain::{
     access::Principal,
+    chain::{DeviceChain, KeyMismatch},
     confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
     corrections::{Corrected, Correction, CorrectionRefusal},
     network::{Customer, Item, KnownNetwork, Node},
-    orders::{CustomerAccount, Draft, DraftRefusal, Receipt},
+    orders::{CustomerAccount, Draft, DraftRefusal, HandoverCode, Receipt},
     sessions::{DeviceBinding, DeviceInUse, RefreshToken, Session},
     shipments::{AssignRefusal, CourierAccount, Delivery, DeliveryCard, LegRefusal},
     stock::{Balance, LedgerEntry},
@@ -177,6 +179,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies `domain::sessions::release_device`: the device is nobody's
     /// again and its live sessions are revoked; returns those.
     async fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
+    /// Where this backend keeps proof images (photos, signatures).
+    fn images(&self) -> &dyn images::ImageStore;
+    /// A device's registered key and chain of signed confirmations.
+    async fn device_chain(&self, device: &DeviceId) -> Result<Option<DeviceChain>, StoreError>;
+    /// Every device's key and chain, by device id.
+    async fn device_chains(&self) -> Result<Vec<DeviceChain>, StoreError>;
+    /// Applies `domain::chain::register_key` to the device's stored chain.
+    async fn register_device_key(
+        &self,
+        device: &DeviceId,
+        key: &str,
+        by: &Username,
+        now: OffsetDateTime,
+    ) -> Result<Result<(), KeyMismatch>, StoreError>;
     /// Every device binding, by device id.
     async fn device_bindings(&self) -> Result<Vec<DeviceBinding>, StoreError>;
     /// Applies `domain::sessions::refresh` to the presented token.
@@ -201,7 +217,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn open_drafts(&self, customer: Option<&CustomerId>) -> Result<Vec<Draft>, StoreError>;
     /// Applies `domain::orders::confirm` with the next receipt number. On a
     /// later confirm the same receipt comes back and nothing changes (`false`).
-    async fn confirm_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError>;
+    async fn confirm_draft(
+        &self,
+        id: &OrderId,
+        code: HandoverCode,
+        now: OffsetDateTime,
+    ) -> Result<DraftStep<(Receipt, bool)>, StoreError>;
     /// Applies `domain::orders::cancel`; cancelling twice is harmless.
     async fn cancel_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<Draft>, StoreError>;
     /// Forgets the drafts that `Draft::is_stale` at `before`; a draft that

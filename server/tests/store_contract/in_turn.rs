@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use handover_server::{
     domain::{
         access::Principal,
+        chain::{DeviceChain, KeyMismatch},
         confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
         corrections::{Corrected, Correction, CorrectionRefusal},
         network::{Customer, Item, KnownNetwork, Node},
-        orders::{CustomerAccount, Draft, Receipt},
+        orders::{CustomerAccount, Draft, HandoverCode, Receipt},
         sessions::{DeviceBinding, DeviceInUse, RefreshToken, Session},
         shipments::{AssignRefusal, CourierAccount, Delivery, LegRefusal},
         stock::{Balance, LedgerEntry},
@@ -50,6 +51,9 @@ macro_rules! in_turn {
     ($( fn $method:ident(&self $(, $arg:ident: $ty:ty)* ) -> $answer:ty; )+) => {
         #[async_trait]
         impl Store for InTurn {
+            fn images(&self) -> &dyn handover_server::store::images::ImageStore {
+                self.next().images()
+            }
             $(
                 async fn $method(&self $(, $arg: $ty)*) -> $answer {
                     self.next().$method($($arg),*).await
@@ -72,6 +76,15 @@ in_turn! {
     fn open_session(&self, session: Session, refresh_hash: [u8; 32], refresh: RefreshToken, handheld: bool, now: OffsetDateTime) -> Result<Result<(), DeviceInUse>, StoreError>;
     fn release_device(&self, device: &DeviceId, now: OffsetDateTime) -> Result<Vec<Uuid>, StoreError>;
     fn device_bindings(&self) -> Result<Vec<DeviceBinding>, StoreError>;
+    fn device_chain(&self, device: &DeviceId) -> Result<Option<DeviceChain>, StoreError>;
+    fn device_chains(&self) -> Result<Vec<DeviceChain>, StoreError>;
+    fn register_device_key(
+        &self,
+        device: &DeviceId,
+        key: &str,
+        by: &Username,
+        now: OffsetDateTime
+    ) -> Result<Result<(), KeyMismatch>, StoreError>;
     fn rotate_refresh(
         &self,
         presented_hash: [u8; 32],
@@ -85,7 +98,7 @@ in_turn! {
     fn create_draft(&self, draft: Draft) -> Result<(), StoreError>;
     fn draft(&self, id: &OrderId) -> Result<Option<Draft>, StoreError>;
     fn open_drafts(&self, customer: Option<&CustomerId>) -> Result<Vec<Draft>, StoreError>;
-    fn confirm_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError>;
+    fn confirm_draft(&self, id: &OrderId, code: HandoverCode, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError>;
     fn cancel_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<Draft>, StoreError>;
     fn purge_drafts(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
     fn receipt(&self, id: &ReceiptId) -> Result<Option<Receipt>, StoreError>;

@@ -13,6 +13,7 @@ use crate::store::StoreError;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("../../../migrations/0001_initial.sql")),
     (2, "devices", include_str!("../../../migrations/0002_devices.sql")),
+    (3, "proof", include_str!("../../../migrations/0003_proof.sql")),
 ];
 
 /// The advisory lock key that migrations hold (an arbitrary constant of ours).

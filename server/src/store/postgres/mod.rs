@@ -39,7 +39,7 @@ pub use self::{
 };
 use self::{
     reads::{record, records},
-    sql::{big, count, db_error, query, Failed},
+    sql::{big, count, db_error, encode, execute, query, Failed},
     working::Working,
 };
 use super::{
@@ -48,11 +48,12 @@ use super::{
 };
 use crate::domain::{
     access::Principal,
+    chain::{self, DeviceChain, KeyMismatch},
     changes::ChangeSet,
     confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
     corrections::{self as domain_corrections, Corrected, Correction, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
-    orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
+    orders::{self, Confirmed, CustomerAccount, Draft, HandoverCode, Receipt},
     sessions::{self, DeviceBinding, DeviceInUse, RefreshToken, Session},
     shipments::{self, AssignRefusal, CourierAccount, Delivery, LegRefusal},
     stock::{Balance, LedgerEntry},
@@ -143,6 +144,9 @@ macro_rules! reading {
         }
     }};
 }
+
+// After the macros, which it uses.
+mod images;
 
 impl PgStore {
     /// Connects, and applies the migrations the database lacks.
@@ -444,6 +448,54 @@ impl Store for PgStore {
         })
     }
 
+    fn images(&self) -> &dyn super::images::ImageStore {
+        self
+    }
+
+    async fn device_chain(&self, device: &DeviceId) -> Result<Option<DeviceChain>, StoreError> {
+        reading!(self, client => async {
+            record(client, "device chain", "SELECT body::text FROM device_chains WHERE device_id = $1", &[&device.as_str()])
+                .await
+        })
+    }
+
+    async fn device_chains(&self) -> Result<Vec<DeviceChain>, StoreError> {
+        reading!(self, client => async {
+            records(client, "device chain", "SELECT body::text FROM device_chains ORDER BY device_id", &[]).await
+        })
+    }
+
+    async fn register_device_key(
+        &self,
+        device: &DeviceId,
+        key: &str,
+        by: &Username,
+        now: OffsetDateTime,
+    ) -> Result<Result<(), KeyMismatch>, StoreError> {
+        in_transaction!(self, tx => async {
+            // The first key is inserted, never upserted: of two logins racing
+            // with different keys, the second finds the first's row and is
+            // judged against it.
+            if let Ok(Some(first)) = chain::register_key(None, device, key, by, now) {
+                execute(
+                    &tx,
+                    "INSERT INTO device_chains (device_id, body) VALUES ($1, $2::text::jsonb) ON CONFLICT DO NOTHING",
+                    &[&device.as_str(), &encode(&first)?],
+                )
+                .await?;
+            }
+            let stored: Option<DeviceChain> = record(
+                &tx,
+                "device chain",
+                "SELECT body::text FROM device_chains WHERE device_id = $1 FOR UPDATE",
+                &[&device.as_str()],
+            )
+            .await?;
+            Ok::<_, Failed>(chain::register_key(stored.as_ref(), device, key, by, now).map(|_| ()))
+        })
+        .map_err(Failed::into_store)
+    }
+
     async fn session(&self, id: &Uuid) -> Result<Option<Session>, StoreError> {
         reading!(self, client => async { record(client, "session", "SELECT body::text FROM sessions WHERE id = $1", &[id]).await })
     }
@@ -463,7 +515,12 @@ impl Store for PgStore {
         reading!(self, client => async { reads::open_drafts(client, customer).await })
     }
 
-    async fn confirm_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError> {
+    async fn confirm_draft(
+        &self,
+        id: &OrderId,
+        code: HandoverCode,
+        now: OffsetDateTime,
+    ) -> Result<DraftStep<(Receipt, bool)>, StoreError> {
         in_transaction!(self, tx => async {
             let Some(draft) = locked_draft(&tx, id).await? else {
                 return Ok(DraftStep::NotFound);
@@ -474,7 +531,7 @@ impl Store for PgStore {
             let last = rows.first().map(|row| count(row, 0)).transpose()?.unwrap_or(0);
             let mut working = Working::new(&tx);
             let account = working.customer_account(&draft.customer_id).await?.unwrap_or_default();
-            match orders::confirm(&draft, last + 1, account, now) {
+            match orders::confirm(&draft, last + 1, account, code.clone(), now) {
                 Err(refusal) => Ok(DraftStep::Refused(refusal)),
                 Ok((Confirmed::New(receipt), changes)) => {
                     working.apply(changes)?;

@@ -11,6 +11,7 @@ use super::{
     working::Working,
 };
 use crate::domain::{
+    chain::DeviceChain,
     changes::ChangeSet,
     confirmations::{self, DeviceSync, FirstOutcome, PushInputs, PushOutcome, PushReads, Pushed, Pusher, RejectionLog},
 };
@@ -29,7 +30,7 @@ pub(super) async fn push_batch(
     // then finds the first's outcome.
     let readable = || {
         batch.iter().filter_map(|element| match element {
-            Pushed::Confirmation(confirmation) => Some(confirmation),
+            Pushed::Confirmation(confirmation, _) => Some(confirmation),
             Pushed::Unreadable(_) => None,
         })
     };
@@ -54,6 +55,15 @@ pub(super) async fn push_batch(
     let by = Pusher { uploader: &sync.username, device: &sync.device_id, received_at: sync.last_sync_at };
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut remembered = Vec::new();
+    // Locked: two pushes from one device (to two instances) extend its chain
+    // one after the other.
+    let mut chain: Option<DeviceChain> = record(
+        tx,
+        "device chain",
+        "SELECT body::text FROM device_chains WHERE device_id = $1 FOR UPDATE",
+        &[&sync.device_id.as_str()],
+    )
+    .await?;
     for (index, (element, digest)) in batch.iter().zip(digests).enumerate() {
         if index > 0 {
             handover_shared::failpoint!(
@@ -62,9 +72,9 @@ pub(super) async fn push_batch(
             );
         }
         let (outcome, changes) = match element {
-            Pushed::Confirmation(confirmation) => {
-                let inputs = push_inputs(&mut working, confirmation).await?;
-                confirmations::push(confirmation, digest, by, inputs)?
+            Pushed::Confirmation(confirmation, origin) => {
+                let inputs = PushInputs { chain: chain.clone(), ..push_inputs(&mut working, confirmation).await? };
+                confirmations::push(confirmation, digest, origin, by, inputs)?
             }
             Pushed::Unreadable(unreadable) => {
                 let seen = working.seen(&unreadable.confirmation_id).await?;
@@ -72,6 +82,9 @@ pub(super) async fn push_batch(
             }
         };
         remembered.extend(changes.confirmations.iter().cloned());
+        if let Some(advanced) = changes.device_chains.last() {
+            chain = Some(advanced.clone());
+        }
         working.apply(changes)?;
         outcomes.push(outcome);
     }
@@ -120,5 +133,5 @@ async fn push_inputs(working: &mut Working<'_, '_>, confirmation: &Confirmation)
         Some(customer) => working.customer_account(customer).await?,
         None => None,
     };
-    Ok(PushInputs { seen, delivery: Some(delivery), receipt, stock, account })
+    Ok(PushInputs { seen, delivery: Some(delivery), receipt, stock, account, chain: None })
 }

@@ -53,6 +53,7 @@ pub const RECORD_TABLES: &[&str] = &[
     "device_syncs",
     "device_bindings",
     "rejection_logs",
+    "device_chains",
 ];
 
 /// The name under which the JWT signing key is kept (`main.rs::open_store`
@@ -207,6 +208,7 @@ async fn write_records(tx: &Transaction<'_>, export: &SledExport) -> Result<(), 
                 })
                 .collect(),
             rejection_logs: chunk(&export.rejection_logs, part),
+            device_chains: chunk(&export.device_chains, part),
             // Written below with their sled numbers and values, not as the
             // writer would number or add them.
             ledger: Vec::new(),

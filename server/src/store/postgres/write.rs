@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::sql::{big, count, encode, execute, query, Failed};
 use crate::{
     domain::{
+        chain::DeviceChain,
         changes::{ChangeSet, StockLine},
         confirmations::{AuditEntry, DeviceSync, FirstOutcome, RejectionLog, SeenConfirmation},
         network::{Account, Customer, Item, Node},
@@ -53,6 +54,7 @@ pub(super) struct Pending {
     /// Each device's binding as first read and as last decided.
     device_bindings: BTreeMap<String, BindingChange>,
     rejection_logs: BTreeMap<String, RejectionLog>,
+    device_chains: BTreeMap<String, DeviceChain>,
     /// Rows that did not exist when read: inserted, so that a concurrent
     /// writer that also found them missing fails on the key and tries again,
     /// instead of one overwriting the other.
@@ -80,6 +82,7 @@ impl Pending {
             && self.sessions.is_empty()
             && self.device_bindings.is_empty()
             && self.rejection_logs.is_empty()
+            && self.device_chains.is_empty()
             && self.refresh_tokens.is_empty()
     }
 
@@ -114,6 +117,7 @@ impl Pending {
             device_bindings,
             rejection_logs,
             refresh_tokens,
+            device_chains,
         } = changes;
         self.nodes.extend(nodes.into_iter().map(|node| (node.id.clone(), node)));
         self.items.extend(items.into_iter().map(|item| (item.id.clone(), item)));
@@ -148,6 +152,7 @@ impl Pending {
         self.device_syncs.extend(device_syncs.into_iter().map(|sync| (sync.device_id.as_str().to_owned(), sync)));
         self.sessions.extend(sessions.into_iter().map(|session| (session.id, session)));
         self.rejection_logs.extend(rejection_logs.into_iter().map(|log| (log.device_id.as_str().to_owned(), log)));
+        self.device_chains.extend(device_chains.into_iter().map(|chain| (chain.device_id.as_str().to_owned(), chain)));
         for change in device_bindings {
             match self.device_bindings.entry(change.device_id.as_str().to_owned()) {
                 std::collections::btree_map::Entry::Occupied(mut kept) => kept.get_mut().after = change.after,
@@ -407,6 +412,9 @@ impl Pending {
         }
         for (device, log) in &self.rejection_logs {
             put_by_device(tx, "rejection_logs", device, encode(log)?).await?;
+        }
+        for (device, chain) in &self.device_chains {
+            put_by_device(tx, "device_chains", device, encode(chain)?).await?;
         }
         for (hash, token) in &self.refresh_tokens {
             execute(

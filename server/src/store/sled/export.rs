@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     domain::{
+        chain::DeviceChain,
         confirmations::{AuditEntry, DeviceSync, RejectionLog, SeenConfirmation},
         network::{Account, Customer, Item, Node},
         orders::{CustomerAccount, Draft, Receipt},
@@ -57,6 +58,7 @@ pub struct SledExport {
     pub device_syncs: Vec<DeviceSync>,
     pub device_bindings: Vec<DeviceBinding>,
     pub rejection_logs: Vec<RejectionLog>,
+    pub device_chains: Vec<DeviceChain>,
     pub counters: Counters,
 }
 
@@ -106,6 +108,7 @@ impl SledExport {
             ("device_syncs", count(self.device_syncs.len())),
             ("device_bindings", count(self.device_bindings.len())),
             ("rejection_logs", count(self.rejection_logs.len())),
+            ("device_chains", count(self.device_chains.len())),
         ]
     }
 }
@@ -156,6 +159,7 @@ fn export(trees: &Trees) -> Result<SledExport, StoreError> {
         device_syncs: scan(trees.device_syncs.iter())?,
         device_bindings: scan(trees.device_bindings.iter())?,
         rejection_logs: scan(trees.rejection_logs.iter())?,
+        device_chains: scan(trees.device_chains.iter())?,
         counters,
     })
 }

@@ -43,16 +43,18 @@ use self::{
     write::{write_changes, Appends, RECEIPT_COUNTER},
 };
 use super::{
+    images::{FileImages, ImageStore},
     Account, DeliveryQuery, DraftStep, FeedEntry, ImportError, ImportPlan, PlanResult, ReceiptQuery, RefreshOutcome,
     Step, Store, StoreError,
 };
 use crate::domain::{
     access::Principal,
+    chain::{self, DeviceChain, KeyMismatch},
     changes::ChangeSet,
     confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
     corrections::{self, Corrected, Correction, CorrectionRefusal},
     network::{self, Customer, Item, KnownNetwork, Node},
-    orders::{self, Confirmed, CustomerAccount, Draft, Receipt},
+    orders::{self, Confirmed, CustomerAccount, Draft, HandoverCode, Receipt},
     sessions::{self, DeviceBinding, DeviceInUse, RefreshToken, Session},
     shipments::{self, AssignRefusal, CourierAccount, Delivery, LegRefusal},
     stock::{Balance, LedgerEntry},
@@ -61,6 +63,8 @@ use crate::domain::{
 /// The layout this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 const STORE_DIR: &str = "store.v1";
+/// Photos and signatures, beside the store (see `store::images`).
+const IMAGES_DIR: &str = "images";
 const FORMAT_KEY: &[u8] = b"format_version";
 
 /// An opened sled store. Cloning is cheap and shares the database.
@@ -81,6 +85,8 @@ struct Inner {
     /// Stock movements hold it shared; an audit holds it alone, to read the ledger
     /// and the balances as of one moment (sled has no multi-tree snapshot read).
     stock_gate: std::sync::RwLock<()>,
+    /// Photos and signatures, as files beside the store.
+    images: FileImages,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -148,6 +154,7 @@ impl SledStore {
         }
         let trees = Trees::open(&db)?;
         let commit = GroupCommit::start(db.clone())?;
+        let images = FileImages::open(&data_dir.join(IMAGES_DIR))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -156,6 +163,7 @@ impl SledStore {
                 planning: std::sync::Mutex::new(()),
                 pushes: push::PushQueue::default(),
                 stock_gate: std::sync::RwLock::new(()),
+                images,
             }),
         })
     }
@@ -377,6 +385,41 @@ impl Store for SledStore {
         self.blocking(|inner| scan(inner.trees.device_bindings.iter())).await
     }
 
+    fn images(&self) -> &dyn ImageStore {
+        &self.inner.images
+    }
+
+    async fn device_chain(&self, device: &DeviceId) -> Result<Option<DeviceChain>, StoreError> {
+        let device = device.clone();
+        self.blocking(move |inner| get(&inner.trees.device_chains, device.as_str().as_bytes())).await
+    }
+
+    async fn device_chains(&self) -> Result<Vec<DeviceChain>, StoreError> {
+        self.blocking(|inner| scan(inner.trees.device_chains.iter())).await
+    }
+
+    async fn register_device_key(
+        &self,
+        device: &DeviceId,
+        key: &str,
+        by: &Username,
+        now: OffsetDateTime,
+    ) -> Result<Result<(), KeyMismatch>, StoreError> {
+        let (device, key, by) = (device.clone(), key.to_owned(), by.clone());
+        self.write(move |inner| {
+            inner.apply(|tx| {
+                let chain: Option<DeviceChain> = tx_get(tx.device_chains, device.as_str().as_bytes())?;
+                Ok(match chain::register_key(chain.as_ref(), &device, &key, &by, now) {
+                    Ok(registered) => {
+                        (Ok(()), ChangeSet { device_chains: registered.into_iter().collect(), ..ChangeSet::default() })
+                    }
+                    Err(mismatch) => (Err(mismatch), ChangeSet::default()),
+                })
+            })
+        })
+        .await
+    }
+
     async fn session(&self, id: &Uuid) -> Result<Option<Session>, StoreError> {
         let id = *id;
         self.blocking(move |inner| get(&inner.trees.sessions, id.as_bytes())).await
@@ -402,7 +445,12 @@ impl Store for SledStore {
         self.blocking(move |inner| reads::open_drafts(&inner.trees, customer.as_ref())).await
     }
 
-    async fn confirm_draft(&self, id: &OrderId, now: OffsetDateTime) -> Result<DraftStep<(Receipt, bool)>, StoreError> {
+    async fn confirm_draft(
+        &self,
+        id: &OrderId,
+        code: HandoverCode,
+        now: OffsetDateTime,
+    ) -> Result<DraftStep<(Receipt, bool)>, StoreError> {
         let key = id.clone();
         let step = self
             .blocking(move |inner| {
@@ -413,7 +461,7 @@ impl Store for SledStore {
                     let next_seq = tx_get_counter(tx.counters, RECEIPT_COUNTER)? + 1;
                     let account: CustomerAccount =
                         tx_get(tx.customer_accounts, draft.customer_id.as_str().as_bytes())?.unwrap_or_default();
-                    match orders::confirm(&draft, next_seq, account, now) {
+                    match orders::confirm(&draft, next_seq, account, code.clone(), now) {
                         Err(refusal) => Ok((DraftStep::Refused(refusal), ChangeSet::default())),
                         Ok((Confirmed::New(receipt), changes)) => Ok((DraftStep::Done((*receipt, true)), changes)),
                         Ok((Confirmed::Replay(receipt_id), changes)) => {

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     domain::{
+        chain::DeviceChain,
         changes::ChangeSet,
         confirmations::{self, DeviceSync, PushInputs, PushOutcome, PushReads, Pushed, Pusher},
     },
@@ -152,14 +153,16 @@ fn transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutcome>>
             };
             let mut outcomes = Vec::with_capacity(job.batch.len());
             let mut remembered = Vec::new();
+            let mut chain: Option<DeviceChain> = tx_get(tx.device_chains, job.sync.device_id.as_str().as_bytes())?;
             for (index, (element, digest)) in job.batch.iter().zip(&job.digests).enumerate() {
                 if index > 0 {
                     handover_shared::failpoint!("push.between_items", abort(StoreError::Backend("failpoint".into())));
                 }
                 let (outcome, changes) = match element {
-                    Pushed::Confirmation(confirmation) => {
-                        let inputs = tx_push_inputs(tx, confirmation)?;
-                        confirmations::push(confirmation, digest, by, inputs).map_err(|err| abort(err.into()))?
+                    Pushed::Confirmation(confirmation, origin) => {
+                        let inputs = PushInputs { chain: chain.clone(), ..tx_push_inputs(tx, confirmation)? };
+                        confirmations::push(confirmation, digest, origin, by, inputs)
+                            .map_err(|err| abort(err.into()))?
                     }
                     Pushed::Unreadable(unreadable) => {
                         let seen = tx_get(tx.confirmations, unreadable.confirmation_id.as_bytes())?;
@@ -167,6 +170,9 @@ fn transaction(inner: &Inner, group: &[PushJob]) -> Result<Vec<Vec<PushOutcome>>
                     }
                 };
                 remembered.extend(changes.confirmations.iter().cloned());
+                if let Some(advanced) = changes.device_chains.last() {
+                    chain = Some(advanced.clone());
+                }
                 write_changes(tx, appends, changes)?;
                 outcomes.push(outcome);
             }
@@ -207,7 +213,7 @@ fn tx_push_inputs(tx: &Tx<'_>, confirmation: &Confirmation) -> TxResult<PushInpu
         Some(customer) => tx_get(tx.customer_accounts, customer.as_str().as_bytes())?,
         None => None,
     };
-    Ok(PushInputs { seen, delivery: Some(delivery), receipt, stock, account })
+    Ok(PushInputs { seen, delivery: Some(delivery), receipt, stock, account, chain: None })
 }
 #[cfg(test)]
 mod tests {

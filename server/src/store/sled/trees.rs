@@ -87,4 +87,7 @@ declare_trees! {
     device_bindings,
     /// Device id to `RejectionLog`: its rejected confirmations to review.
     rejection_logs,
+    /// Device id to `DeviceChain`: its registered key and which signed
+    /// confirmations arrived.
+    device_chains,
 }

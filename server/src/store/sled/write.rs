@@ -48,6 +48,7 @@ pub(super) fn write_changes(tx: &Tx<'_>, appends: &Appends, changes: ChangeSet) 
         device_bindings,
         rejection_logs,
         refresh_tokens,
+        device_chains,
     } = changes;
     for node in &nodes {
         tx_put(tx.nodes, node.id.as_str().as_bytes(), node)?;
@@ -101,6 +102,9 @@ pub(super) fn write_changes(tx: &Tx<'_>, appends: &Appends, changes: ChangeSet) 
     }
     for log in &rejection_logs {
         tx_put(tx.rejection_logs, log.device_id.as_str().as_bytes(), log)?;
+    }
+    for chain in &device_chains {
+        tx_put(tx.device_chains, chain.device_id.as_str().as_bytes(), chain)?;
     }
     for sync in &device_syncs {
         tx_put(tx.device_syncs, sync.device_id.as_str().as_bytes(), sync)?;
