@@ -156,6 +156,7 @@ macro_rules! store_contract {
                 a_devices_rejections_are_listed_to_a_bound_and_the_rest_counted,
                 of_two_keys_registered_for_one_device_at_once_one_stands,
                 signed_pushes_extend_their_devices_chain_and_a_gap_stays_visible,
+                an_image_upload_takes_only_the_chunk_that_continues_it_and_an_image_is_stored_once,
             );
         }
     };
@@ -814,4 +815,25 @@ async fn signed_pushes_extend_their_devices_chain_and_a_gap_stays_visible(backen
     let (second, _) = signed(delivered(&mine[2]), &key, &device, 2, &first_hash);
     let broken = store.push_confirmations(sync_of(EXP1), vec![second]).await.expect("stored");
     assert!(matches!(broken[0], PushOutcome::Rejected { code: RejectCode::ChainBroken, .. }), "3 does not follow it");
+}
+
+async fn an_image_upload_takes_only_the_chunk_that_continues_it_and_an_image_is_stored_once(backend: impl Backend) {
+    use handover_server::store::images::{Misplaced, UploadState};
+    let store = opened(&backend, 0, 0).await;
+    let images = store.images();
+    let photo = [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3, 4];
+    let digest = handover_shared::proof::sha256_hex(&photo);
+    assert_eq!(images.upload_state(&digest).await.expect("read"), UploadState::Partial { received: 0, total: None });
+    assert_eq!(images.append(&digest, 0, 8, photo[..3].to_vec()).await.expect("written"), Ok(3));
+    let again = images.append(&digest, 0, 8, photo[..3].to_vec()).await.expect("read");
+    assert_eq!(again, Err(Misplaced { received: 3, total: Some(8) }), "a chunk sent twice is appended once");
+    assert!(images.append(&digest, 3, 9, photo[3..].to_vec()).await.expect("read").is_err(), "another total");
+    assert_eq!(images.append(&digest, 3, 8, photo[3..].to_vec()).await.expect("written"), Ok(8));
+    assert_eq!(images.upload(&digest).await.expect("read"), photo);
+    images.put(&digest, photo.to_vec()).await.expect("stored");
+    images.put(&digest, photo.to_vec()).await.expect("stored again");
+    images.discard_upload(&digest).await.expect("discarded");
+    assert_eq!(images.upload_state(&digest).await.expect("read"), UploadState::Stored);
+    assert_eq!(images.get(&digest).await.expect("read").as_deref(), Some(photo.as_slice()));
+    assert_eq!(images.digests().await.expect("listed"), [digest]);
 }

@@ -79,7 +79,7 @@ impl ImageStore for PgStore {
             let rows = query(
                 client,
                 "UPDATE image_uploads SET bytes = bytes || $4, updated_at = now()
-                 WHERE digest = $1 AND length(bytes) = $2 AND total = $3 RETURNING length(bytes)::bigint",
+                 WHERE digest = $1 AND length(bytes)::bigint = $2 AND total = $3 RETURNING length(bytes)::bigint",
                 &[&digest, &offset, &total, &chunk],
             )
             .await?;
