@@ -9,9 +9,11 @@
 //! places the orders through the real order path (a draft, then its
 //! confirmation) and plans them with one `Store::plan_pending`. The planner
 //! gives a delivery to the least-loaded expediter of its branch, so B1's
-//! couriers hold 2N/64 deliveries each, B2's courier holds min(N, 10,000) +
-//! min(N, 1,000) and each of B3's holds 50. Who holds what is then read the way a handheld reads
-//! it, with `GET /api/v1/sync/assignments`.
+//! couriers hold 3N/64 deliveries each, B2's courier holds min(N, 10,000) +
+//! min(N, 1,000) and each of B3's holds 50. Who holds what is then read the
+//! way a handheld reads it, with `GET /api/v1/sync/assignments`. Each of B1's
+//! couriers also logs in on a second handheld that registers an Ed25519 key
+//! (`LoginRequest::device_key`), for the signed load below.
 //!
 //! The real server runs in-process (`startup::launch`, HTTPS with development
 //! certificates made in a temporary directory, its own actix system and worker
@@ -20,9 +22,15 @@
 //! next request as soon as the answer to the last one has arrived. Measured:
 //!
 //! - durable ingest, `POST /api/v1/sync/confirmations` from 64 couriers at once:
-//!   N confirmations in batches of 100, then N more in batches of 1. The server
-//!   answers a batch only after the group-commit flush that covers it
-//!   (`store/commit.rs`), so this is durable ingest;
+//!   N confirmations in batches of 100, then N more signed, in batches of 100
+//!   from the couriers' keyed handhelds, then N more in batches of 1. The
+//!   server answers a batch only after the group-commit flush that covers it
+//!   (`store/commit.rs`), so this is durable ingest. The signed confirmations
+//!   are numbered, chained and signed per handheld before the load starts
+//!   (signing is the handheld's cost, not the server's), and the server
+//!   verifies every signature before its transaction and keeps each record and
+//!   its device's chain: the signed load beside the unsigned one of the same
+//!   run is what signing costs the server;
 //! - pull, `GET /api/v1/sync/assignments` from the 64 pull couriers, 50
 //!   assignments in every answer;
 //! - baselines: raw sled inserts of N confirmations' JSON into a fresh database,
@@ -50,11 +58,14 @@
 //! the courier's 50 assignments, the echo answers what it was sent, the agent's
 //! sync reports everything accepted and nothing queued; afterwards, read from
 //! the store, every confirmed receipt is delivered with the proof of exactly the
-//! confirmation sent for it, no other receipt is delivered, and each branch's
-//! stock went down by exactly what was handed over. A failure (an agent that
-//! does not build included) is printed loudly and the process exits non-zero. Timings are printed beside the targets of the
-//! performance issue, never asserted: the generator, the server and the agent
-//! share this machine's cores.
+//! confirmation sent for it, no other receipt is delivered, each branch's
+//! stock went down by exactly what was handed over, each signed confirmation's
+//! attempt kept its signed record under the number it was sent with, and each
+//! keyed handheld's chain holds every number it sent, without a gap. A failure
+//! (an agent that does not build included) is printed loudly and the process
+//! exits non-zero. Timings are printed beside the targets of the performance
+//! issues, never asserted: the generator, the server and the agent share this
+//! machine's cores.
 //!
 //! Run it with
 //!
@@ -103,6 +114,7 @@ use handover_server::{
 };
 use handover_shared::{
     api::{LoginRequest, LoginResponse, NetworkAccount, NetworkCustomer, NetworkFile, NetworkItem},
+    proof::{sha256_hex, DeviceKey, SignedRecord, CHAIN_START},
     sync::{
         Assignment, AssignmentChanges, AssignmentStatus, Confirmation, ConfirmationBatch, ConfirmationResults,
         Position, ResultStatus,
@@ -110,6 +122,7 @@ use handover_shared::{
     CustomerId, DeliveryId, DeviceId, NodeId, NodeKind, ReceiptId, Role,
 };
 use nix::sys::resource::{getrusage, UsageWho};
+use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -117,8 +130,12 @@ use uuid::Uuid;
 const DEFAULT_CONFIRMATIONS: usize = 10_000;
 /// Couriers loading the server at once, one connection each.
 const COURIERS: usize = 64;
-/// Confirmations per batch in the first ingest run, and inserts per flush in the sled baseline.
+/// Confirmations per batch in the first ingest run and in the signed one,
+/// and inserts per flush in the sled baseline.
 const BATCH: usize = 100;
+/// Signed ingest in batches of 100 should reach this share of unsigned ingest
+/// in batches of 100 (the signing issue's target).
+const SIGNED_TARGET: f64 = 0.6;
 /// How many times the echo baseline sends the bodies of the batches of 1: a longer run, a steadier figure.
 const ECHO_ROUNDS: usize = 3;
 /// Assignments each pull courier holds.
@@ -226,12 +243,16 @@ fn measure_sled(
     let server = start_server(Arc::new(store.clone()), server_settings(&data_dir, &certs_dir));
     let ca = certs_dir.join(tls::CA_CERT);
     let ca_pem = std::fs::read(&ca).expect("the server made its development CA");
-    progress(&format!("logging in {} couriers", 2 * COURIERS));
+    progress(&format!("logging in {} couriers, and the first {COURIERS} again on keyed handhelds", 2 * COURIERS));
     let ingest_couriers = runtime.block_on(log_in(&server.url, &ca_pem, &world.ingest().couriers));
     let pull_couriers = runtime.block_on(log_in(&server.url, &ca_pem, &world.pull().couriers));
+    let (keyed_couriers, keys): (Vec<Courier>, Vec<DeviceKey>) =
+        runtime.block_on(log_in_keyed(&server.url, &ca_pem, &world.ingest().couriers)).into_iter().unzip();
     let holdings = runtime.block_on(holdings(&server.url, &ingest_couriers));
-    let work = IngestWork::new(&ingest_couriers, &holdings, &[BATCH, 1]);
+    let (unsigned_holdings, signed_holdings) = set_aside_for_signing(holdings);
+    let work = IngestWork::new(&ingest_couriers, &unsigned_holdings, &[BATCH, 1]);
     let (batched_work, single_work) = (&work.runs[0], &work.runs[1]);
+    let signed_work = SignedWork::new(&keyed_couriers, keys, &signed_holdings);
     let url = [server.url.clone()];
 
     let rounds = pull_rounds(n);
@@ -241,6 +262,14 @@ fn measure_sled(
     progress(&format!("ingest: {} confirmations in batches of {BATCH}", IngestWork::count(batched_work)));
     settle(runtime, &store);
     let batched = runtime.block_on(sled_push_load(&server.url, &ingest_couriers, batched_work, &store, problems));
+    progress(&format!(
+        "ingest: {} signed confirmations in batches of {BATCH} from {COURIERS} keyed handhelds (signed beforehand \
+         in {} s)",
+        IngestWork::count(&signed_work.run),
+        seconds(signed_work.signing)
+    ));
+    settle(runtime, &store);
+    let signed = runtime.block_on(sled_push_load(&server.url, &keyed_couriers, &signed_work.run, &store, problems));
     progress(&format!("ingest: {} confirmations in batches of 1", IngestWork::count(single_work)));
     settle(runtime, &store);
     let single = runtime.block_on(sled_push_load(&server.url, &ingest_couriers, single_work, &store, problems));
@@ -251,6 +280,7 @@ fn measure_sled(
     echo_server.stop(runtime);
 
     let mut sent = work.sent;
+    sent.extend(signed_work.sent.iter().map(|(receipt, confirmation)| (receipt.clone(), confirmation.clone())));
     let agent_size = agent.and_then(|path| std::fs::metadata(path).ok()).map(|meta| meta.len());
     let agent_run = agent.and_then(|agent| {
         let handed = n.min(HANDED_MAX);
@@ -264,6 +294,7 @@ fn measure_sled(
     server.stop(runtime);
     let receipts = runtime.block_on(all_receipts(&store));
     problems.extend(runtime.block_on(verify_store(&store, receipts, &world, &sent)));
+    problems.extend(runtime.block_on(verify_signed(&store, &signed_work)));
 
     Figures {
         n,
@@ -275,6 +306,8 @@ fn measure_sled(
         raw_written,
         pull,
         batched,
+        signed,
+        signing: signed_work.signing,
         single,
         echo,
         agent_size,
@@ -330,9 +363,10 @@ struct World {
 }
 
 impl World {
-    /// Two ingest runs of `n` (batches of 100, batches of 1) and the agent's outbox.
+    /// Three ingest runs of `n` (batches of 100, signed batches of 100,
+    /// batches of 1) and the agent's outbox.
     fn new(n: usize) -> Self {
-        World::with(2 * n, n.min(AGENT_OUTBOX_MAX) + n.min(HANDED_MAX))
+        World::with(3 * n, n.min(AGENT_OUTBOX_MAX) + n.min(HANDED_MAX))
     }
 
     fn with(ingest_receipts: usize, agent_receipts: usize) -> Self {
@@ -553,17 +587,40 @@ struct Courier {
 
 /// Logs every courier in at once, each on its own connection, which stays open for its loads.
 async fn log_in(url: &str, ca_pem: &[u8], usernames: &[String]) -> Vec<Courier> {
-    let tasks: Vec<_> = usernames
+    let handhelds = usernames.iter().map(|username| (username.clone(), format!("bench-{username}"), None)).collect();
+    log_in_handhelds(url, ca_pem, handhelds).await
+}
+
+/// Logs every courier in again, on a second handheld of its own that
+/// registers an Ed25519 key: the signed load's couriers, each with its key.
+/// The keys come from the usernames, so that a run is repeatable.
+async fn log_in_keyed(url: &str, ca_pem: &[u8], usernames: &[String]) -> Vec<(Courier, DeviceKey)> {
+    let keys: Vec<DeviceKey> = usernames
         .iter()
-        .map(|username| {
-            let (client, url, username) = (tls_client(ca_pem), format!("{url}/api/v1/auth/login"), username.clone());
+        .map(|username| DeviceKey::from_secret(Sha256::digest(format!("bench-key-{username}")).into()))
+        .collect();
+    let handhelds = usernames
+        .iter()
+        .zip(&keys)
+        .map(|(username, key)| (username.clone(), format!("bench-{username}-keyed"), Some(key.public_key())))
+        .collect();
+    log_in_handhelds(url, ca_pem, handhelds).await.into_iter().zip(keys).collect()
+}
+
+/// Logs every handheld (username, device id, the key it registers) in at
+/// once, each on its own connection.
+async fn log_in_handhelds(url: &str, ca_pem: &[u8], handhelds: Vec<(String, String, Option<String>)>) -> Vec<Courier> {
+    let tasks: Vec<_> = handhelds
+        .into_iter()
+        .map(|(username, device, device_key)| {
+            let (client, url) = (tls_client(ca_pem), format!("{url}/api/v1/auth/login"));
             tokio::spawn(async move {
-                let device_id = DeviceId::parse(format!("bench-{username}")).expect("a well-formed device id");
+                let device_id = DeviceId::parse(device).expect("a well-formed device id");
                 let request = LoginRequest {
                     username: username.clone(),
                     password: PASSWORD.into(),
                     device_id: Some(device_id),
-                    device_key: None,
+                    device_key,
                 };
                 let response = client.post(&url).json(&request).send().await.expect("the server answers a login");
                 let status = response.status();
@@ -782,29 +839,102 @@ impl IngestWork {
     }
 
     fn pushes(&mut self, courier: &Courier, held: &[Assignment], size: usize) -> Vec<Push> {
-        let mut queued = held.len();
-        held.chunks(size)
-            .map(|chunk| {
-                let confirmations: Vec<Confirmation> =
-                    chunk.iter().map(|a| delivered(a.delivery_id.clone(), a.version, a.quantity)).collect();
-                for (assignment, confirmation) in chunk.iter().zip(&confirmations) {
-                    self.sent.insert(assignment.receipt_id.clone(), confirmation.confirmation_id.clone());
-                }
-                let ids = confirmations.iter().map(|c| c.confirmation_id.clone()).collect();
-                let batch = ConfirmationBatch {
-                    device_id: courier.device_id.clone(),
-                    confirmations,
-                    queued: Some(queued as u64),
-                };
-                queued -= chunk.len();
-                Push { body: serde_json::to_vec(&batch).expect("a batch encodes"), ids }
-            })
-            .collect()
+        batches(&courier.device_id, held, size, &mut self.sent, |_, _| {})
     }
 
     /// Confirmations in one run.
     fn count(run: &[Vec<Push>]) -> usize {
         run.iter().flatten().map(|push| push.ids.len()).sum()
+    }
+}
+
+/// A handheld's batches of `size` confirming what it `held`, in order, from
+/// `device`; `finish` completes each confirmation before it is encoded (the
+/// signed load numbers and signs it there). Which confirmation was sent for
+/// which receipt goes into `sent`.
+fn batches(
+    device: &DeviceId,
+    held: &[Assignment],
+    size: usize,
+    sent: &mut HashMap<ReceiptId, String>,
+    mut finish: impl FnMut(&Assignment, &mut Confirmation),
+) -> Vec<Push> {
+    let mut queued = held.len();
+    held.chunks(size)
+        .map(|chunk| {
+            let mut confirmations = Vec::with_capacity(chunk.len());
+            for assignment in chunk {
+                let mut confirmation =
+                    delivered(assignment.delivery_id.clone(), assignment.version, assignment.quantity);
+                finish(assignment, &mut confirmation);
+                sent.insert(assignment.receipt_id.clone(), confirmation.confirmation_id.clone());
+                confirmations.push(confirmation);
+            }
+            let ids = confirmations.iter().map(|c| c.confirmation_id.clone()).collect();
+            let batch = ConfirmationBatch { device_id: device.clone(), confirmations, queued: Some(queued as u64) };
+            queued -= chunk.len();
+            Push { body: serde_json::to_vec(&batch).expect("a batch encodes"), ids }
+        })
+        .collect()
+}
+
+/// Each ingest courier's holding split in two: what the unsigned runs
+/// confirm, and the last third of it, which its keyed handheld confirms signed.
+fn set_aside_for_signing(holdings: Vec<Vec<Assignment>>) -> (Vec<Vec<Assignment>>, Vec<Vec<Assignment>>) {
+    holdings
+        .into_iter()
+        .map(|mut held| {
+            let signed = held.split_off(held.len() - held.len() / 3);
+            (held, signed)
+        })
+        .unzip()
+}
+
+/// The signed load, per keyed handheld: its confirmations numbered from 1,
+/// chained and signed in the order it pushes them, as the agent does, before
+/// the load starts.
+struct SignedWork {
+    /// Per keyed handheld, its batches in order.
+    run: Vec<Vec<Push>>,
+    /// Which confirmation was sent for which receipt.
+    sent: HashMap<ReceiptId, String>,
+    /// Per delivery, the confirmation sent for it and its number in its handheld's chain.
+    numbered: HashMap<DeliveryId, (String, u64)>,
+    /// Each keyed handheld and how many confirmations it signed (numbers 1 to that).
+    chains: Vec<(DeviceId, u64)>,
+    /// Building and signing the records, one thread: the handhelds' cost, not timed in the load.
+    signing: Duration,
+}
+
+impl SignedWork {
+    fn new(couriers: &[Courier], keys: Vec<DeviceKey>, holdings: &[Vec<Assignment>]) -> Self {
+        let mut work = SignedWork {
+            run: Vec::with_capacity(couriers.len()),
+            sent: HashMap::new(),
+            numbered: HashMap::new(),
+            chains: Vec::with_capacity(couriers.len()),
+            signing: Duration::ZERO,
+        };
+        for ((courier, key), held) in couriers.iter().zip(keys).zip(holdings) {
+            let device = &courier.device_id;
+            let (mut seq, mut prev_hash) = (0u64, CHAIN_START.to_owned());
+            let (numbered, signing) = (&mut work.numbered, &mut work.signing);
+            let pushes = batches(device, held, BATCH, &mut work.sent, |assignment, confirmation| {
+                let start = Instant::now();
+                seq += 1;
+                confirmation.device_seq = Some(seq);
+                confirmation.prev_hash = Some(std::mem::take(&mut prev_hash));
+                let text =
+                    SignedRecord::of(confirmation, device).expect("a bench confirmation has a signed record").text();
+                confirmation.device_signature = Some(key.sign(&text));
+                prev_hash = sha256_hex(text.as_bytes());
+                *signing += start.elapsed();
+                numbered.insert(assignment.delivery_id.clone(), (confirmation.confirmation_id.clone(), seq));
+            });
+            work.run.push(pushes);
+            work.chains.push((device.clone(), held.len() as u64));
+        }
+        work
     }
 }
 
@@ -1274,6 +1404,37 @@ async fn verify_store(
     problems
 }
 
+/// Checks the signed load in the store: each signed confirmation's attempt
+/// kept its signed record, under the number it was sent with, and each keyed
+/// handheld's chain holds every number it sent, without a gap. (That its
+/// receipt is delivered with its proof, [`verify_store`] checks.)
+async fn verify_signed(store: &dyn Store, work: &SignedWork) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut faults = Faults::new("signed confirmations after the runs");
+    for (delivery_id, (confirmation_id, seq)) in &work.numbered {
+        let delivery = store.delivery(delivery_id).await.expect("a delivery reads");
+        let kept = delivery
+            .as_ref()
+            .and_then(|delivery| delivery.attempts.iter().find(|a| &a.confirmation_id == confirmation_id))
+            .map(|attempt| attempt.signed.as_ref().map(|signed| signed.device_seq));
+        if kept != Some(Some(*seq)) {
+            faults.add(|| format!("{delivery_id}: {confirmation_id} sent as number {seq}, its attempt kept {kept:?}"));
+        }
+    }
+    faults.report(&mut problems);
+    let mut faults = Faults::new("keyed handhelds' chains after the runs");
+    for (device, signed) in &work.chains {
+        let chain = store.device_chain(device).await.expect("a device chain reads");
+        let received = chain.map(|chain| chain.received);
+        let expected: Vec<(u64, u64)> = (*signed > 0).then_some((1, *signed)).into_iter().collect();
+        if received.as_ref() != Some(&expected) {
+            faults.add(|| format!("{device} sent 1 to {signed}, its chain received {received:?}"));
+        }
+    }
+    faults.report(&mut problems);
+    problems
+}
+
 struct Figures {
     n: usize,
     receipts: usize,
@@ -1284,6 +1445,10 @@ struct Figures {
     raw_written: Option<u64>,
     pull: Run,
     batched: Run,
+    /// Signed, in batches of 100, from the keyed handhelds.
+    signed: Run,
+    /// What signing the signed load took beforehand, on one thread.
+    signing: Duration,
     single: Run,
     echo: Run,
     agent_size: Option<u64>,
@@ -1363,9 +1528,13 @@ fn print_figures(f: &Figures) {
         println!("  raw sled: {:.1} KiB written per record", written as f64 / 1024.0 / f.n as f64);
     }
     println!("  (cpu: this process's, server and generator together, as a share of all cores)");
-    for (name, run) in
-        [("pull", &f.pull), ("batches of 100", &f.batched), ("batches of 1", &f.single), ("echo", &f.echo)]
-    {
+    for (name, run) in [
+        ("pull", &f.pull),
+        ("batches of 100", &f.batched),
+        ("signed, batches of 100", &f.signed),
+        ("batches of 1", &f.single),
+        ("echo", &f.echo),
+    ] {
         let mut notes = vec![
             format!("{} items in {} requests", grouped(run.items as u64), grouped(run.requests as u64)),
             format!("{} s", seconds(run.wall)),
@@ -1390,10 +1559,15 @@ fn print_figures(f: &Figures) {
         }
         println!("  {name}: {}", notes.join(", "));
     }
+    println!(
+        "  (signed: the records were built and signed beforehand, {} us each on one thread, not timed in the load)",
+        (f.signing.as_secs_f64() * 1e6 / f.signed.items.max(1) as f64).round()
+    );
 
     let raw = f.n as f64 / f.raw.as_secs_f64();
     let echo = f.echo.rate();
     let batched_ratio = f.batched.rate() / raw;
+    let signed_ratio = f.signed.rate() / f.batched.rate();
     let single_ratio = f.single.rate() / echo;
     let pull_ratio = f.pull.rate() / echo;
     let mut rows = vec![
@@ -1401,6 +1575,10 @@ fn print_figures(f: &Figures) {
             .against(format!("raw sled {}", per_second(raw, "rec")), batched_ratio)
             .target(">= 20,000 conf/s and >= 25%", f.batched.rate() >= 20_000.0 && batched_ratio >= 0.25),
         Row::new("  batch latency p50 / p99", latencies(&f.batched)),
+        Row::new("durable ingest, signed, batches of 100", per_second(f.signed.rate(), "conf"))
+            .against(format!("unsigned {}", per_second(f.batched.rate(), "conf")), signed_ratio)
+            .target(">= 60% of unsigned", signed_ratio >= SIGNED_TARGET),
+        Row::new("  batch latency p50 / p99", latencies(&f.signed)),
         Row::new("durable ingest, batches of 1", per_second(f.single.rate(), "conf"))
             .against(format!("echo {}", per_second(echo, "req")), single_ratio)
             .target(">= 25% of echo", single_ratio >= 0.25),
