@@ -229,6 +229,60 @@ async fn an_agent_killed_mid_upload_resumes_the_photo_at_its_next_sync() {
     assert_eq!(receipt["proof"]["photo_received"], true, "{receipt}");
 }
 
+#[tokio::test]
+async fn a_photo_upload_whose_every_connection_is_cut_mid_way_resumes_until_it_is_whole() {
+    use crate::proxy::{Fault, FaultyProxy};
+    let sandbox = Sandbox::new();
+    let server = sandbox.start(&["--demo", "--http"]);
+    let dispatcher = server.token("disp").await;
+    server.confirm_order(&dispatcher, "C1", "TC-100", 2).await;
+    server.plan(&dispatcher).await;
+    let courier = server.delivery(&dispatcher, "D-000001").await["assignee"].as_str().expect("a courier").to_owned();
+    let proxy = FaultyProxy::start(server.addr(), 0);
+    let url = format!("http://{}", proxy.addr);
+    let login = ["login", "--server", url.as_str(), "--username", courier.as_str(), "--password-stdin"];
+    let login = sandbox.agent(&courier, &login, Some(&format!("{DEMO_PASSWORD}\n")));
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    sandbox.agent_ok(&courier, &["pull"]);
+    let photo = sandbox.path("door.jpg");
+    std::fs::write(&photo, photo_bytes(4)).expect("a photo file");
+    sandbox.agent_ok(
+        &courier,
+        &["confirm", "D-000001", "--recipient", "Front desk", "--photo", photo.to_str().expect("a path")],
+    );
+
+    // Every connection is cut after 400 KB: the 600 KB photo can only get
+    // through by resuming where each cut left it, never by starting over.
+    proxy.set_fault(Fault::CutRequest { after_bytes: 400_000 });
+    let token = server.token(&courier).await;
+    let digest = sha256_hex(&photo_bytes(4));
+    let state_path = format!("/api/v1/deliveries/D-000001/photos/{digest}");
+    let mut syncs = 0;
+    loop {
+        syncs += 1;
+        let _ = sandbox.agent(&courier, &["sync"], None);
+        let (_, state) = server.get(&state_path, Some(&token)).await;
+        if state["complete"] == true {
+            break;
+        }
+        assert!(syncs < 6, "still not whole after {syncs} syncs: {state}");
+    }
+    assert!(proxy.tally().faults() > 0, "the proxy cut connections");
+    let stored = server
+        .client
+        .get(format!("{}/api/v1/receipts/R-000001/images/{digest}", server.url))
+        .bearer_auth(&dispatcher)
+        .send()
+        .await
+        .expect("an answer")
+        .bytes()
+        .await
+        .expect("the photo");
+    assert_eq!(stored.to_vec(), photo_bytes(4), "whole, byte for byte");
+    let status: Value = serde_json::from_str(&sandbox.agent_ok(&courier, &["status", "--json"])).expect("JSON");
+    assert_eq!(status["photos_waiting"], 0, "dropped once stored: {status}");
+}
+
 /// A courier's raw-API handheld with its own key.
 struct Signer {
     device: String,
