@@ -372,16 +372,19 @@ async fn dispatcher_page(
         .await
         .map_err(internal)?
         .into_iter()
-        .map(|d| DeviceRow {
-            device_id: d.device_id.to_string(),
-            username: d.username.to_string(),
-            last_sync: d.last_sync_at.format(minute).unwrap_or_default(),
-            queued: d.reported_queued.map_or_else(|| "not reported".to_owned(), |n| n.to_string()),
-            queued_since: d.queued_since.and_then(|since| since.format(minute).ok()).unwrap_or_default(),
-            stuck: d.is_stuck(now, patience),
-            registered_to: registered.get(&d.device_id).map(ToString::to_string).unwrap_or_default(),
-            chain: chain_cells(chains.get(&d.device_id)).0,
-            missing: chain_cells(chains.get(&d.device_id)).1,
+        .map(|d| {
+            let (chain, missing) = chain_cells(chains.get(&d.device_id));
+            DeviceRow {
+                device_id: d.device_id.to_string(),
+                username: d.username.to_string(),
+                last_sync: d.last_sync_at.format(minute).unwrap_or_default(),
+                queued: d.reported_queued.map_or_else(|| "not reported".to_owned(), |n| n.to_string()),
+                queued_since: d.queued_since.and_then(|since| since.format(minute).ok()).unwrap_or_default(),
+                stuck: d.is_stuck(now, patience),
+                registered_to: registered.get(&d.device_id).map(ToString::to_string).unwrap_or_default(),
+                chain,
+                missing,
+            }
         })
         .collect();
     // Each device's review list is bounded; together they are read whole and

@@ -11,6 +11,7 @@
 //! across instances. Every commit is synchronous: durable when answered.
 
 mod corrections;
+mod devices;
 mod migrations;
 mod planning;
 mod push;
@@ -39,7 +40,7 @@ pub use self::{
 };
 use self::{
     reads::{record, records},
-    sql::{big, count, db_error, encode, execute, query, Failed},
+    sql::{big, count, db_error, query, Failed},
     working::Working,
 };
 use super::{
@@ -48,7 +49,7 @@ use super::{
 };
 use crate::domain::{
     access::Principal,
-    chain::{self, DeviceChain, KeyMismatch},
+    chain::{DeviceChain, KeyMismatch},
     changes::ChangeSet,
     confirmations::{DeviceSync, PushOutcome, Pushed, RejectionLog},
     corrections::{self as domain_corrections, Corrected, Correction, CorrectionRefusal},
@@ -472,28 +473,7 @@ impl Store for PgStore {
         by: &Username,
         now: OffsetDateTime,
     ) -> Result<Result<(), KeyMismatch>, StoreError> {
-        in_transaction!(self, tx => async {
-            // The first key is inserted, never upserted: of two logins racing
-            // with different keys, the second finds the first's row and is
-            // judged against it.
-            if let Ok(Some(first)) = chain::register_key(None, device, key, by, now) {
-                execute(
-                    &tx,
-                    "INSERT INTO device_chains (device_id, body) VALUES ($1, $2::text::jsonb) ON CONFLICT DO NOTHING",
-                    &[&device.as_str(), &encode(&first)?],
-                )
-                .await?;
-            }
-            let stored: Option<DeviceChain> = record(
-                &tx,
-                "device chain",
-                "SELECT body::text FROM device_chains WHERE device_id = $1 FOR UPDATE",
-                &[&device.as_str()],
-            )
-            .await?;
-            Ok::<_, Failed>(chain::register_key(stored.as_ref(), device, key, by, now).map(|_| ()))
-        })
-        .map_err(Failed::into_store)
+        in_transaction!(self, tx => devices::register_key(&tx, device, key, by, now)).map_err(Failed::into_store)
     }
 
     async fn session(&self, id: &Uuid) -> Result<Option<Session>, StoreError> {
